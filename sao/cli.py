@@ -1,0 +1,177 @@
+"""The `sao` command line: one entry point, one sub-command per job, `--help` on each."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+
+from . import __version__
+from . import config as config_mod
+from .log import setup_logging
+
+log = logging.getLogger("sao")
+
+
+def _cfg(args) -> config_mod.Config:
+    return config_mod.load(args.config)
+
+
+# -- config -------------------------------------------------------------------------------------
+def cmd_config_show(args) -> int:
+    cfg = _cfg(args)
+    print(config_mod.to_toml(cfg), end="")
+    print(f"# config hash: {cfg.config_hash()}")
+    return 0
+
+
+def cmd_config_validate(args) -> int:
+    config_mod.load(args.file)
+    print(f"{args.file}: ok")
+    return 0
+
+
+# -- catalogue ----------------------------------------------------------------------------------
+def cmd_catalog_init(args) -> int:
+    from .catalog import Catalog
+    cfg = _cfg(args)
+    with Catalog(cfg.catalog_path) as cat:
+        print(f"{cfg.catalog_path}: schema version {cat.schema_version()}")
+    return 0
+
+
+def cmd_catalog_status(args) -> int:
+    from .catalog import Catalog
+    cfg = _cfg(args)
+    with Catalog(cfg.catalog_path) as cat:
+        print(f"catalogue {cfg.catalog_path} (schema version {cat.schema_version()})")
+        for t, n in cat.counts().items():
+            print(f"  {t:18s} {n:8d}")
+    return 0
+
+
+def cmd_catalog_export(args) -> int:
+    import pathlib
+
+    from .catalog import TABLES, Catalog
+    cfg = _cfg(args)
+    out = pathlib.Path(args.out) if args.out else cfg.path(cfg.paths.exports)
+    tables = TABLES if args.table == "all" else (args.table,)
+    with Catalog(cfg.catalog_path) as cat:
+        for t in tables:
+            print(cat.export_parquet(t, out / f"{t}.parquet"))
+    return 0
+
+
+# -- corpus -------------------------------------------------------------------------------------
+def cmd_corpus_verify(args) -> int:
+    from .sources import sample_corpus
+    cfg = _cfg(args)
+    rep = sample_corpus.verify(cfg.path(cfg.paths.sample_corpus))
+    print(f"{rep.checked} files, {rep.seconds:.1f} s of audio, {rep.bytes / 1e6:.2f} MB")
+    for p in rep.problems:
+        print(f"  problem: {p}")
+    return 0 if rep.ok else 1
+
+
+def cmd_corpus_list(args) -> int:
+    from .sources import sample_corpus
+    cfg = _cfg(args)
+    for e in sample_corpus.load_metadata(cfg.path(cfg.paths.sample_corpus)):
+        print(f"{e['id']:32s} {e['replica']:9s} {e['kind']:15s} {e['license']:18s} {e['duration']:7.2f}s "
+              f"{e['sample_rate']:6d} Hz {e['channels']}ch  {e['title']} - {e['author']}")
+    return 0
+
+
+# -- replicas -----------------------------------------------------------------------------------
+def cmd_replica_serve(args) -> int:
+    from .sources import sample_corpus
+    from .sources.replica import ReplicaServer, ReplicaSettings, build_fma_replica, build_freesound_sounds
+    cfg = _cfg(args)
+    rc = cfg.replica
+    entries = sample_corpus.load_metadata(cfg.path(cfg.paths.sample_corpus))
+    root = cfg.path(rc.data_dir)
+    build_fma_replica(entries, root / "fma")
+    settings = ReplicaSettings(api_tokens=rc.api_tokens, oauth_tokens=rc.oauth_tokens,
+                               rate_limit_per_minute=args.rate_limit if args.rate_limit is not None
+                               else rc.rate_limit_per_minute, max_page_size=rc.max_page_size)
+    srv = ReplicaServer(build_freesound_sounds(entries), settings, fma_dir=root / "fma",
+                        cache_dir=root / "previews", host=args.host or rc.host,
+                        port=args.port if args.port is not None else rc.port)
+    print(f"Freesound APIv2 replica: {srv.api_url}/search/   (tokens: [replica].api_tokens in the config)")
+    print(f"FMA replica:             {srv.base_url}/fma/fma_metadata/tracks.csv   (folder: {root / 'fma'})")
+    print("Ctrl-C stops.", flush=True)
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.httpd.server_close()
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(_cfg(args))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sao", description="License-clean text-to-audio data pipeline and training.")
+    p.add_argument("--version", action="version", version=f"sao {__version__}")
+    p.add_argument("--config", help="TOML config file (default: $SAO_CONFIG, ./sao.toml, or built-in defaults)")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default from config)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("config", help="show or validate configuration").add_subparsers(dest="sub", required=True)
+    c.add_parser("show", help="print the effective configuration as TOML").set_defaults(func=cmd_config_show)
+    v = c.add_parser("validate", help="check a config file")
+    v.add_argument("file")
+    v.set_defaults(func=cmd_config_validate)
+
+    cat = sub.add_parser("catalog", help="the DuckDB catalogue").add_subparsers(dest="sub", required=True)
+    cat.add_parser("init", help="create the catalogue or apply pending migrations").set_defaults(func=cmd_catalog_init)
+    cat.add_parser("status", help="row counts per table").set_defaults(func=cmd_catalog_status)
+    ex = cat.add_parser("export", help="export tables to Parquet")
+    ex.add_argument("table", nargs="?", default="all", help="a table name, or 'all' (default)")
+    ex.add_argument("--out", help="output folder (default [paths].exports)")
+    ex.set_defaults(func=cmd_catalog_export)
+
+    co = sub.add_parser("corpus", help="the shipped sample corpus").add_subparsers(dest="sub", required=True)
+    co.add_parser("verify", help="check every file: present, unmodified, decodable").set_defaults(func=cmd_corpus_verify)
+    co.add_parser("list", help="list files with license and format").set_defaults(func=cmd_corpus_list)
+
+    r = sub.add_parser("replica", help="loopback Freesound/FMA replicas").add_subparsers(dest="sub", required=True)
+    s = r.add_parser("serve", help="serve the replicas on loopback until interrupted")
+    s.add_argument("--host", help="loopback address (default [replica].host)")
+    s.add_argument("--port", type=int, help="port (default [replica].port; 0 picks a free one)")
+    s.add_argument("--rate-limit", type=int, help="requests per minute per token before 429 (0: no limit)")
+    s.set_defaults(func=cmd_replica_serve)
+
+    sub.add_parser("demo", help="run every stage end to end on the embedded defaults").set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        level = args.log_level or config_mod.load(args.config).logging.level
+        setup_logging(level)
+        return args.func(args)
+    except config_mod.ConfigError as exc:
+        print(f"sao: config error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - top level: one clear line, details at DEBUG
+        from .catalog import CatalogError
+        from .sources.sample_corpus import CorpusError
+        if isinstance(exc, (CatalogError, CorpusError, ValueError, OSError)):
+            log.debug("details", exc_info=True)
+            print(f"sao: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SAO_NO_PROGRESS", "1")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def corpus_entries():
+    from sao.sources import sample_corpus
+    return sample_corpus.load_metadata(REPO / "datasets" / "sample")
+
+
+@pytest.fixture(scope="session")
+def freesound_sounds(corpus_entries):
+    from sao.sources.replica import build_freesound_sounds
+    return build_freesound_sounds(corpus_entries)
+
+
+@pytest.fixture(scope="session")
+def fma_dir(corpus_entries, tmp_path_factory):
+    from sao.sources.replica import build_fma_replica
+    return build_fma_replica(corpus_entries, tmp_path_factory.mktemp("fma"))
+
+
+@pytest.fixture(scope="session")
+def replica(freesound_sounds, fma_dir, tmp_path_factory):
+    """A replica without throttling, shared by the read-only tests."""
+    from sao.sources.replica import ReplicaServer, ReplicaSettings
+    srv = ReplicaServer(freesound_sounds, ReplicaSettings(rate_limit_per_minute=0), fma_dir=fma_dir,
+                        cache_dir=tmp_path_factory.mktemp("previews"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    from sao.catalog import Catalog
+    with Catalog(tmp_path / "catalog.duckdb") as cat:
+        yield cat

@@ -1,0 +1,74 @@
+import subprocess
+import sys
+
+import pytest
+
+from sao import cli
+
+from .conftest import REPO
+
+
+@pytest.mark.parametrize("argv", [[], ["config"], ["catalog"], ["catalog", "export"], ["corpus"], ["replica"],
+                                  ["replica", "serve"], ["demo"], ["config", "validate"]])
+def test_every_subcommand_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--help"])
+    assert exc.value.code == 0
+    assert "usage: sao" in capsys.readouterr().out
+
+
+def _config(tmp_path):
+    f = tmp_path / "sao.toml"
+    f.write_text(f'[paths]\ndata_dir = "data"\ncatalog = "data/catalog.duckdb"\nexports = "data/exports"\n'
+                 f'sample_corpus = "{REPO / "datasets" / "sample"}"\n[replica]\ndata_dir = "data/replica"\n')
+    return f
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    assert cli.main(["--config", str(cfg), "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "demo finished" in out and "freesound[Sampling+]: 1 sounds" in out
+    assert (tmp_path / "data" / "catalog.duckdb").exists()
+    assert (tmp_path / "data" / "exports" / "recordings.parquet").exists()
+    assert (tmp_path / "data" / "replica" / "fma" / "fma_metadata" / "tracks.csv").exists()
+    assert cli.main(["--config", str(cfg), "catalog", "status"]) == 0
+    assert "schema version 2" in capsys.readouterr().out
+
+
+def test_corpus_commands(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    assert cli.main(["--config", str(cfg), "corpus", "verify"]) == 0
+    assert cli.main(["--config", str(cfg), "corpus", "list"]) == 0
+    assert "Vibe Ace - Kevin MacLeod" in capsys.readouterr().out
+
+
+def test_config_errors_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[replica]\nport = 'x'\n")
+    assert cli.main(["--config", str(bad), "config", "show"]) == 2
+    assert "[replica].port" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    r = subprocess.run([sys.executable, "-m", "sao.cli", "--version"], capture_output=True, text=True, check=True)
+    assert r.stdout.startswith("sao ")
+
+
+def test_replica_serve_process_answers(tmp_path):
+    import re
+    import time
+
+    import requests
+    cfg = _config(tmp_path)
+    p = subprocess.Popen([sys.executable, "-m", "sao.cli", "--config", str(cfg), "replica", "serve", "--port", "0"],
+                         stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        line = p.stdout.readline()
+        api = re.search(r"(http://127\.0\.0\.1:\d+/apiv2)", line).group(1)
+        r = requests.get(api + "/search/", headers={"Authorization": "Token sao-demo-token"}, timeout=10)
+        assert r.status_code == 200 and r.json()["count"] == 40
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+        time.sleep(0)
