@@ -43,6 +43,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_catalog.py
 	$(PY) bench/bench_replica.py
+	$(PY) bench/crawl_bench.py
 
 corpus: $(STAMP)
 	$(PY) datasets/build_sample_corpus.py

@@ -112,6 +112,66 @@ def cmd_replica_serve(args) -> int:
     return 0
 
 
+# -- crawl, gate, download, take-downs -------------------------------------------------------------
+def cmd_crawl_freesound(args) -> int:
+    from .refresh import stage_crawl_freesound
+    cfg = _cfg(args)
+    out = stage_crawl_freesound(cfg, full=args.full, reconcile=args.reconcile, base_url=args.base_url)
+    print(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+def cmd_crawl_fma(args) -> int:
+    from .refresh import stage_ingest_fma
+    print(json.dumps(stage_ingest_fma(_cfg(args), args.dir), indent=1))
+    return 0
+
+
+def cmd_gate(args) -> int:
+    from .licensing.stage import counts_table
+    from .refresh import stage_license_gate
+    st = stage_license_gate(_cfg(args))
+    print(counts_table(st))
+    print(f"decisions written: {st.written}, take-downs: {st.takedowns}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .refresh import stage_download
+    print(json.dumps(stage_download(_cfg(args), base_url=args.base_url, limit=args.limit), indent=1))
+    return 0
+
+
+def cmd_refresh(args) -> int:
+    from .licensing.stage import counts_table
+    from .refresh import refresh
+    out = refresh(_cfg(args), full=args.full, reconcile=args.reconcile, fma_dir=args.fma_dir, base_url=args.base_url)
+    gate = out.pop("gate")
+    print(json.dumps(out, indent=1, default=str))
+    print(counts_table(gate))
+    return 0
+
+
+def cmd_takedown_add(args) -> int:
+    from .catalog import Catalog
+    cfg = _cfg(args)
+    with Catalog(cfg.catalog_path) as cat:
+        tid = cat.add_takedown(args.recording, args.reason, args.by)
+        known = cat.get_recording(args.recording) is not None
+    print(f"take-down {tid} recorded for {args.recording}" + ("" if known else " (not in the catalogue yet)"))
+    return 0
+
+
+def cmd_takedown_list(args) -> int:
+    from .catalog import Catalog
+    cfg = _cfg(args)
+    with Catalog(cfg.catalog_path) as cat:
+        for t in cat.takedowns():
+            print(f"{t['takedown_id']:5d} {t['status']:9s} {t['received_at']:%Y-%m-%d %H:%M} {t['recording_id']:24s} "
+                  f"{t['reason']} ({t['requested_by'] or '-'})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(_cfg(args))
@@ -150,6 +210,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rate-limit", type=int, help="requests per minute per token before 429 (0: no limit)")
     s.set_defaults(func=cmd_replica_serve)
 
+    cr = sub.add_parser("crawl", help="crawl sources into the catalogue").add_subparsers(dest="sub", required=True)
+    f = cr.add_parser("freesound", help="incremental Freesound crawl, one search per allowed license")
+    f.add_argument("--full", action="store_true", help="ignore the cursors and list everything again")
+    f.add_argument("--reconcile", action="store_true",
+                   help="full listing, then check items no longer listed (deleted or re-licensed -> take-down)")
+    f.add_argument("--base-url", help="API base URL (default [freesound].base_url)")
+    f.set_defaults(func=cmd_crawl_freesound)
+    fm = cr.add_parser("fma", help="ingest an fma_metadata folder and its fma_large audio tree")
+    fm.add_argument("dir", nargs="?", help="folder holding fma_metadata/ (default [fma].metadata_dir)")
+    fm.set_defaults(func=cmd_crawl_fma)
+
+    sub.add_parser("gate", help="run the license gate over the catalogue").set_defaults(func=cmd_gate)
+    dl = sub.add_parser("download", help="download audio of admitted Freesound items")
+    dl.add_argument("--base-url", help="API base URL (default [freesound].base_url)")
+    dl.add_argument("--limit", type=int, help="at most this many files")
+    dl.set_defaults(func=cmd_download)
+    rf = sub.add_parser("refresh", help="crawl Freesound and FMA, gate, download (the scheduled refresh)")
+    rf.add_argument("--full", action="store_true", help="ignore the crawl cursors")
+    rf.add_argument("--reconcile", action="store_true", help="detect deletions and re-licensing (implies --full)")
+    rf.add_argument("--fma-dir", help="folder holding fma_metadata/ (default [fma].metadata_dir)")
+    rf.add_argument("--base-url", help="Freesound API base URL (default [freesound].base_url)")
+    rf.set_defaults(func=cmd_refresh)
+
+    td = sub.add_parser("takedown", help="take-down requests").add_subparsers(dest="sub", required=True)
+    ta = td.add_parser("add", help="record a take-down for SOURCE:ID")
+    ta.add_argument("recording", metavar="SOURCE:ID", help="e.g. freesound:12345 or fma:2")
+    ta.add_argument("--reason", required=True)
+    ta.add_argument("--by", help="who asked (e.g. an e-mail reference)")
+    ta.set_defaults(func=cmd_takedown_add)
+    td.add_parser("list", help="list take-downs").set_defaults(func=cmd_takedown_list)
+
     sub.add_parser("demo", help="run every stage end to end on the embedded defaults").set_defaults(func=cmd_demo)
     return p
 
@@ -165,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - top level: one clear line, details at DEBUG
         from .catalog import CatalogError
+        from .sources.freesound import FreesoundError
         from .sources.sample_corpus import CorpusError
-        if isinstance(exc, (CatalogError, CorpusError, ValueError, OSError)):
+        if isinstance(exc, (CatalogError, CorpusError, FreesoundError, ValueError, OSError)):
             log.debug("details", exc_info=True)
             print(f"sao: error: {exc}", file=sys.stderr)
             return 1

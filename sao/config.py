@@ -43,9 +43,29 @@ class ReplicaConfig:
 @dataclass
 class FreesoundConfig:
     base_url: str = "https://freesound.org/apiv2"
-    token_env: str = "FREESOUND_API_TOKEN"   # the token is read from this variable, never stored
+    token_env: str = "FREESOUND_API_TOKEN"   # the API token is read from this variable...
+    token_file: str = ""                     # ...or from this file (first line); never from the config itself
+    oauth_token_env: str = "FREESOUND_OAUTH_TOKEN"  # OAuth2 access token: enables original downloads
     rate_limit_per_minute: int = 60
     page_size: int = 150
+    commit_every_pages: int = 20             # pages per catalogue transaction (a crash loses at most these)
+    timeout_s: int = 60
+    max_retries: int = 6
+    download: bool = True                    # download audio for items that pass the gate
+    download_originals: bool = False         # originals need OAuth2; HQ previews otherwise
+    request_sim_laion_clap: bool = False     # ask for the precomputed LAION-CLAP vectors
+
+
+@dataclass
+class FmaConfig:
+    metadata_dir: str = ""                   # folder holding fma_metadata/ and fma_large/ ("" = none)
+
+
+@dataclass
+class PolicyConfig:
+    allowed_licenses: list[str] = field(default_factory=lambda: ["cc0-1.0", "cc-by-3.0", "cc-by-4.0",
+                                                                 "cc-sampling+-1.0"])
+    refused_gen_ai_preferences: list[str] = field(default_factory=lambda: ["no-gen-ai"])
 
 
 @dataclass
@@ -58,6 +78,8 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
     freesound: FreesoundConfig = field(default_factory=FreesoundConfig)
+    fma: FmaConfig = field(default_factory=FmaConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     root: pathlib.Path = field(default_factory=pathlib.Path.cwd, compare=False)
 
@@ -80,8 +102,8 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-_SECTIONS = {"paths": PathsConfig, "replica": ReplicaConfig, "freesound": FreesoundConfig,
-             "logging": LoggingConfig}
+_SECTIONS = {"paths": PathsConfig, "replica": ReplicaConfig, "freesound": FreesoundConfig, "fma": FmaConfig,
+             "policy": PolicyConfig, "logging": LoggingConfig}
 
 
 def _check_type(section: str, key: str, value: Any, default: Any) -> Any:
@@ -116,9 +138,45 @@ def from_dict(data: dict[str, Any], root: pathlib.Path | None = None) -> Config:
             setattr(obj, key, _check_type(section, key, value, getattr(obj, key)))
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"[logging].level: {cfg.logging.level!r} is not DEBUG, INFO, WARNING or ERROR")
+    from .licensing import ALLOWED_LICENSES
+    bad = [x for x in cfg.policy.allowed_licenses if x not in ALLOWED_LICENSES]
+    if bad:
+        # the allow-list can be narrowed, never widened beyond the paper's policy
+        raise ConfigError(f"[policy].allowed_licenses: {bad} not in {sorted(ALLOWED_LICENSES)}")
+    from .licensing.gate import GEN_AI_PREFERENCES
+    bad = [x for x in cfg.policy.refused_gen_ai_preferences if x not in GEN_AI_PREFERENCES]
+    if bad:
+        raise ConfigError(f"[policy].refused_gen_ai_preferences: {bad} not in {list(GEN_AI_PREFERENCES)}")
+    if not 1 <= cfg.freesound.page_size <= 150:
+        raise ConfigError("[freesound].page_size: must be between 1 and 150 (the API maximum)")
+    if cfg.freesound.commit_every_pages < 1:
+        raise ConfigError("[freesound].commit_every_pages: must be at least 1")
+    if cfg.freesound.rate_limit_per_minute < 1:
+        raise ConfigError("[freesound].rate_limit_per_minute: must be at least 1")
     if not 1 <= cfg.replica.max_page_size <= 1000:
         raise ConfigError("[replica].max_page_size: must be between 1 and 1000")
     return cfg
+
+
+def freesound_token(cfg: Config) -> str:
+    """The API token from the environment, else from the token file; '' when neither is set."""
+    token = os.environ.get(cfg.freesound.token_env, "").strip()
+    if not token and cfg.freesound.token_file:
+        p = cfg.path(cfg.freesound.token_file)
+        if not p.is_file():
+            raise ConfigError(f"[freesound].token_file: {p} does not exist")
+        token = (p.read_text(encoding="utf-8").splitlines() or [""])[0].strip()
+    return token
+
+
+def freesound_oauth_token(cfg: Config) -> str | None:
+    return os.environ.get(cfg.freesound.oauth_token_env, "").strip() or None
+
+
+def license_policy(cfg: Config):
+    from .licensing import LicensePolicy
+    return LicensePolicy(allowed=frozenset(cfg.policy.allowed_licenses),
+                         refused_gen_ai_preferences=frozenset(cfg.policy.refused_gen_ai_preferences))
 
 
 def load(path: str | os.PathLike | None = None) -> Config:

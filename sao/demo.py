@@ -6,14 +6,12 @@ training, attribution) append their step here as they land.
 """
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import requests
 
 from .config import Config
 
@@ -70,30 +68,28 @@ def step_serve_replicas(ctx: DemoContext) -> dict[str, Any]:
     return {"api": ctx.replica.api_url, "fma": f"{ctx.replica.base_url}/fma/"}
 
 
-def step_probe_replicas(ctx: DemoContext) -> dict[str, Any]:
-    """Ask the Freesound replica for each allowed license, following `next`, and read the FMA tracks."""
-    import io
+def step_crawl_freesound(ctx: DemoContext) -> dict[str, Any]:
+    from .refresh import stage_crawl_freesound
+    return stage_crawl_freesound(ctx.cfg, base_url=ctx.replica.api_url, token=ctx.cfg.replica.api_tokens[0])
 
-    import pandas as pd
-    token = ctx.cfg.replica.api_tokens[0]
-    out: dict[str, Any] = {}
-    with requests.Session() as s:
-        s.headers["Authorization"] = f"Token {token}"
-        for name in ("Creative Commons 0", "Attribution", "Sampling+"):
-            url, params, n, pages = f"{ctx.replica.api_url}/search/", {
-                "query": "", "filter": f'license:"{name}"', "page_size": 150,
-                "fields": "id,name,license,duration,samplerate,channels,md5"}, 0, 0
-            while url:
-                r = s.get(url, params=params, timeout=30)
-                r.raise_for_status()
-                j = r.json()
-                n, pages, url, params = n + len(j["results"]), pages + 1, j["next"], None
-            out[f"freesound[{name}]"] = f"{n} sounds in {pages} page(s)"
-        total = s.get(f"{ctx.replica.api_url}/search/", params={"page_size": 1}, timeout=30).json()["count"]
-        out["freesound[all licenses]"] = total
-        csv = s.get(f"{ctx.replica.base_url}/fma/fma_metadata/tracks.csv", timeout=30).text
-    tracks = pd.read_csv(io.StringIO(csv), index_col=0, header=[0, 1])
-    out["fma tracks by license"] = json.dumps(tracks[("track", "license")].fillna("(none)").value_counts().to_dict())
+
+def step_ingest_fma(ctx: DemoContext) -> dict[str, Any]:
+    from .refresh import stage_ingest_fma
+    return stage_ingest_fma(ctx.cfg, str(ctx.cfg.path(ctx.cfg.replica.data_dir) / "fma"))
+
+
+def step_license_gate(ctx: DemoContext) -> dict[str, Any]:
+    from .licensing.stage import counts_table
+    from .refresh import stage_license_gate
+    st = stage_license_gate(ctx.cfg)
+    return {"decisions written": st.written, "take-downs": st.takedowns,
+            "license counts": "\n" + "\n".join("        " + line for line in counts_table(st).splitlines())}
+
+
+def step_download(ctx: DemoContext) -> dict[str, Any]:
+    from .refresh import stage_download
+    out = stage_download(ctx.cfg, base_url=ctx.replica.api_url, token=ctx.cfg.replica.api_tokens[0])
+    ctx.outputs["audio store"] = str(ctx.cfg.path(ctx.cfg.paths.audio_store))
     return out
 
 
@@ -112,7 +108,10 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("open catalogue (migrate)", step_catalog),
     ("build replicas", step_build_replicas),
     ("serve replicas on loopback", step_serve_replicas),
-    ("probe replicas", step_probe_replicas),
+    ("crawl Freesound replica", step_crawl_freesound),
+    ("ingest FMA replica", step_ingest_fma),
+    ("license gate", step_license_gate),
+    ("download audio (HQ previews)", step_download),
     ("export catalogue to Parquet", step_export),
 ]
 

@@ -1,10 +1,13 @@
 import os
+import tempfile
 import pathlib
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SAO_NO_PROGRESS", "1")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sao-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

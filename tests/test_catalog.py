@@ -1,6 +1,5 @@
 import datetime as dt
 
-import duckdb
 import pandas as pd
 import pytest
 
@@ -29,19 +28,18 @@ def test_fresh_catalogue_has_every_table_at_latest_version(tmp_path):
 
 def test_migration_from_v1_keeps_rows_and_is_idempotent(tmp_path):
     path = tmp_path / "old.duckdb"
-    con = duckdb.connect(str(path))
-    cat = Catalog.__new__(Catalog)
-    cat.path, cat.con = path, con
-    assert cat.migrate(target=1) == [1]
-    cat.upsert_recordings([rec(1)])
-    con.close()
-    with Catalog(path) as upgraded:  # opening applies the pending migration 2
-        assert upgraded.schema_version() == 2
+    with Catalog(path, migrate_to=1) as cat:
+        assert cat.schema_version() == 1
+        cat.con.execute("INSERT INTO recordings (recording_id, source, source_id, title, license_canonical, "
+                        "crawl_time, first_seen) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        ["freesound:1", "freesound", "1", "sound 1", "cc-by-3.0", NOW, NOW])
+    with Catalog(path) as upgraded:  # opening applies the pending migrations
+        assert upgraded.schema_version() == SCHEMA_VERSION
         assert upgraded.get_recording("freesound:1")["title"] == "sound 1"
         assert upgraded.counts()["crawl_cursors"] == 0
         assert upgraded.migrate() == []
     with Catalog(path) as again:
-        assert again.con.execute("SELECT count(*) FROM schema_migrations").fetchall()[0][0] == 2
+        assert again.con.execute("SELECT count(*) FROM schema_migrations").fetchall()[0][0] == SCHEMA_VERSION
 
 
 def test_newer_schema_is_refused(tmp_path):
@@ -66,6 +64,17 @@ def test_upsert_updates_in_place_and_keeps_first_seen(catalog):
     r = catalog.get_recording("freesound:1")
     assert r["title"] == "renamed" and r["crawl_time"] == later and r["first_seen"] == NOW
     assert r["license_canonical"] == "cc-by-4.0" and r["tags"] == ["a", "b"]
+
+
+def test_recrawl_keeps_stored_audio_unless_the_source_file_changed(catalog):
+    catalog.upsert_recordings([rec(1, md5="a" * 32), rec(2, md5="b" * 32)])
+    catalog.set_audio("freesound:1", "s1", "s1/x.mp3", "preview-hq-mp3")
+    catalog.set_audio("freesound:2", "s2", "s2/x.mp3", "preview-hq-mp3")
+    catalog.upsert_recordings([rec(1, md5="a" * 32, title="t"), rec(2, md5="c" * 32)])
+    one, two = catalog.get_recording("freesound:1"), catalog.get_recording("freesound:2")
+    assert (one["content_sha256"], one["audio_path"], one["audio_variant"], one["title"]) == \
+        ("s1", "s1/x.mp3", "preview-hq-mp3", "t")
+    assert (two["content_sha256"], two["audio_path"], two["audio_variant"]) == (None, None, None)
 
 
 def test_bad_record_names_item_and_writes_nothing(catalog):

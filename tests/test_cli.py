@@ -28,12 +28,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     cfg = _config(tmp_path)
     assert cli.main(["--config", str(cfg), "demo"]) == 0
     out = capsys.readouterr().out
-    assert "demo finished" in out and "freesound[Sampling+]: 1 sounds" in out
+    assert "demo finished" in out and "'Sampling+': 1" in out
+    assert "freesound  kept     cc-sampling+-1.0" in out and "fma        rejected license-not-allowed" in out
     assert (tmp_path / "data" / "catalog.duckdb").exists()
     assert (tmp_path / "data" / "exports" / "recordings.parquet").exists()
     assert (tmp_path / "data" / "replica" / "fma" / "fma_metadata" / "tracks.csv").exists()
+    assert len(list((tmp_path / "data" / "audio").rglob("*.mp3"))) == 26 + 10
     assert cli.main(["--config", str(cfg), "catalog", "status"]) == 0
-    assert "schema version 2" in capsys.readouterr().out
+    assert "schema version 3" in capsys.readouterr().out
 
 
 def test_corpus_commands(tmp_path, capsys):

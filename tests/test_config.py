@@ -37,3 +37,29 @@ def test_bad_config_names_the_key(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(config.ConfigError, match="does not exist"):
         config.load(tmp_path / "nope.toml")
+
+
+def test_token_from_environment_or_file_never_in_the_config_dump(tmp_path, monkeypatch):
+    secret = "tok-from-file-91c"
+    (tmp_path / "token.txt").write_text(secret + "\n")
+    f = tmp_path / "sao.toml"
+    f.write_text('[freesound]\ntoken_env = "SAO_TEST_TOKEN"\ntoken_file = "token.txt"\n')
+    cfg = config.load(f)
+    monkeypatch.delenv("SAO_TEST_TOKEN", raising=False)
+    assert config.freesound_token(cfg) == secret
+    monkeypatch.setenv("SAO_TEST_TOKEN", "from-env")
+    assert config.freesound_token(cfg) == "from-env"
+    assert secret not in config.to_toml(cfg) and "from-env" not in config.to_toml(cfg)
+    (tmp_path / "token.txt").unlink()
+    monkeypatch.delenv("SAO_TEST_TOKEN")
+    with pytest.raises(config.ConfigError, match="token_file"):
+        config.freesound_token(cfg)
+
+
+def test_policy_can_be_narrowed_not_widened(tmp_path):
+    f = tmp_path / "sao.toml"
+    f.write_text('[policy]\nallowed_licenses = ["cc0-1.0"]\n')
+    assert config.license_policy(config.load(f)).allowed == frozenset({"cc0-1.0"})
+    f.write_text('[policy]\nallowed_licenses = ["cc0-1.0", "cc-by-nc-4.0"]\n')
+    with pytest.raises(config.ConfigError, match="allowed_licenses"):
+        config.load(f)

@@ -21,7 +21,8 @@ from sao.licensing import canonical_license, deed_url
     ("CC0 1.0 Universal", "cc0-1.0"),
     ("Public Domain Mark 1.0", "pdm-1.0"),
     ("CC-sampling-plus-1.0", "cc-sampling+-1.0"),
-    ("", "unknown"), (None, "unknown"), ("Attribution-Noncommercial-No Derivative Works 3.0 Germany", "unknown"),
+    ("", "unknown"), (None, "unknown"), ("Attribution-Noncommercial-No Derivative Works 3.0 Germany", "cc-by-nc-nd-3.0"),
+    ("FMA-Limited: Download Only", "unknown"), ("Attribution Banana 3.0", "unknown"),
 ])
 def test_canonical_license(raw, expected):
     assert canonical_license(raw) == expected

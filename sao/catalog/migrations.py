@@ -97,6 +97,9 @@ CREATE TABLE runs (
     config_hash       VARCHAR
 );
 """),
+    (3, "which audio variant is stored (original or preview)", """
+ALTER TABLE recordings ADD COLUMN audio_variant VARCHAR;
+"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

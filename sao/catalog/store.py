@@ -5,18 +5,19 @@ names for export and counts) come from the fixed ``TABLES`` tuple, never from in
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import duckdb
 import pyarrow as pa
 
+from ..fsutil import atomic_path
 from ..licensing import canonical_license
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 
@@ -68,15 +69,37 @@ def _utcnow() -> dt.datetime:
 
 
 class Catalog:
-    def __init__(self, path: str | os.PathLike, *, read_only: bool = False):
+    def __init__(self, path: str | os.PathLike, *, read_only: bool = False, migrate_to: int | None = None):
         self.path = pathlib.Path(path)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path), read_only=read_only)
+        self._tx_depth = 0
         if not read_only:
-            self.migrate()
+            self.migrate(migrate_to)
 
     # -- lifecycle -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self):
+        """One transaction; nested uses join the outer one (so a page and its cursor commit together)."""
+        if self._tx_depth:
+            self._tx_depth += 1
+            try:
+                yield self
+            finally:
+                self._tx_depth -= 1
+            return
+        self.con.execute("BEGIN TRANSACTION")
+        self._tx_depth = 1
+        try:
+            yield self
+        except BaseException:
+            self._tx_depth = 0
+            self.con.execute("ROLLBACK")
+            raise
+        self._tx_depth = 0
+        self.con.execute("COMMIT")
+
     def close(self) -> None:
         self.con.close()
 
@@ -138,7 +161,8 @@ class Catalog:
         r["recording_id"] = f"{r['source']}:{r['source_id']}"
         if rec.get("recording_id") not in (None, r["recording_id"]):
             raise CatalogError(f"recording {ident}: recording_id {rec['recording_id']!r} does not match source:source_id")
-        r.setdefault("license_canonical", canonical_license(r.get("license_raw")))
+        if not r.get("license_canonical"):
+            r["license_canonical"] = canonical_license(r.get("license_raw"))
         tags = r.get("tags")
         if tags is not None and (not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags)):
             raise CatalogError(f"recording {ident}: tags must be a list of strings")
@@ -170,19 +194,21 @@ class Catalog:
         incoming = pa.table(arrays)
         cols = ", ".join(_REC_COLUMNS)
         select = ", ".join(f"CAST({c} AS JSON)" if c == "extra" else c for c in _REC_COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _REC_COLUMNS
+        # stored audio survives a re-crawl unless the source's file changed (different md5)
+        keep_audio = {c: (f"{c} = CASE WHEN excluded.{c} IS NOT NULL THEN excluded.{c} "
+                          f"WHEN excluded.md5 IS DISTINCT FROM recordings.md5 THEN NULL ELSE recordings.{c} END")
+                      for c in ("content_sha256", "audio_path")}
+        updates = ", ".join(keep_audio.get(c, f"{c} = excluded.{c}") for c in _REC_COLUMNS
                             if c not in ("recording_id", "source", "source_id", "first_seen"))
+        updates += (", audio_variant = CASE WHEN excluded.content_sha256 IS NOT NULL THEN NULL "
+                    "WHEN excluded.md5 IS DISTINCT FROM recordings.md5 THEN NULL ELSE recordings.audio_variant END")
         # bulk path: the batch is an Arrow table scanned by DuckDB (executemany runs one
         # statement per row and is ~100x slower); values still never enter the SQL text
         self.con.register("_sao_incoming", incoming)
-        self.con.execute("BEGIN TRANSACTION")
         try:
-            self.con.execute(f"INSERT INTO recordings ({cols}) SELECT {select} FROM _sao_incoming "
-                             f"ON CONFLICT (recording_id) DO UPDATE SET {updates}")
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
+            with self.transaction():
+                self.con.execute(f"INSERT INTO recordings ({cols}) SELECT {select} FROM _sao_incoming "
+                                 f"ON CONFLICT (recording_id) DO UPDATE SET {updates}")
         finally:
             self.con.unregister("_sao_incoming")
         return len(rows)
@@ -196,8 +222,9 @@ class Catalog:
 
     # -- decisions -------------------------------------------------------------------------------
     def add_decisions(self, decisions: Sequence[Decision]) -> int:
-        rows = []
+        """Append decisions (validated first; all or nothing)."""
         now = _utcnow()
+        rows = []
         for d in decisions:
             if d.verdict not in VERDICTS:
                 raise CatalogError(f"decision for {d.recording_id} at {d.stage}: verdict {d.verdict!r} "
@@ -207,22 +234,42 @@ class Catalog:
             if d.model_name and not (d.checkpoint_sha256 or d.uncalibrated):
                 raise CatalogError(f"decision for {d.recording_id} at {d.stage}: model {d.model_name} needs a "
                                    "checkpoint sha256, or uncalibrated=True")
-            rows.append([d.recording_id, d.stage, d.verdict, d.reason, d.model_name, d.checkpoint_sha256,
-                         d.threshold, d.uncalibrated, d.config_hash,
-                         json.dumps(d.details, sort_keys=True) if d.details is not None else None, now])
+            rows.append(d)
         if not rows:
             return 0
-        self.con.execute("BEGIN TRANSACTION")
+        table = pa.table({
+            "recording_id": pa.array([d.recording_id for d in rows], pa.string()),
+            "stage": pa.array([d.stage for d in rows], pa.string()),
+            "verdict": pa.array([d.verdict for d in rows], pa.string()),
+            "reason": pa.array([d.reason for d in rows], pa.string()),
+            "model_name": pa.array([d.model_name for d in rows], pa.string()),
+            "checkpoint_sha256": pa.array([d.checkpoint_sha256 for d in rows], pa.string()),
+            "threshold": pa.array([d.threshold for d in rows], pa.float64()),
+            "uncalibrated": pa.array([bool(d.uncalibrated) for d in rows], pa.bool_()),
+            "config_hash": pa.array([d.config_hash for d in rows], pa.string()),
+            "details": pa.array([json.dumps(d.details, sort_keys=True) if d.details is not None else None
+                                 for d in rows], pa.string()),
+            "decided_at": pa.array([now] * len(rows), pa.timestamp("us")),
+        })
+        self.con.register("_sao_decisions", table)
         try:
-            self.con.executemany(
-                "INSERT INTO decisions (recording_id, stage, verdict, reason, model_name, checkpoint_sha256, "
-                "threshold, uncalibrated, config_hash, details, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows)
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
+            with self.transaction():
+                self.con.execute(
+                    "INSERT INTO decisions (recording_id, stage, verdict, reason, model_name, checkpoint_sha256, "
+                    "threshold, uncalibrated, config_hash, details, decided_at) SELECT recording_id, stage, verdict, "
+                    "reason, model_name, checkpoint_sha256, threshold, uncalibrated, config_hash, "
+                    "CAST(details AS JSON), decided_at FROM _sao_decisions")
+        finally:
+            self.con.unregister("_sao_decisions")
         return len(rows)
+
+    def latest_decision_map(self, stage: str) -> dict[str, dict[str, Any]]:
+        """{recording_id: its latest decision at ``stage``} (details decoded)."""
+        cur = self.con.execute(
+            "SELECT recording_id, verdict, reason, details, decision_id FROM decisions WHERE stage = ? "
+            "QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1", [stage])
+        return {r[0]: {"verdict": r[1], "reason": r[2], "details": json.loads(r[3]) if r[3] else None,
+                       "decision_id": r[4]} for r in cur.fetchall()}
 
     def latest_decisions(self, stage: str | None = None) -> list[dict[str, Any]]:
         """The most recent decision per (recording, stage)."""
@@ -235,11 +282,48 @@ class Catalog:
 
     # -- takedowns -------------------------------------------------------------------------------
     def add_takedown(self, recording_id: str, reason: str, requested_by: str | None = None) -> int:
+        """Record a take-down; an item already taken down keeps its first active record."""
         if not reason:
             raise CatalogError(f"takedown for {recording_id}: a reason is required")
+        if ":" not in recording_id:
+            raise CatalogError(f"takedown for {recording_id!r}: expected SOURCE:ID, e.g. freesound:12345")
+        existing = self.con.execute("SELECT takedown_id FROM takedowns WHERE recording_id = ? AND status = ?",
+                                    [recording_id, "active"]).fetchall()
+        if existing:
+            return existing[0][0]
         return self.con.execute(
             "INSERT INTO takedowns (recording_id, reason, requested_by, received_at) VALUES (?, ?, ?, ?) "
             "RETURNING takedown_id", [recording_id, reason, requested_by, _utcnow()]).fetchall()[0][0]
+
+    def takedowns(self) -> list[dict[str, Any]]:
+        cur = self.con.execute("SELECT * FROM takedowns ORDER BY takedown_id")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    # -- crawl cursors ---------------------------------------------------------------------------
+    def get_cursor(self, source: str, query_key: str) -> dict[str, Any] | None:
+        rows = self.con.execute("SELECT last_created, next_page, updated_at FROM crawl_cursors "
+                                "WHERE source = ? AND query_key = ?", [source, query_key]).fetchall()
+        return {"last_created": rows[0][0], "next_page": rows[0][1], "updated_at": rows[0][2]} if rows else None
+
+    def set_cursor(self, source: str, query_key: str, last_created: dt.datetime | None, next_page: int) -> None:
+        self.con.execute(
+            "INSERT INTO crawl_cursors (source, query_key, last_created, next_page, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (source, query_key) DO UPDATE SET last_created = excluded.last_created, "
+            "next_page = excluded.next_page, updated_at = excluded.updated_at",
+            [source, query_key, last_created, next_page, _utcnow()])
+
+    # -- audio -----------------------------------------------------------------------------------
+    def set_audio(self, recording_id: str, sha256: str, audio_path: str, variant: str) -> None:
+        """Record the stored audio of a recording (after its file is complete under its final name)."""
+        self.con.execute("UPDATE recordings SET content_sha256 = ?, audio_path = ?, audio_variant = ? "
+                         "WHERE recording_id = ?", [sha256, audio_path, variant, recording_id])
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read query with parameters; rows as dicts."""
+        cur = self.con.execute(sql, list(params))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
 
     def active_takedowns(self) -> set[str]:
         return {r[0] for r in self.con.execute(
@@ -257,12 +341,6 @@ class Catalog:
         dest = pathlib.Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         arrow = self.con.sql(f"SELECT * FROM {table}").to_arrow_table()  # noqa: S608 (whitelisted)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        os.close(fd)
-        try:
+        with atomic_path(dest) as tmp:
             pq.write_table(arrow, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
         return dest

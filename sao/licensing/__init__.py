@@ -1,4 +1,8 @@
-"""License identification: turn what a source says into one canonical id (pure, no I/O)."""
-from .canonical import CANONICAL_URLS, canonical_license, deed_url
+"""License identification, the license gate and attribution fields (pure, no I/O)."""
+from .attribution import freesound_attribution_line, license_name_with_version, tasl
+from .canonical import CANONICAL_URLS, UNKNOWN, canonical_license, deed_url
+from .gate import ALLOWED_LICENSES, GateResult, LicensePolicy, license_gate, resolve_license
 
-__all__ = ["canonical_license", "deed_url", "CANONICAL_URLS"]
+__all__ = ["ALLOWED_LICENSES", "CANONICAL_URLS", "GateResult", "LicensePolicy", "UNKNOWN", "canonical_license",
+           "deed_url", "freesound_attribution_line", "license_gate", "license_name_with_version", "resolve_license",
+           "tasl"]

@@ -85,7 +85,44 @@ def canonical_license(raw: str | None) -> str:
         if m:
             return f"{'cc0' if m.group('kind') == 'zero' else 'pdm'}-{m.group('ver')}"
         return UNKNOWN
-    return _NAMES.get(text.lower(), UNKNOWN)
+    known = _NAMES.get(text.lower())
+    if known:
+        return known
+    return _parse_cc_title(text)
+
+
+_TITLE = re.compile(r"^(?:creative commons\s+)?attribution(?P<rest>.*)$", re.IGNORECASE)
+
+
+def _parse_cc_title(text: str) -> str:
+    """Parse CC license titles as FMA writes them, e.g. 'Attribution-Noncommercial-Share Alike
+    3.0 United States' -> cc-by-nc-sa-3.0. Anything with leftover words is ``unknown``."""
+    m = _TITLE.match(text.strip())
+    if not m:
+        return UNKNOWN
+    rest = m.group("rest").lower()
+    rest = re.sub(r"\(aka music sharing\)", " ", rest)
+    version = None
+    vm = re.search(r"\b(\d\.\d)\b", rest)
+    if vm:
+        version = vm.group(1)
+        tail = rest[vm.end():].strip()
+        # jurisdiction ports ("United States", "Germany", "International") do not change the terms
+        if tail and not re.fullmatch(r"[a-z ]+", tail):
+            return UNKNOWN
+        rest = rest[:vm.start()]
+    parts = []
+    for pat, tag in ((r"non-?commercial", "nc"), (r"no ?derivatives|no derivative works|no ?derivs", "nd"),
+                     (r"share ?alike", "sa")):
+        if re.search(pat, rest):
+            parts.append(tag)
+            rest = re.sub(pat, " ", rest)
+    if re.sub(r"[\s,-]+", "", rest):
+        return UNKNOWN          # words we do not understand: never guess
+    if "nd" in parts and "sa" in parts:
+        return UNKNOWN
+    kind = "-".join(["cc-by", *parts])
+    return f"{kind}-{version}" if version else kind
 
 
 def deed_url(canonical: str) -> str:

@@ -13,9 +13,9 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any
 
+from ...fsutil import atomic_path, atomic_write_text
 from ...licensing import canonical_license, deed_url
 
 FREESOUND_ID_BASE = 100_000
@@ -104,12 +104,7 @@ def build_freesound_sounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]
     return sounds
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+_atomic_write = atomic_write_text
 
 
 def fma_audio_relpath(track_id: int) -> str:
@@ -146,9 +141,8 @@ def build_fma_replica(entries: list[dict[str, Any]], out_dir: str | os.PathLike)
         src = pathlib.Path(e["path"])
         if not dst.exists() or dst.stat().st_size != src.stat().st_size:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
         checksums.append(f"{hashlib.sha1(src.read_bytes()).hexdigest()}  fma_large/{audio_rel}")
         license_title = _FMA_TITLES.get(canonical, "")
         license_url = e["license_url"] if license_title else ""

@@ -27,11 +27,11 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
+from ...fsutil import atomic_path
 from .search import SearchError, search
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,15 @@ class ReplicaSettings:
     rate_limit_per_minute: int = 600
     max_page_size: int = 150
     default_page_size: int = 15
+    rate_window_s: float = 60.0       # freesound.org counts per minute; tests shorten the window
 
 
 class _Throttle:
     """Sliding one-minute window per credential, like DRF's throttles on freesound.org."""
 
-    def __init__(self, per_minute: int):
+    def __init__(self, per_minute: int, window: float = 60.0):
         self.per_minute = per_minute
+        self.window = window
         self.hits: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self.lock = threading.Lock()
 
@@ -70,10 +72,10 @@ class _Throttle:
         now = time.monotonic()
         with self.lock:
             q = self.hits[key]
-            while q and now - q[0] >= 60.0:
+            while q and now - q[0] >= self.window:
                 q.popleft()
             if len(q) >= self.per_minute:
-                return 60.0 - (now - q[0])
+                return self.window - (now - q[0])
             q.append(now)
             return None
 
@@ -94,7 +96,10 @@ class ReplicaServer:
             cache_dir = self._tmp.name
         self.cache_dir = pathlib.Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.throttle = _Throttle(self.settings.rate_limit_per_minute)
+        self.throttle = _Throttle(self.settings.rate_limit_per_minute, self.settings.rate_window_s)
+        self._faults: list[list] = []
+        self._truncations: list[list] = []
+        self.throttled = 0
         self.request_counts: collections.Counter = collections.Counter()
         self._preview_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self.httpd = ThreadingHTTPServer((host, port), _Handler)
@@ -144,6 +149,33 @@ class ReplicaServer:
         with self._lock:
             self._sounds.pop(sound_id, None)
 
+    def inject_fault(self, path_pattern: str, status: int, *, times: int = 1, retry_after: str | None = None,
+                     detail: str = "Injected fault") -> None:
+        """Answer the next ``times`` requests whose path matches with ``status`` (e.g. 503, 429)."""
+        with self._lock:
+            self._faults.append([re.compile(path_pattern), status, times, retry_after, detail])
+
+    def inject_truncation(self, path_pattern: str, *, times: int = 1) -> None:
+        """The next ``times`` file responses on matching paths announce the full length but stop halfway."""
+        with self._lock:
+            self._truncations.append([re.compile(path_pattern), times])
+
+    def _take_truncation(self, path: str) -> bool:
+        with self._lock:
+            for t in self._truncations:
+                if t[1] > 0 and t[0].search(path):
+                    t[1] -= 1
+                    return True
+        return False
+
+    def _take_fault(self, path: str):
+        with self._lock:
+            for f in self._faults:
+                if f[2] > 0 and f[0].search(path):
+                    f[2] -= 1
+                    return f
+        return None
+
     def sounds(self) -> list[dict[str, Any]]:
         with self._lock:
             return [copy.deepcopy(s) for s in self._sounds.values()]
@@ -186,14 +218,8 @@ class ReplicaServer:
                 x = np.vstack([x, x])
             level = {"hq": 0.3, "lq": 0.9}[quality]
             kw = dict(format="MP3", subtype="MPEG_LAYER_III") if fmt == "mp3" else dict(format="OGG", subtype="VORBIS")
-            fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=self.cache_dir)
-            os.close(fd)
-            try:
-                sf.write(tmp, np.clip(x.T, -1, 1), sr, compression_level=level, **kw)
-                os.replace(tmp, dst)
-            except BaseException:
-                pathlib.Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(dst) as tmp:
+                sf.write(str(tmp), np.clip(x.T, -1, 1), sr, compression_level=level, **kw)
         return dst
 
 
@@ -232,7 +258,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(size))
         if filename:
             self.send_header("Content-Disposition", f'attachment; filename="{filename}"')
+        truncate = self.replica._take_truncation(urlsplit(self.path).path)
+        if truncate:
+            self.send_header("Connection", "close")
         self.end_headers()
+        if truncate:
+            with open(path, "rb") as f:
+                self.wfile.write(f.read(size // 2))
+            self.wfile.flush()
+            self.close_connection = True
+            return
         with open(path, "rb") as f:
             while chunk := f.read(1 << 16):
                 self.wfile.write(chunk)
@@ -254,6 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = url.path
         r = self.replica
         r.request_counts[path] += 1
+        fault = r._take_fault(path)
+        if fault is not None:
+            return self._error(fault[1], fault[4], {"Retry-After": fault[3]} if fault[3] else None)
         try:
             if path == "/health":
                 return self._json(200, {"status": "ok", "sounds": len(r._sounds)})
@@ -294,6 +332,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(401, "Invalid token.")
         wait = r.throttle.check(f"{kind}:{value}")
         if wait is not None:
+            r.throttled += 1
             rate = r.settings.rate_limit_per_minute
             return self._error(429, f"Request was throttled because of exceeding a request limit rate ({rate}/minute)",
                                {"Retry-After": str(max(1, math.ceil(wait)))})

@@ -1,0 +1,35 @@
+"""Attribution fields in the TASL form (Title, Author, Source, License), and Freesound's own
+attribution line. Pure functions over a crawled record."""
+from __future__ import annotations
+
+_NAMES = {
+    "cc0-1.0": "Creative Commons 0", "cc-by-3.0": "Attribution 3.0", "cc-by-4.0": "Attribution 4.0",
+    "cc-sampling+-1.0": "Sampling+", "cc-by-nc-3.0": "Attribution NonCommercial 3.0",
+    "cc-by-nc-4.0": "Attribution NonCommercial 4.0",
+}
+_SPDX = {"cc0-1.0": "CC0-1.0", "cc-by-3.0": "CC-BY-3.0", "cc-by-4.0": "CC-BY-4.0",
+         "cc-sampling+-1.0": "CC-Sampling+-1.0"}
+
+
+def license_name_with_version(canonical: str) -> str:
+    """Freesound's 'name with version' (e.g. 'Attribution 4.0'); the canonical id otherwise."""
+    return _NAMES.get(canonical, canonical)
+
+
+def tasl(*, title: str, author: str, source_url: str, license_canonical: str, license_url: str) -> dict:
+    return {
+        "title": title or "(untitled)",
+        "author": author or "(unknown author)",
+        "source_url": source_url,
+        "license": _SPDX.get(license_canonical, license_canonical),
+        "license_name": license_name_with_version(license_canonical),
+        "license_url": license_url,
+    }
+
+
+def freesound_attribution_line(*, name: str, username: str, sound_id: int | str, license_canonical: str,
+                               site: str = "https://freesound.org") -> str:
+    """``"{name} by {username} -- https://freesound.org/s/{id}/ -- License: {license}"``, as
+    Freesound's own attribution text."""
+    return (f"{name} by {username} -- {site.rstrip('/')}/s/{sound_id}/ -- "
+            f"License: {license_name_with_version(license_canonical)}")

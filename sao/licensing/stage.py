@@ -1,0 +1,79 @@
+"""The license_gate stage: run the pure gate over every catalogued recording and write one
+decision per recording whose inputs changed since its last decision (so a rerun writes
+nothing). An item that had passed and now fails (re-licensed, or its author opted out)
+also gets a take-down, which every later stage and release must honour."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+
+from ..catalog import Catalog, Decision
+from .gate import LicensePolicy, license_gate
+
+log = logging.getLogger(__name__)
+STAGE = "license_gate"
+
+
+@dataclasses.dataclass
+class GateStats:
+    evaluated: int = 0
+    written: int = 0
+    takedowns: int = 0
+    kept: Counter = dataclasses.field(default_factory=Counter)       # (source, canonical) -> n
+    rejected: Counter = dataclasses.field(default_factory=Counter)   # (source, category) -> n
+
+
+def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -> GateStats:
+    stats = GateStats()
+    previous = cat.latest_decision_map(STAGE)
+    taken = cat.active_takedowns()
+    rows = cat.con.execute(
+        "SELECT recording_id, source, license_raw, license_url, "
+        "json_extract_string(extra, '$.license_title') AS license_title, "
+        "json_extract_string(extra, '$.gen_ai_preference') AS gen_ai FROM recordings").fetchall()
+    decisions, new_takedowns = [], []
+    policy_desc = policy.describe()
+    for rid, source, raw, url, title, gen_ai in rows:
+        stats.evaluated += 1
+        if source == "fma":
+            result = license_gate(url, title, gen_ai_preference=gen_ai, policy=policy)
+        else:
+            result = license_gate(raw, None, gen_ai_preference=gen_ai, policy=policy)
+        if result.verdict == "pass":
+            stats.kept[(source, result.canonical)] += 1
+        else:
+            stats.rejected[(source, result.category)] += 1
+        inputs = {"license": raw, "license_title": title, "gen_ai_preference": gen_ai, "policy": policy_desc}
+        prev = previous.get(rid)
+        if prev and prev["details"] and prev["details"].get("inputs") == inputs and prev["reason"] == result.reason:
+            continue
+        decisions.append(Decision(rid, STAGE, result.verdict, result.reason, config_hash=config_hash,
+                                  details={"inputs": inputs, "canonical": result.canonical}))
+        if prev and prev["verdict"] == "pass" and result.verdict == "reject" and rid not in taken:
+            new_takedowns.append((rid, f"{result.category}-after-admission: {result.reason}"))
+    with cat.transaction():
+        stats.written = cat.add_decisions(decisions)
+        for rid, reason in new_takedowns:
+            cat.add_takedown(rid, reason, "license_gate")
+            log.warning("%s: take-down recorded (%s)", rid, reason)
+    stats.takedowns = len(new_takedowns)
+    return stats
+
+
+def counts_table(stats: GateStats) -> str:
+    """A plain-text table of kept licenses and rejection reasons per source."""
+    lines = [f"{'source':10s} {'outcome':8s} {'license / reason':32s} {'n':>6s}"]
+    for (source, lic), n in sorted(stats.kept.items()):
+        lines.append(f"{source:10s} {'kept':8s} {lic:32s} {n:6d}")
+    for (source, cat_), n in sorted(stats.rejected.items()):
+        lines.append(f"{source:10s} {'rejected':8s} {cat_:32s} {n:6d}")
+    kept, rej = sum(stats.kept.values()), sum(stats.rejected.values())
+    lines.append(f"{'total':10s} {'':8s} {'kept ' + str(kept) + ', rejected ' + str(rej):32s} {kept + rej:6d}")
+    return "\n".join(lines)
+
+
+def summary_json(stats: GateStats) -> str:
+    return json.dumps({"kept": {f"{s}:{k}": n for (s, k), n in stats.kept.items()},
+                       "rejected": {f"{s}:{k}": n for (s, k), n in stats.rejected.items()}}, sort_keys=True)

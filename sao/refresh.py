@@ -1,0 +1,123 @@
+"""The data refresh, as plain functions over a config: crawl Freesound, ingest FMA, run the
+license gate, download audio. The CLI, the demo and the Prefect flow (flows/refresh.py) all
+call these; each opens the catalogue itself so it can run as an independent task."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import pathlib
+import time
+import uuid
+from typing import Any
+
+from . import config as config_mod
+from .catalog import Catalog
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+
+def make_client(cfg: Config, *, base_url: str | None = None, token: str | None = None):
+    from .sources.freesound import FreesoundClient, RetryPolicy
+    fs = cfg.freesound
+    return FreesoundClient(base_url or fs.base_url, token or config_mod.freesound_token(cfg),
+                           oauth_token=config_mod.freesound_oauth_token(cfg),
+                           rate_limit_per_minute=fs.rate_limit_per_minute, timeout=fs.timeout_s,
+                           retry=RetryPolicy(max_retries=fs.max_retries))
+
+
+def search_fields(cfg: Config) -> tuple[str, ...]:
+    from .sources.freesound import SEARCH_FIELDS
+    return SEARCH_FIELDS + (("sim_laion_clap",) if cfg.freesound.request_sim_laion_clap else ())
+
+
+def stage_crawl_freesound(cfg: Config, *, full: bool = False, reconcile: bool = False,
+                          base_url: str | None = None, token: str | None = None) -> dict[str, Any]:
+    from .sources.freesound_crawl import crawl_freesound, reconcile_freesound
+    client = make_client(cfg, base_url=base_url, token=token)
+    try:
+        with Catalog(cfg.catalog_path) as cat:
+            fields = search_fields(cfg)
+            st = crawl_freesound(cat, client, page_size=cfg.freesound.page_size, full=full or reconcile,
+                                 fields=fields, commit_every=cfg.freesound.commit_every_pages)
+            out = {"pages": st.pages, "items": st.items, "new": st.new, "updated": st.updated,
+                   "malformed": st.malformed, "per_license": st.per_license, "items_per_s": round(st.items_per_s, 1),
+                   "requests": client.stats["requests"], "retries": client.stats["retries"]}
+            if reconcile:
+                out["reconcile"] = reconcile_freesound(cat, client, st.seen_ids, fields=fields)
+            return out
+    finally:
+        client.close()
+
+
+def stage_ingest_fma(cfg: Config, fma_dir: str | None = None) -> dict[str, Any]:
+    from .sources.fma import ingest_fma
+    root = fma_dir or cfg.fma.metadata_dir
+    if not root:
+        return {"skipped": "no [fma].metadata_dir configured"}
+    with Catalog(cfg.catalog_path) as cat:
+        st = ingest_fma(cat, cfg.path(root) if not pathlib.Path(root).is_absolute() else root,
+                        audio_store=cfg.path(cfg.paths.audio_store), config_hash=cfg.config_hash())
+    return {"tracks": st.tracks, "with_audio": st.with_audio, "audio_missing": st.audio_missing,
+            "audio_corrupt": st.audio_corrupt, "removed": st.removed,
+            "tracks_per_s": round(st.tracks / st.seconds, 1) if st.seconds else 0.0}
+
+
+def stage_license_gate(cfg: Config):
+    from .licensing.stage import run_license_gate
+    with Catalog(cfg.catalog_path) as cat:
+        return run_license_gate(cat, config_mod.license_policy(cfg), config_hash=cfg.config_hash())
+
+
+def stage_download(cfg: Config, *, base_url: str | None = None, token: str | None = None,
+                   limit: int | None = None) -> dict[str, Any]:
+    from .sources.audio_download import download_audio
+    if not cfg.freesound.download:
+        return {"skipped": "[freesound].download = false"}
+    client = make_client(cfg, base_url=base_url, token=token)
+    try:
+        with Catalog(cfg.catalog_path) as cat:
+            st = download_audio(cat, client, cfg.path(cfg.paths.audio_store),
+                                originals=cfg.freesound.download_originals, limit=limit)
+    finally:
+        client.close()
+    return {"candidates": st.candidates, "downloaded": st.downloaded, "failed": st.failed,
+            "megabytes": round(st.bytes / 1e6, 2), "audio_s_per_s": round(st.audio_s_per_s, 1)}
+
+
+def record_run(cfg: Config, flow: str, started: dt.datetime, status: str, summary: dict[str, Any]) -> str:
+    run_id = uuid.uuid4().hex
+    with Catalog(cfg.catalog_path) as cat:
+        cat.con.execute(
+            "INSERT INTO runs (run_id, flow, started_at, finished_at, status, items_in, passed, rejected, "
+            "throughput, config_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, flow, started, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), status,
+             summary.get("items_in"), summary.get("passed"), json.dumps(summary.get("rejected", {})),
+             json.dumps(summary.get("throughput", {})), cfg.config_hash()])
+    return run_id
+
+
+def refresh(cfg: Config, *, full: bool = False, reconcile: bool = False, fma_dir: str | None = None,
+            base_url: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """Run the whole refresh and record a run summary in the catalogue."""
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    status = "failed"
+    try:
+        out["freesound"] = stage_crawl_freesound(cfg, full=full, reconcile=reconcile, base_url=base_url, token=token)
+        out["fma"] = stage_ingest_fma(cfg, fma_dir)
+        gate = stage_license_gate(cfg)
+        out["gate"] = gate
+        out["download"] = stage_download(cfg, base_url=base_url, token=token)
+        status = "completed"
+        return out
+    finally:
+        gate = out.get("gate")
+        items = (out.get("freesound", {}).get("items", 0) or 0) + (out.get("fma", {}).get("tracks", 0) or 0)
+        secs = time.perf_counter() - t0
+        summary = {"items_in": items, "passed": sum(gate.kept.values()) if gate else None,
+                   "rejected": {f"{s}:{c}": n for (s, c), n in gate.rejected.items()} if gate else {},
+                   "throughput": {"items_per_s": round(items / secs, 1) if secs else 0.0, "seconds": round(secs, 2)}}
+        out["run_id"] = record_run(cfg, "refresh", started, status, summary)

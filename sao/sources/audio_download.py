@@ -1,0 +1,76 @@
+"""Download the audio of Freesound items that passed the license gate into the
+content-addressed store (``ab/cd/<sha256>.<ext>``): HQ MP3 previews by default, originals
+(md5 and size checked) when OAuth2 credentials are configured. A failed download leaves
+nothing behind and the item is tried again on the next run."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import requests
+
+from ..catalog import Catalog
+from ..log import progress
+from .freesound import FreesoundClient, FreesoundError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class DownloadStats:
+    candidates: int = 0
+    downloaded: int = 0
+    failed: int = 0
+    bytes: int = 0
+    audio_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def audio_s_per_s(self) -> float:
+        return self.audio_seconds / self.seconds if self.seconds else 0.0
+
+
+def pending_downloads(cat: Catalog, source: str = "freesound") -> list[dict]:
+    """Items that passed the gate, are not taken down and have no stored audio yet."""
+    return cat.query(
+        "WITH gate AS (SELECT recording_id, verdict FROM decisions WHERE stage = 'license_gate' "
+        "  QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1) "
+        "SELECT r.recording_id, r.audio_url, r.preview_url, r.md5, r.duration, "
+        "json_extract(r.extra, '$.filesize')::BIGINT AS filesize, json_extract_string(r.extra, '$.type') AS type "
+        "FROM recordings r JOIN gate g USING (recording_id) "
+        "WHERE r.source = ? AND g.verdict = 'pass' AND r.content_sha256 IS NULL "
+        "AND r.recording_id NOT IN (SELECT recording_id FROM takedowns WHERE status = 'active') "
+        "ORDER BY r.recording_id", [source])
+
+
+def download_audio(cat: Catalog, client: FreesoundClient, store: str | os.PathLike, *, originals: bool = False,
+                   limit: int | None = None) -> DownloadStats:
+    stats = DownloadStats()
+    t0 = time.perf_counter()
+    todo = pending_downloads(cat)[:limit]
+    stats.candidates = len(todo)
+    for item in progress(todo, desc="download", unit="file"):
+        rid = item["recording_id"]
+        try:
+            if originals:
+                if not item["audio_url"]:
+                    raise FreesoundError("no download URL")
+                path, sha, size = client.download(item["audio_url"], store, ext=item["type"] or "bin",
+                                                  expected_md5=item["md5"], expected_size=item["filesize"],
+                                                  original=True)
+            else:
+                if not item["preview_url"]:
+                    raise FreesoundError("no preview URL")
+                path, sha, size = client.download(item["preview_url"], store, ext="mp3")
+        except (FreesoundError, requests.RequestException, OSError) as exc:
+            stats.failed += 1
+            log.warning("%s: download failed, will retry next run: %s", rid, exc)
+            continue
+        cat.set_audio(rid, sha, os.path.relpath(path, store), "original" if originals else "preview-hq-mp3")
+        stats.downloaded += 1
+        stats.bytes += size
+        stats.audio_seconds += item["duration"] or 0.0
+    stats.seconds = time.perf_counter() - t0
+    return stats

@@ -1,0 +1,43 @@
+"""The Prefect refresh flow against the loopback replica (one temporary Prefect server)."""
+import pytest
+
+from sao.catalog import Catalog
+from sao.sources.freesound import FreesoundError
+
+SECRET = "flow-token-81ab"
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness():
+        yield
+
+
+def test_retry_condition_is_transient_only():
+    import requests
+
+    from flows.refresh import is_transient
+    assert is_transient(FreesoundError("x", 503)) and is_transient(FreesoundError("x", 429))
+    assert is_transient(FreesoundError("retries exhausted")) and is_transient(requests.ConnectionError())
+    assert not is_transient(FreesoundError("bad filter", 400)) and not is_transient(ValueError("data"))
+
+
+def test_refresh_flow_runs_and_reruns(prefect_server, freesound_sounds, fma_dir, tmp_path, monkeypatch):
+    from flows.refresh import refresh
+    from sao.sources.replica import ReplicaServer, ReplicaSettings
+    cfg = tmp_path / "sao.toml"
+    cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{tmp_path / "audio"}"\n'
+                   f'[fma]\nmetadata_dir = "{fma_dir}"\n')
+    monkeypatch.setenv("FREESOUND_API_TOKEN", SECRET)
+    with ReplicaServer(freesound_sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv:
+        srv.inject_fault(r"/apiv2/search/", 503, times=1)   # absorbed by the client's own retry
+        out = refresh(str(cfg), base_url=srv.api_url)
+        assert out["freesound"]["new"] == 26 and out["fma"]["tracks"] == 10
+        assert out["gate"]["written"] == 36 and out["download"]["downloaded"] == 26
+        again = refresh(str(cfg), base_url=srv.api_url)
+        assert again["freesound"]["new"] == 0 and again["gate"]["written"] == 0
+        assert again["download"]["candidates"] == 0
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        assert cat.counts()["recordings"] == 36
+        assert SECRET.encode() not in (tmp_path / "c.duckdb").read_bytes()
