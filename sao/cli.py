@@ -172,6 +172,21 @@ def cmd_takedown_list(args) -> int:
     return 0
 
 
+def cmd_shards_build(args) -> int:
+    from .refresh import stage_shards
+    out = stage_shards(_cfg(args), name=args.name, workers=args.workers)
+    print(f"shards {out['name']}: {out['shards']} shard(s) ({out['shards_written']} written, "
+          f"{out['shards_skipped']} already there), {out['bytes'] / 1e6:.1f} MB, samples {out['samples']}")
+    print(f"  location: {out['location']}")
+    print(f"  license mix: {json.dumps(out['license_mix'])}")
+    print(f"  throughput: {out['audio_s_per_s']} audio-seconds per second")
+    if out["decode_failures"]:
+        print(f"  undecodable, skipped: {json.dumps(out['decode_failures'])}")
+    if not out["samples"]:
+        print("  the catalogue has no admitted recording with audio yet: run `sao refresh` (or `make demo`) first")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(_cfg(args))
@@ -240,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--by", help="who asked (e.g. an e-mail reference)")
     ta.set_defaults(func=cmd_takedown_add)
     td.add_parser("list", help="list take-downs").set_defaults(func=cmd_takedown_list)
+
+    sh = sub.add_parser("shards", help="WebDataset shards").add_subparsers(dest="sub", required=True)
+    sb = sh.add_parser("build", help="build autoencoder and diffusion shards for the current catalogue")
+    sb.add_argument("--name", help="output folder name under [shards].root (default: snap-<plan hash>)")
+    sb.add_argument("--workers", type=int, help="parallel shard writers (default [shards].workers)")
+    sb.set_defaults(func=cmd_shards_build)
 
     sub.add_parser("demo", help="run every stage end to end on the embedded defaults").set_defaults(func=cmd_demo)
     return p

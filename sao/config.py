@@ -69,6 +69,18 @@ class PolicyConfig:
 
 
 @dataclass
+class ShardsConfig:
+    root: str = "data/shards"                # local folder or any fsspec URL (s3://bucket/prefix, ...)
+    seed: int = 0
+    required_stages: list[str] = field(default_factory=lambda: ["license_gate"])
+    target_shard_mb: int = 256
+    workers: int = 2
+    ae_max_chunks: int = 3
+    hifi_extra_chunks: int = 3
+    max_windows_per_recording: int = 0       # 0: every 47.5 s window of a long recording
+
+
+@dataclass
 class LoggingConfig:
     level: str = "INFO"
 
@@ -80,6 +92,7 @@ class Config:
     freesound: FreesoundConfig = field(default_factory=FreesoundConfig)
     fma: FmaConfig = field(default_factory=FmaConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     root: pathlib.Path = field(default_factory=pathlib.Path.cwd, compare=False)
 
@@ -103,7 +116,7 @@ class Config:
 
 
 _SECTIONS = {"paths": PathsConfig, "replica": ReplicaConfig, "freesound": FreesoundConfig, "fma": FmaConfig,
-             "policy": PolicyConfig, "logging": LoggingConfig}
+             "policy": PolicyConfig, "shards": ShardsConfig, "logging": LoggingConfig}
 
 
 def _check_type(section: str, key: str, value: Any, default: Any) -> Any:
@@ -149,6 +162,10 @@ def from_dict(data: dict[str, Any], root: pathlib.Path | None = None) -> Config:
         raise ConfigError(f"[policy].refused_gen_ai_preferences: {bad} not in {list(GEN_AI_PREFERENCES)}")
     if not 1 <= cfg.freesound.page_size <= 150:
         raise ConfigError("[freesound].page_size: must be between 1 and 150 (the API maximum)")
+    if not cfg.shards.required_stages:
+        raise ConfigError("[shards].required_stages: at least one stage must admit an item (e.g. license_gate)")
+    if cfg.shards.target_shard_mb < 1 or cfg.shards.workers < 1:
+        raise ConfigError("[shards].target_shard_mb and [shards].workers must be at least 1")
     if cfg.freesound.commit_every_pages < 1:
         raise ConfigError("[freesound].commit_every_pages: must be at least 1")
     if cfg.freesound.rate_limit_per_minute < 1:
@@ -171,6 +188,11 @@ def freesound_token(cfg: Config) -> str:
 
 def freesound_oauth_token(cfg: Config) -> str | None:
     return os.environ.get(cfg.freesound.oauth_token_env, "").strip() or None
+
+
+def shards_root(cfg: Config) -> str:
+    """The shards root as a URL or absolute path (relative paths resolve against the config)."""
+    return cfg.shards.root if "://" in cfg.shards.root else str(cfg.path(cfg.shards.root))
 
 
 def license_policy(cfg: Config):

@@ -93,6 +93,16 @@ def step_download(ctx: DemoContext) -> dict[str, Any]:
     return out
 
 
+def step_shards(ctx: DemoContext) -> dict[str, Any]:
+    from .refresh import stage_shards
+    out = stage_shards(ctx.cfg)
+    ctx.outputs["shards"] = out["location"]
+    lines = [f"        {k:36s} {v:5d}" for k, v in out["license_mix"].items()]
+    return {"shards": f"{out['shards']} ({out['shards_written']} written, {out['shards_skipped']} already there)",
+            "size": f"{out['bytes'] / 1e6:.1f} MB", "samples": out["samples"],
+            "audio_s_per_s": out["audio_s_per_s"], "license mix (set:license samples)": "\n" + "\n".join(lines)}
+
+
 def step_export(ctx: DemoContext) -> dict[str, Any]:
     from .catalog import TABLES, Catalog
     dest = ctx.cfg.path(ctx.cfg.paths.exports)
@@ -112,6 +122,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("ingest FMA replica", step_ingest_fma),
     ("license gate", step_license_gate),
     ("download audio (HQ previews)", step_download),
+    ("build WebDataset shards", step_shards),
     ("export catalogue to Parquet", step_export),
 ]
 

@@ -121,3 +121,16 @@ def refresh(cfg: Config, *, full: bool = False, reconcile: bool = False, fma_dir
                    "rejected": {f"{s}:{c}": n for (s, c), n in gate.rejected.items()} if gate else {},
                    "throughput": {"items_per_s": round(items / secs, 1) if secs else 0.0, "seconds": round(secs, 2)}}
         out["run_id"] = record_run(cfg, "refresh", started, status, summary)
+
+
+def stage_shards(cfg: Config, *, name: str | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Build both shard sets for the current catalogue (see sao.shards.build)."""
+    from .shards import PlanConfig, build_shards
+    sc = cfg.shards
+    plan_cfg = PlanConfig(seed=sc.seed, ae_max_chunks=sc.ae_max_chunks, hifi_extra_chunks=sc.hifi_extra_chunks,
+                          max_windows_per_recording=sc.max_windows_per_recording,
+                          target_shard_bytes=sc.target_shard_mb * 1024 * 1024)
+    with Catalog(cfg.catalog_path) as cat:
+        return build_shards(cat, shards_root=config_mod.shards_root(cfg), audio_store=cfg.path(cfg.paths.audio_store),
+                            required_stages=list(sc.required_stages), plan_cfg=plan_cfg,
+                            config_hash=cfg.config_hash(), name=name, workers=workers or sc.workers)

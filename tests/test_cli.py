@@ -34,6 +34,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "data" / "exports" / "recordings.parquet").exists()
     assert (tmp_path / "data" / "replica" / "fma" / "fma_metadata" / "tracks.csv").exists()
     assert len(list((tmp_path / "data" / "audio").rglob("*.mp3"))) == 26 + 10
+    assert "build WebDataset shards" in out and "diffusion:cc0-1.0" in out
+    assert len(list((tmp_path / "data" / "shards").glob("snap-*/*/shard-*.tar"))) == 2
+    # a second demo is incremental: nothing new to write
+    assert cli.main(["--config", str(cfg), "demo"]) == 0
+    again = capsys.readouterr().out
+    assert "decisions written: 0" in again and "(0 written, 2 already there)" in again
     assert cli.main(["--config", str(cfg), "catalog", "status"]) == 0
     assert "schema version 3" in capsys.readouterr().out
 

@@ -135,7 +135,8 @@ def build_fma_replica(entries: list[dict[str, Any]], out_dir: str | os.PathLike)
         slug = lambda s: "".join(c if c.isalnum() else "_" for c in s).strip("_")  # noqa: E731
         track_url = f"https://freemusicarchive.org/music/{slug(artist)}/{slug(album) or 'Single'}/{slug(e['title'])}"
         genres = [genre_ids[g] for g in meta.get("genres", [])]
-        created = (UPLOAD_EPOCH + dt.timedelta(days=i)).strftime("%Y-%m-%d %H:%M:%S")
+        # only the year the corpus documents; no invented dates (they would end up in prompts)
+        created = f"{e['year']}-01-01 00:00:00" if e.get("year") else ""
         audio_rel = fma_audio_relpath(tid)
         dst = out / "fma_large" / audio_rel
         src = pathlib.Path(e["path"])

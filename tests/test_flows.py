@@ -41,3 +41,27 @@ def test_refresh_flow_runs_and_reruns(prefect_server, freesound_sounds, fma_dir,
     with Catalog(tmp_path / "c.duckdb") as cat:
         assert cat.counts()["recordings"] == 36
         assert SECRET.encode() not in (tmp_path / "c.duckdb").read_bytes()
+
+
+def test_shards_flow_writes_each_shard_as_a_task(prefect_server, freesound_sounds, fma_dir, tmp_path, monkeypatch):
+    import json
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.refresh import refresh
+    from flows.shards import shards
+    from sao.sources.replica import ReplicaServer, ReplicaSettings
+    cfg = tmp_path / "sao.toml"
+    cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{tmp_path / "audio"}"\n'
+                   f'[fma]\nmetadata_dir = "{fma_dir}"\n[shards]\nroot = "{tmp_path / "shards"}"\n'
+                   f'target_shard_mb = 16\n')
+    monkeypatch.setenv("FREESOUND_API_TOKEN", SECRET)
+    with ReplicaServer(freesound_sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv:
+        refresh(str(cfg), base_url=srv.api_url)
+    # threads keep the test fast; `python -m flows.shards` uses a process pool
+    out = shards.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(str(cfg), "f")
+    assert out["status"] == "complete" and out["shards"] >= 3 and out["shards_written"] == out["shards"]
+    plan = json.loads((tmp_path / "shards" / "f" / "plan.json").read_text())
+    assert plan["samples"] == out["samples"]
+    again = shards.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(str(cfg), "f")
+    assert again["shards_skipped"] == again["shards"] and again["shard_sha256"] == out["shard_sha256"]

@@ -1,0 +1,109 @@
+"""Shard build throughput on the sample corpus, repeated to more than 30 minutes of audio.
+
+Side by side, in one run:
+  * sao: the whole shard build (select from the catalogue, plan, decode, resample, FLAC,
+    tar, JSON, shard index) with 1 and with 2 worker processes;
+  * baseline: the bare minimum work, a plain single-process loop that decodes, resamples
+    and FLAC-encodes exactly the same clips and nothing else.
+Prints audio-seconds written per wall second. Target: 2 workers >= 1.6 x the baseline.
+
+    python bench/shards_bench.py [REPEATS]      # default 3 (about 35 minutes of source audio)
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("SAO_NO_PROGRESS", "1")
+
+import io  # noqa: E402
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import soxr  # noqa: E402
+
+from sao.catalog import Catalog, Decision  # noqa: E402
+from sao.shards import PlanConfig, build_shards, eligible_recordings, plan_samples  # noqa: E402
+from sao.sources import sample_corpus  # noqa: E402
+
+PLAN = PlanConfig(seed=0, target_shard_bytes=48 * 1024 * 1024)
+
+
+def make_catalogue(path: pathlib.Path, repeats: int) -> tuple[pathlib.Path, float]:
+    entries = sample_corpus.load_metadata()
+    corpus = pathlib.Path(entries[0]["path"]).parent
+    now = dt.datetime.now()
+    recs, decisions, seconds = [], [], 0.0
+    for r in range(repeats):
+        for e in entries:
+            source = "fma" if e["replica"] == "fma" else "freesound"
+            sid = f"{r}{e['id']}"
+            recs.append(dict(source=source, source_id=sid, title=e["title"], author=e["author"],
+                             description=e.get("description"), tags=e.get("tags"), duration=e["duration"],
+                             sample_rate=e["sample_rate"], channels=e["channels"], license_raw=e["license_url"],
+                             license_canonical="cc0-1.0", crawl_time=now, audio_path=pathlib.Path(e["path"]).name,
+                             content_sha256=e["sha256"], extra={"year": e.get("year") or "",
+                                                                "genres": (e.get("fma") or {}).get("genres", [])}))
+            decisions.append(Decision(f"{source}:{sid}", "license_gate", "pass", "bench", config_hash="bench"))
+            seconds += e["duration"]
+    with Catalog(path) as cat:
+        cat.upsert_recordings(recs)
+        cat.add_decisions(decisions)
+    return corpus, seconds
+
+
+def baseline(cat: Catalog, store: pathlib.Path) -> tuple[float, float]:
+    """Decode, resample, pad and FLAC-encode the same planned clips in a plain loop: soundfile,
+    soxr and numpy directly, nothing else. Returns (audio seconds, wall seconds)."""
+    samples = plan_samples(eligible_recordings(cat, ["license_gate"], store), PLAN)
+    t = time.perf_counter()
+    audio = 0.0
+    for s in samples:
+        if s.hifi_extra and s.needs_hf_check:
+            continue            # the pipeline writes these only after its HF check; keep the work equal
+        with sf.SoundFile(s.path) as f:
+            sr = f.samplerate
+            f.seek(min(f.frames, int(s.offset * sr / 44100)))
+            x = f.read(int(s.length * sr / 44100), dtype="float32", always_2d=True)
+        if sr != 44100:
+            x = soxr.resample(x, sr, 44100, quality="HQ")
+        out = np.zeros((s.length, 2), np.float32)
+        n = min(len(x), s.length)
+        out[:n] = x[:n, :2] if x.shape[1] > 1 else x[:n]
+        buf = io.BytesIO()
+        sf.write(buf, out, 44100, format="FLAC", subtype="PCM_16")
+        audio += s.length / 44100
+    return audio, time.perf_counter() - t
+
+
+def main(repeats: int = 3) -> None:
+    with tempfile.TemporaryDirectory(prefix="sao-shards-bench-") as d:
+        d = pathlib.Path(d)
+        store, source_seconds = make_catalogue(d / "c.duckdb", repeats)
+        print(f"catalogue: sample corpus x{repeats} = {source_seconds / 60:.1f} minutes of source audio")
+        with Catalog(d / "c.duckdb") as cat:
+            base_audio, base_s = baseline(cat, store)
+            runs = {}
+            for workers in (1, 2):
+                t = time.perf_counter()
+                out = build_shards(cat, shards_root=str(d / f"shards{workers}"), audio_store=store,
+                                   required_stages=["license_gate"], plan_cfg=PLAN, config_hash="bench",
+                                   workers=workers)
+                runs[workers] = (out["audio_seconds"], time.perf_counter() - t, out)
+    base = base_audio / base_s
+    print(f"\nshard build, {runs[2][0]:,.0f} audio-seconds written ({runs[2][2]['shards']} shards, "
+          f"{runs[2][2]['bytes'] / 1e6:.0f} MB)")
+    print(f"  {'baseline: plain decode/resample/FLAC loop':44s} {base:8.1f} audio-s/s   1.00x")
+    for w, (audio, secs, _) in runs.items():
+        print(f"  {f'sao shard build, {w} worker(s), end to end':44s} {audio / secs:8.1f} audio-s/s   "
+              f"{audio / secs / base:.2f}x")
+    ratio = runs[2][0] / runs[2][1] / base
+    print(f"  target: 2 workers >= 1.6x baseline -> {'met' if ratio >= 1.6 else 'NOT met'} ({ratio:.2f}x)")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

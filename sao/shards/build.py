@@ -1,0 +1,159 @@
+"""Build both shard sets for the current catalogue: select -> plan -> write shards (in
+parallel, resumable) -> record decode failures -> write the Parquet shard index.
+
+Output layout under ``<shards root>/<name>/``:
+    plan.json                           plan hash, seed, settings, status and totals
+    autoencoder/shard-000000.tar        5 s chunks
+    diffusion/shard-000000.tar          2,097,152-sample windows
+    index.parquet                       one row per sample: shard, shard sha256, recording, license, ...
+``name`` defaults to ``snap-<plan hash>``; reusing a name for a different plan is refused.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+from typing import Any, Callable, Iterable
+
+from ..catalog import Catalog, Decision
+from ..log import progress
+from .plan import PlanConfig, ShardSpec, assign_shards, plan_hash, plan_samples
+from .select import eligible_recordings
+from .writer import ShardResult, WriteContext, filesystem, is_local, write_shard
+
+log = logging.getLogger(__name__)
+
+
+class ShardBuildError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class BuildPlan:
+    name: str
+    out_url: str
+    plan_hash: str
+    specs: list[ShardSpec]
+    ctx: WriteContext
+    plan_cfg: PlanConfig
+    required_stages: list[str]
+    n_recordings: int
+
+
+def _json_write(fs, path: str, obj: Any) -> None:
+    data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
+    if is_local(fs):
+        from ..fsutil import atomic_path
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    else:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
+
+def prepare_build(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.Path, required_stages: list[str],
+                  plan_cfg: PlanConfig, name: str | None = None, storage_options: dict | None = None,
+                  flac_subtype: str = "PCM_16") -> BuildPlan:
+    recs = eligible_recordings(cat, required_stages, audio_store)
+    samples = plan_samples(recs, plan_cfg)
+    h = plan_hash(samples, plan_cfg)
+    name = name or f"snap-{h[:12]}"
+    out_url = f"{shards_root.rstrip('/')}/{name}"
+    fs, root = filesystem(out_url, storage_options)
+    plan_path = f"{root}/plan.json"
+    if fs.exists(plan_path):
+        with fs.open(plan_path, "rb") as f:
+            old = json.loads(f.read())
+        if old.get("plan_hash") != h:
+            raise ShardBuildError(f"{out_url} holds shards of a different plan ({old.get('plan_hash', '?')[:12]} vs "
+                                  f"{h[:12]}): the catalogue or settings changed; use another --name")
+    specs = assign_shards(samples, plan_cfg)
+    fs.makedirs(root, exist_ok=True)
+    _json_write(fs, plan_path, {"plan_hash": h, "name": name, "status": "building",
+                                "settings": dataclasses.asdict(plan_cfg), "required_stages": required_stages,
+                                "recordings": len(recs), "planned_samples": len(samples),
+                                "shards": [s.name for s in specs]})
+    if is_local(fs):                      # temporaries of a killed run are garbage
+        for stale in (pathlib.Path(root) / ".tmp").glob("*.part"):
+            stale.unlink(missing_ok=True)
+    ctx = WriteContext(out_url=out_url, storage_options=storage_options or {}, flac_subtype=flac_subtype,
+                       hifi_min_rate=plan_cfg.hifi_min_rate)
+    return BuildPlan(name, out_url, h, specs, ctx, plan_cfg, list(required_stages), len(recs))
+
+
+def run_shards(plan: BuildPlan, workers: int = 1) -> list[ShardResult]:
+    """Write every shard; with workers > 1, in a process pool (the writers are CPU bound)."""
+    results: list[ShardResult] = []
+    bar = progress(total=len(plan.specs), desc="shards", unit="shard")
+    if workers <= 1 or len(plan.specs) <= 1:
+        for spec in plan.specs:
+            results.append(write_shard(spec, plan.ctx))
+            bar.update(1)
+    else:
+        with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(write_shard, spec, plan.ctx) for spec in plan.specs]
+            for fut in cf.as_completed(futures):
+                results.append(fut.result())
+                bar.update(1)
+    bar.close()
+    return results
+
+
+def finalize_build(cat: Catalog, plan: BuildPlan, results: Iterable[ShardResult], *, config_hash: str,
+                   seconds: float) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    results = sorted(results, key=lambda r: r.name)
+    failures: dict[str, str] = {}
+    for r in results:
+        failures.update(r.failures)
+    previous = cat.latest_decision_map("decode")
+    cat.add_decisions([Decision(rid, "decode", "reject", reason, config_hash=config_hash)
+                       for rid, reason in sorted(failures.items()) if (previous.get(rid) or {}).get("reason") != reason])
+    rows = []
+    for r in results:
+        for row in r.rows:
+            rows.append({"shard": r.name, "shard_sha256": r.sha256, **row})
+    fs, root = filesystem(plan.out_url, plan.ctx.storage_options)
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"shard": pa.array([], pa.string())})
+    index_path = f"{root}/index.parquet"
+    if is_local(fs):
+        from ..fsutil import atomic_path
+        with atomic_path(index_path) as tmp:
+            pq.write_table(table, tmp)
+    else:
+        with fs.open(index_path, "wb") as f:
+            pq.write_table(table, f)
+    per_set = collections.Counter(row["set"] for row in rows)
+    licenses = collections.Counter((row["set"], row["license"]) for row in rows)
+    audio_seconds = sum(r.audio_seconds for r in results)
+    written = [r for r in results if r.status == "written"]
+    summary = {
+        "name": plan.name, "location": plan.out_url, "plan_hash": plan.plan_hash, "status": "complete",
+        "recordings": plan.n_recordings, "shards": len(results), "shards_written": len(written),
+        "shards_skipped": len(results) - len(written), "samples": dict(per_set),
+        "bytes": sum(r.bytes for r in results),
+        "license_mix": {f"{s}:{lic}": n for (s, lic), n in sorted(licenses.items())},
+        "decode_failures": failures, "audio_seconds": round(audio_seconds, 1),
+        "audio_s_per_s": round(sum(r.audio_seconds for r in written) / seconds, 1) if seconds and written else 0.0,
+        "seconds": round(seconds, 2), "shard_sha256": {r.name: r.sha256 for r in results},
+        "required_stages": plan.required_stages, "settings": dataclasses.asdict(plan.plan_cfg),
+    }
+    _json_write(fs, f"{root}/plan.json", summary)
+    return summary
+
+
+def build_shards(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.Path, required_stages: list[str],
+                 plan_cfg: PlanConfig, config_hash: str, name: str | None = None, workers: int = 1,
+                 storage_options: dict | None = None,
+                 runner: Callable[[BuildPlan, int], list[ShardResult]] = run_shards) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    plan = prepare_build(cat, shards_root=shards_root, audio_store=audio_store, required_stages=required_stages,
+                         plan_cfg=plan_cfg, name=name, storage_options=storage_options)
+    results = runner(plan, workers)
+    return finalize_build(cat, plan, results, config_hash=config_hash, seconds=time.perf_counter() - t0)

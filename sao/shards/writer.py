@@ -1,0 +1,236 @@
+"""Write one WebDataset shard: decode each planned clip, resample to 44.1 kHz stereo with
+soxr, make it clip-safe, encode FLAC, and add ``<key>.flac`` + ``<key>.json`` to a tar whose
+bytes depend only on the plan (fixed member order, times and owners).
+
+The tar is built under a temporary name and appears under its final name (local rename, or
+one upload for object stores) only when whole. A shard that already exists is not rebuilt:
+its index rows are read back from its JSON members. Runs in worker processes: everything
+it needs travels in its arguments; failures come back as data, never as a crash.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import pathlib
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from ..audio import AudioDecodeError, load, probe
+from .hifi import HF_MIN_SHARE, high_frequency_energy_share, is_hifi
+from .plan import SAMPLE_RATE, Sample, ShardSpec
+
+TAR_MTIME = 946_684_800          # fixed member time (2000-01-01): identical bytes on every rebuild
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    out_url: str
+    storage_options: dict = field(default_factory=dict)
+    flac_subtype: str = "PCM_16"
+    hf_min_share: float = HF_MIN_SHARE
+    hifi_min_rate: int = 48_000
+
+
+@dataclass
+class ShardResult:
+    name: str
+    status: str                       # "written" or "skipped"
+    sha256: str
+    bytes: int
+    rows: list[dict[str, Any]]
+    failures: dict[str, str]          # recording_id -> reason
+    audio_seconds: float
+    seconds: float
+
+
+def filesystem(url: str, storage_options: dict | None = None):
+    import fsspec
+    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+def is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def to_stereo_44k(x: np.ndarray, sr: int) -> np.ndarray:
+    """[channels, samples] at any rate -> [2, samples] at 44.1 kHz (kept for callers using that layout)."""
+    return read_frames_to_stereo(np.ascontiguousarray(x.T), sr, None).T
+
+
+def read_frames_to_stereo(frames: np.ndarray, sr: int, length: int | None) -> np.ndarray:
+    """[samples, channels] at ``sr`` -> C-contiguous [length, 2] float32 at 44.1 kHz, zero-padded.
+
+    Works in the frame-major layout soundfile reads and writes, so a clip is copied once.
+    """
+    if sr != SAMPLE_RATE and frames.shape[0] > 0:
+        import soxr
+        frames = soxr.resample(frames, sr, SAMPLE_RATE, quality="HQ")
+    n = frames.shape[0] if length is None else min(length, frames.shape[0])
+    out = np.zeros((n if length is None else length, 2), dtype=np.float32)
+    if frames.shape[1] == 1:
+        out[:n, 0] = frames[:n, 0]
+        out[:n, 1] = frames[:n, 0]
+    else:
+        out[:n] = frames[:n, :2]      # as stable-audio-tools' Stereo(): keep the first two channels
+    return out
+
+
+def clip_safe(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Resampling can overshoot full scale; scale down instead of clipping (in place)."""
+    peak = float(max(x.max(initial=0.0), -x.min(initial=0.0))) if x.size else 0.0
+    if peak > 0.999:
+        g = 0.999 / peak
+        x *= g
+        return x, g
+    return x, 1.0
+
+
+def encode_flac(x: np.ndarray, subtype: str) -> bytes:
+    """[samples, 2] float32 -> FLAC bytes at 44.1 kHz."""
+    buf = io.BytesIO()
+    sf.write(buf, x, SAMPLE_RATE, format="FLAC", subtype=subtype)
+    return buf.getvalue()
+
+
+def read_window(path: str, sr: int, start: int, frames: int) -> np.ndarray:
+    """Read ``frames`` native frames from ``start``; decode errors and non-finite samples are AudioDecodeError."""
+    try:
+        with sf.SoundFile(path) as f:
+            if start:
+                f.seek(min(start, f.frames))
+            data = f.read(frames, dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile's own error types
+        raise AudioDecodeError(f"{path}: cannot decode: {exc}") from exc
+    if not np.isfinite(data).all():
+        raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
+    return data
+
+
+def read_clip(s: Sample, info, total_44k: int) -> tuple[np.ndarray, int, int]:
+    """Return ([s.length, 2] float32 at 44.1 kHz, offset actually used, valid samples)."""
+    offset = s.offset
+    if s.set == "autoencoder" and offset + s.length > total_44k:
+        offset = max(0, total_44k - s.length)          # the stored file can be shorter than the metadata
+    sr = info.sample_rate
+    start = int(round(offset * sr / SAMPLE_RATE))
+    frames = int(math.ceil(s.length * sr / SAMPLE_RATE)) + (64 if sr != SAMPLE_RATE else 0)
+    data = read_window(s.path, sr, start, frames)
+    valid = min(s.length, int(round(data.shape[0] * SAMPLE_RATE / sr)))
+    return read_frames_to_stereo(data, sr, s.length), offset, valid
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = len(data), TAR_MTIME, 0o644, 0, 0, "", ""
+    tar.addfile(ti, io.BytesIO(data))
+
+
+def _rows_from_existing(fs, path: str) -> tuple[str, int, list[dict[str, Any]], float]:
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    h.update(data)
+    rows, seconds = [], 0.0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for m in tar.getmembers():
+            if m.name.endswith(".json"):
+                meta = json.loads(tar.extractfile(m).read())
+                rows.append(_row(meta))
+                seconds += meta["n_samples"] / SAMPLE_RATE
+    return h.hexdigest(), len(data), rows, seconds
+
+
+def _row(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta[k] for k in ("key", "set", "recording_id", "source", "license", "chunk_index", "offset_samples",
+                                 "n_samples", "n_valid_samples", "seconds_start", "seconds_total", "hifi",
+                                 "hf_share", "prompt")} | {"admitted_by": json.dumps(meta["admitted_by"], sort_keys=True)}
+
+
+def write_shard(spec: ShardSpec, ctx: WriteContext) -> ShardResult:
+    t0 = time.perf_counter()
+    fs, root = filesystem(ctx.out_url, ctx.storage_options)
+    final = f"{root.rstrip('/')}/{spec.name}"
+    if fs.exists(final):
+        sha, size, rows, secs = _rows_from_existing(fs, final)
+        return ShardResult(spec.name, "skipped", sha, size, rows, {}, secs, time.perf_counter() - t0)
+
+    failures: dict[str, str] = {}
+    infos: dict[str, Any] = {}
+    hf: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    audio_seconds = 0.0
+    if is_local(fs):
+        tmp_dir = pathlib.Path(root) / ".tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp_dir = pathlib.Path(tempfile.gettempdir())
+    fd, tmp = tempfile.mkstemp(prefix=f"{spec.set}-{spec.index:06d}.", suffix=".tar.part", dir=tmp_dir)
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for s in spec.samples:
+                rid = s.recording_id
+                if rid in failures:
+                    continue
+                try:
+                    if rid not in infos:
+                        infos[rid] = probe(s.path)
+                    info = infos[rid]
+                    if info.frames == 0:
+                        raise AudioDecodeError(f"{s.path}: decoded to 0 samples")
+                    total = int(round(info.frames * SAMPLE_RATE / info.sample_rate))
+                    if s.set == "diffusion" and s.offset >= total and s.chunk_index > 0:
+                        continue                               # the stored file is shorter than planned
+                    if s.needs_hf_check and rid not in hf:
+                        mid = max(0.0, info.duration / 2 - 15.0)
+                        x_native, sr_native = load(s.path, start=mid, duration=30.0)
+                        hf[rid] = high_frequency_energy_share(x_native, sr_native)
+                    hifi = None
+                    if s.hifi_extra:
+                        hifi = True if not s.needs_hf_check else is_hifi(
+                            2, ctx.hifi_min_rate, hf[rid], min_share=ctx.hf_min_share)
+                        if not hifi:
+                            continue                           # not full-band: no extra chunks
+                    x, offset, valid = read_clip(s, info, total)
+                except AudioDecodeError as exc:
+                    failures[rid] = f"audio-corrupt: {exc}"
+                    continue
+                x, gain = clip_safe(x)
+                meta = dict(s.meta)
+                meta.update(key=s.key, set=s.set, chunk_index=s.chunk_index, offset_samples=offset,
+                            n_samples=s.length, n_valid_samples=valid, sample_rate=SAMPLE_RATE, channels=2,
+                            seconds_start=math.floor(offset / SAMPLE_RATE), seconds_total=math.ceil(total / SAMPLE_RATE),
+                            text=meta["prompt"], hifi=hifi, hf_share=hf.get(rid), gain=gain,
+                            source_sample_rate=info.sample_rate, source_channels=info.channels)
+                meta.pop("content_sha256", None)
+                _add(tar, f"{s.key}.flac", encode_flac(x, ctx.flac_subtype))
+                _add(tar, f"{s.key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
+                rows.append(_row(meta))
+                audio_seconds += s.length / SAMPLE_RATE
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        size = os.path.getsize(tmp)
+        if is_local(fs):
+            pathlib.Path(final).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        else:
+            fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(tmp, final)                     # one upload: the object appears only when complete
+            os.unlink(tmp)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return ShardResult(spec.name, "written", h.hexdigest(), size, rows, failures, audio_seconds,
+                       time.perf_counter() - t0)
