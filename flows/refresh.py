@@ -1,4 +1,5 @@
-"""The `refresh` flow: crawl Freesound, ingest FMA, run the license gate, download audio.
+"""The `refresh` flow: crawl Freesound, ingest FMA, run the license gate, download audio,
+screen Freesound audio for music and run the copyright review.
 
 Each stage is a Prefect task that opens the catalogue itself. Retries are limited to
 transient errors (connection problems, 429, 5xx, a busy database); a 4xx or a data error
@@ -27,7 +28,8 @@ def is_transient(exc: BaseException) -> bool:
     from sao.sources.freesound import FreesoundError
     if isinstance(exc, FreesoundError):
         return exc.status is None or exc.status == 429 or exc.status >= 500
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+    from sao.review.detection_client import DetectionError
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError, DetectionError)):
         return True
     try:
         import duckdb
@@ -74,15 +76,28 @@ def download_audio(config_path: str | None, base_url: str | None) -> dict[str, A
     return stages.stage_download(config_mod.load(config_path), base_url=base_url)
 
 
+@task(name="music-screen", timeout_seconds=24 * 3600, **_RETRY)
+def music_screen(config_path: str | None) -> dict[str, Any]:
+    return stages.stage_music_screen(config_mod.load(config_path))
+
+
+@task(name="copyright-review", timeout_seconds=6 * 3600, **_RETRY)
+def copyright_review(config_path: str | None) -> dict[str, Any]:
+    return stages.stage_review(config_mod.load(config_path))
+
+
 @flow(name="refresh", log_prints=True)
 def refresh(config_path: str | None = None, full: bool = False, reconcile: bool = False,
-            fma_dir: str | None = None, base_url: str | None = None) -> dict[str, Any]:
+            fma_dir: str | None = None, base_url: str | None = None, screen: bool = True) -> dict[str, Any]:
     out = {
         "freesound": crawl_freesound(config_path, full, reconcile, base_url),
         "fma": ingest_fma(config_path, fma_dir),
     }
     out["gate"] = license_gate(config_path)
     out["download"] = download_audio(config_path, base_url)
+    if screen:
+        out["music_screen"] = music_screen(config_path)
+        out["review"] = copyright_review(config_path)
     print(json.dumps(out, indent=1, default=str))
     return out
 
@@ -94,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reconcile", action="store_true")
     p.add_argument("--fma-dir")
     p.add_argument("--base-url")
+    p.add_argument("--no-screen", action="store_true", help="skip the music screen and copyright review")
     a = p.parse_args(argv)
-    refresh(a.config, a.full, a.reconcile, a.fma_dir, a.base_url)
+    refresh(a.config, a.full, a.reconcile, a.fma_dir, a.base_url, not a.no_screen)
 
 
 if __name__ == "__main__":

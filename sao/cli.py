@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -187,6 +188,87 @@ def cmd_shards_build(args) -> int:
     return 0
 
 
+def cmd_screen(args) -> int:
+    from .refresh import stage_music_screen
+    out = stage_music_screen(_cfg(args), uncalibrated=True if args.uncalibrated else None, checkpoint=args.checkpoint)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_review_run(args) -> int:
+    from .refresh import stage_review
+    print(json.dumps(stage_review(_cfg(args), detection_url=args.detection_url), indent=1, default=str))
+    return 0
+
+
+def cmd_review_list(args) -> int:
+    from .catalog import Catalog
+    from .review import queue
+    cfg = _cfg(args)
+    with Catalog(cfg.catalog_path) as cat:
+        rows = queue.items(cat, None if args.status == "all" else args.status)
+        for r in rows:
+            rec = cat.get_recording(r["recording_id"]) or {}
+            print(f"{r['review_id']:5d} {r['status']:9s} {r['kind']:17s} {r['recording_id']:22s} "
+                  f"{(rec.get('title') or '')[:30]:30s} {(rec.get('author') or '')[:24]}")
+        if not rows:
+            print(f"no review items with status {args.status}")
+    return 0
+
+
+def cmd_review_show(args) -> int:
+    from .catalog import Catalog
+    from .review.stage import describe_item
+    cfg = _cfg(args)
+    with Catalog(cfg.catalog_path) as cat:
+        print(describe_item(cat, args.id, cfg.path(cfg.paths.audio_store)))
+    return 0
+
+
+def _reviewer(args) -> str:
+    import getpass
+    return args.by or os.environ.get("SAO_REVIEWER") or getpass.getuser()
+
+
+def cmd_review_decide(args) -> int:
+    from .catalog import Catalog
+    from .review import queue
+    cfg = _cfg(args)
+    cleared = args.sub == "approve"
+    with Catalog(cfg.catalog_path) as cat:
+        item = queue.get(cat, args.id)
+        if item["status"] in ("cleared", "flagged") and not args.force:
+            print(f"sao: error: review {args.id} is already {item['status']} (use --force to decide again)",
+                  file=sys.stderr)
+            return 1
+        queue.decide(cat, args.id, cleared=cleared, by=_reviewer(args), note=args.note, config_hash=cfg.config_hash())
+    print(f"review {args.id}: {'cleared' if cleared else 'flagged'} by {_reviewer(args)}")
+    return 0
+
+
+def cmd_review_load(args) -> int:
+    from .catalog import Catalog
+    from .review.catalogue_match import load_catalogue
+    cfg = _cfg(args)
+    with Catalog(cfg.catalog_path) as cat:
+        print(f"{load_catalogue(cat, args.file)} copyrighted recordings loaded from {args.file}")
+    return 0
+
+
+def cmd_review_serve(args) -> int:
+    from .review.detection_service import DetectionService
+    cfg = _cfg(args)
+    refs = args.references or cfg.review.reference_dir
+    key = os.environ.get(cfg.review.detection_key_env) or "sao-demo-detection"
+    svc = DetectionService(cfg.path(refs) if refs else None, api_key=key, port=args.port)
+    print(f"content-detection service: {svc.url}/v1/identify  ({len(svc.index.names)} reference tracks)", flush=True)
+    try:
+        svc.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(_cfg(args))
@@ -262,6 +344,37 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--workers", type=int, help="parallel shard writers (default [shards].workers)")
     sb.set_defaults(func=cmd_shards_build)
 
+    sc = sub.add_parser("screen", help="PANNs music screen over admitted Freesound audio")
+    sc.add_argument("--uncalibrated", action="store_true",
+                    help="run with random weights when no checkpoint is configured (decisions say so)")
+    sc.add_argument("--checkpoint", help="Cnn14_DecisionLevelMax checkpoint (default [music_screen].checkpoint)")
+    sc.set_defaults(func=cmd_screen)
+
+    rv = sub.add_parser("review", help="copyright review queue").add_subparsers(dest="sub", required=True)
+    rr = rv.add_parser("run", help="submit flagged music to content detection, match FMA against the catalogue")
+    rr.add_argument("--detection-url", help="content-detection service (default [review].detection_url)")
+    rr.set_defaults(func=cmd_review_run)
+    rl = rv.add_parser("list", help="list review items")
+    rl.add_argument("--status", default="pending", choices=["pending", "submitted", "cleared", "flagged", "all"])
+    rl.set_defaults(func=cmd_review_list)
+    rs = rv.add_parser("show", help="one item, with its audio path and the matching catalogue rows")
+    rs.add_argument("id", type=int)
+    rs.set_defaults(func=cmd_review_show)
+    for verb, text in (("approve", "clear the item for training"), ("reject", "exclude the item from every later stage")):
+        d = rv.add_parser(verb, help=text)
+        d.add_argument("id", type=int)
+        d.add_argument("--note", required=True, help="why (stored with the decision)")
+        d.add_argument("--by", help="reviewer name (default $SAO_REVIEWER or the login name)")
+        d.add_argument("--force", action="store_true", help="decide an already decided item again")
+        d.set_defaults(func=cmd_review_decide)
+    lc = rv.add_parser("load-catalogue", help="load a CSV/Parquet of copyrighted recordings (artist,title,...)")
+    lc.add_argument("file")
+    lc.set_defaults(func=cmd_review_load)
+    sv = rv.add_parser("serve-detection", help="run the loopback content-detection service")
+    sv.add_argument("--references", help="folder of reference tracks declared copyrighted")
+    sv.add_argument("--port", type=int, default=0)
+    sv.set_defaults(func=cmd_review_serve)
+
     sub.add_parser("demo", help="run every stage end to end on the embedded defaults").set_defaults(func=cmd_demo)
     return p
 
@@ -279,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         from .catalog import CatalogError
         from .sources.freesound import FreesoundError
         from .sources.sample_corpus import CorpusError
-        if isinstance(exc, (CatalogError, CorpusError, FreesoundError, ValueError, OSError)):
+        from .analysis.panns import CheckpointError
+        if isinstance(exc, (CatalogError, CorpusError, FreesoundError, CheckpointError, ValueError, OSError)):
             log.debug("details", exc_info=True)
             print(f"sao: error: {exc}", file=sys.stderr)
             return 1

@@ -72,12 +72,36 @@ class PolicyConfig:
 class ShardsConfig:
     root: str = "data/shards"                # local folder or any fsspec URL (s3://bucket/prefix, ...)
     seed: int = 0
-    required_stages: list[str] = field(default_factory=lambda: ["license_gate"])
+    required_stages: list[str] = field(default_factory=lambda: ["license_gate", "copyright_review"])
     target_shard_mb: int = 256
     workers: int = 2
     ae_max_chunks: int = 3
     hifi_extra_chunks: int = 3
     max_windows_per_recording: int = 0       # 0: every 47.5 s window of a long recording
+
+
+@dataclass
+class MusicScreenConfig:
+    checkpoint: str = ""                     # local Cnn14_DecisionLevelMax .pth / .safetensors
+    uncalibrated: bool = False               # allow random weights (every decision then says so)
+    threshold: float = 0.15
+    min_seconds: float = 30.0
+    contiguous: bool = False                 # the paper does not say; cumulative by default
+    classes: list[int] = field(default_factory=list)   # empty: the AudioSet Music branch (150 classes)
+    window_seconds: float = 10.0
+    batch_size: int = 8
+    device: str = ""                         # "" = cuda when available, else cpu
+
+
+@dataclass
+class ReviewConfig:
+    detection_url: str = ""                  # content-detection service; "" = none (items stay pending)
+    detection_key_env: str = "SAO_DETECTION_API_KEY"
+    timeout_s: int = 30
+    wait_seconds: float = 10.0               # how long one run polls for verdicts
+    copyright_catalogue: str = "datasets/copyright_catalogue/sample.csv"
+    title_min_score: float = 90.0
+    reference_dir: str = ""                  # reference tracks for the loopback detection service
 
 
 @dataclass
@@ -93,6 +117,8 @@ class Config:
     fma: FmaConfig = field(default_factory=FmaConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
+    music_screen: MusicScreenConfig = field(default_factory=MusicScreenConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     root: pathlib.Path = field(default_factory=pathlib.Path.cwd, compare=False)
 
@@ -116,22 +142,27 @@ class Config:
 
 
 _SECTIONS = {"paths": PathsConfig, "replica": ReplicaConfig, "freesound": FreesoundConfig, "fma": FmaConfig,
-             "policy": PolicyConfig, "shards": ShardsConfig, "logging": LoggingConfig}
+             "policy": PolicyConfig, "shards": ShardsConfig, "music_screen": MusicScreenConfig,
+             "review": ReviewConfig, "logging": LoggingConfig}
 
 
 def _check_type(section: str, key: str, value: Any, default: Any) -> Any:
     where = f"[{section}].{key}"
     if isinstance(default, bool):
         ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, list):
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        kinds = (int,) if (section, key) == ("music_screen", "classes") else (str,)
+        ok = isinstance(value, list) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
     else:
         ok = isinstance(value, type(default))
     if not ok:
         raise ConfigError(f"{where}: expected {type(default).__name__}, got {type(value).__name__} ({value!r})")
-    if isinstance(default, int) and not isinstance(default, bool) and value < 0:
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and value < 0:
         raise ConfigError(f"{where}: must be >= 0, got {value}")
     return value
 
@@ -162,6 +193,13 @@ def from_dict(data: dict[str, Any], root: pathlib.Path | None = None) -> Config:
         raise ConfigError(f"[policy].refused_gen_ai_preferences: {bad} not in {list(GEN_AI_PREFERENCES)}")
     if not 1 <= cfg.freesound.page_size <= 150:
         raise ConfigError("[freesound].page_size: must be between 1 and 150 (the API maximum)")
+    ms = cfg.music_screen
+    if not 0.0 < ms.threshold < 1.0:
+        raise ConfigError("[music_screen].threshold: must be between 0 and 1")
+    if any(not 0 <= c < 527 for c in ms.classes):
+        raise ConfigError("[music_screen].classes: AudioSet class indices are 0..526")
+    if ms.window_seconds < 1 or ms.batch_size < 1:
+        raise ConfigError("[music_screen].window_seconds and batch_size must be at least 1")
     if not cfg.shards.required_stages:
         raise ConfigError("[shards].required_stages: at least one stage must admit an item (e.g. license_gate)")
     if cfg.shards.target_shard_mb < 1 or cfg.shards.workers < 1:

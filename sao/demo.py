@@ -93,6 +93,33 @@ def step_download(ctx: DemoContext) -> dict[str, Any]:
     return out
 
 
+def step_music_screen(ctx: DemoContext) -> dict[str, Any]:
+    from .refresh import stage_music_screen
+    ckpt = ctx.cfg.music_screen.checkpoint
+    out = stage_music_screen(ctx.cfg, uncalibrated=not ckpt)
+    if out["uncalibrated"]:
+        out = {"WARNING": "UNCALIBRATED screen: random PANNs weights (no checkpoint configured); "
+                          "its music verdicts are marked as such and mean nothing", **out}
+    return out
+
+
+def step_review(ctx: DemoContext) -> dict[str, Any]:
+    import shutil
+
+    from .refresh import stage_review
+    from .review.detection_service import DetectionService
+    refs = ctx.cfg.path(ctx.cfg.replica.data_dir) / "detection_references"
+    refs.mkdir(parents=True, exist_ok=True)
+    # the demo's "copyrighted" reference: the corpus's music that carries no license
+    for e in ctx.corpus:
+        if e["music"] and e["license"] == "unknown" and e["replica"] == "fma":
+            shutil.copyfile(e["path"], refs / pathlib.Path(e["path"]).name)
+    with DetectionService(refs, api_key="sao-demo-detection") as svc:
+        out = stage_review(ctx.cfg, detection_url=svc.url, detection_key="sao-demo-detection")
+        out["detection service"] = f"{svc.url} ({len(svc.index.names)} reference track(s))"
+    return out
+
+
 def step_shards(ctx: DemoContext) -> dict[str, Any]:
     from .refresh import stage_shards
     out = stage_shards(ctx.cfg)
@@ -122,6 +149,8 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("ingest FMA replica", step_ingest_fma),
     ("license gate", step_license_gate),
     ("download audio (HQ previews)", step_download),
+    ("music screen (PANNs Cnn14_DecisionLevelMax)", step_music_screen),
+    ("copyright review (content detection, FMA catalogue match)", step_review),
     ("build WebDataset shards", step_shards),
     ("export catalogue to Parquet", step_export),
 ]

@@ -134,3 +134,60 @@ def stage_shards(cfg: Config, *, name: str | None = None, workers: int | None = 
         return build_shards(cat, shards_root=config_mod.shards_root(cfg), audio_store=cfg.path(cfg.paths.audio_store),
                             required_stages=list(sc.required_stages), plan_cfg=plan_cfg,
                             config_hash=cfg.config_hash(), name=name, workers=workers or sc.workers)
+
+
+def screen_config(cfg: Config):
+    from .analysis.music_rule import MusicRule, default_music_classes
+    from .analysis.music_screen import ScreenConfig
+    ms = cfg.music_screen
+    return ScreenConfig(rule=MusicRule(threshold=ms.threshold, min_seconds=ms.min_seconds, contiguous=ms.contiguous),
+                        classes=tuple(ms.classes or default_music_classes()), window_seconds=ms.window_seconds,
+                        batch_size=ms.batch_size)
+
+
+def stage_music_screen(cfg: Config, *, uncalibrated: bool | None = None, checkpoint: str | None = None
+                       ) -> dict[str, Any]:
+    """PANNs music screen over admitted Freesound audio (refuses random weights unless told)."""
+    from .analysis.music_screen import run_music_screen
+    from .analysis.panns import load_model
+    ms = cfg.music_screen
+    ckpt = checkpoint if checkpoint is not None else ms.checkpoint
+    lm = load_model(cfg.path(ckpt) if ckpt else None,
+                    uncalibrated=ms.uncalibrated if uncalibrated is None else uncalibrated, device=ms.device or None)
+    with Catalog(cfg.catalog_path) as cat:
+        return run_music_screen(cat, lm, screen_config(cfg), audio_store=cfg.path(cfg.paths.audio_store),
+                                config_hash=cfg.config_hash())
+
+
+def detection_client(cfg: Config, url: str | None = None, key: str | None = None):
+    import os
+
+    from .review.detection_client import DetectionClient
+    url = url or cfg.review.detection_url
+    if not url:
+        return None
+    return DetectionClient(url, key or os.environ.get(cfg.review.detection_key_env, ""), timeout=cfg.review.timeout_s)
+
+
+def stage_review(cfg: Config, *, detection_url: str | None = None, detection_key: str | None = None
+                 ) -> dict[str, Any]:
+    """Copyright review: content detection for flagged Freesound music, catalogue matching for FMA."""
+    from .review.catalogue_match import load_catalogue
+    from .review.stage import run_content_review, run_fma_review
+    client = detection_client(cfg, detection_url, detection_key)
+    try:
+        with Catalog(cfg.catalog_path) as cat:
+            out: dict[str, Any] = {}
+            if cfg.review.copyright_catalogue:
+                path = cfg.review.copyright_catalogue
+                p = pathlib.Path(path)
+                if not p.is_absolute():
+                    p = cfg.path(path) if cfg.path(path).exists() else pathlib.Path(__file__).resolve().parents[1] / path
+                out["catalogue_rows"] = load_catalogue(cat, p)
+            out["freesound"] = run_content_review(cat, client, audio_store=cfg.path(cfg.paths.audio_store),
+                                                  config_hash=cfg.config_hash(), wait_seconds=cfg.review.wait_seconds)
+            out["fma"] = run_fma_review(cat, config_hash=cfg.config_hash(), title_min=cfg.review.title_min_score)
+            return out
+    finally:
+        if client is not None:
+            client.close()

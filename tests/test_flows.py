@@ -28,11 +28,13 @@ def test_refresh_flow_runs_and_reruns(prefect_server, freesound_sounds, fma_dir,
     from sao.sources.replica import ReplicaServer, ReplicaSettings
     cfg = tmp_path / "sao.toml"
     cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{tmp_path / "audio"}"\n'
-                   f'[fma]\nmetadata_dir = "{fma_dir}"\n')
+                   f'[fma]\nmetadata_dir = "{fma_dir}"\n[music_screen]\nuncalibrated = true\n')
     monkeypatch.setenv("FREESOUND_API_TOKEN", SECRET)
     with ReplicaServer(freesound_sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv:
         srv.inject_fault(r"/apiv2/search/", 503, times=1)   # absorbed by the client's own retry
         out = refresh(str(cfg), base_url=srv.api_url)
+        assert out["music_screen"]["uncalibrated"] and out["music_screen"]["screened"] == 26
+        assert out["review"]["fma"]["to_human_review"] == 1
         assert out["freesound"]["new"] == 26 and out["fma"]["tracks"] == 10
         assert out["gate"]["written"] == 36 and out["download"]["downloaded"] == 26
         again = refresh(str(cfg), base_url=srv.api_url)
@@ -54,10 +56,10 @@ def test_shards_flow_writes_each_shard_as_a_task(prefect_server, freesound_sound
     cfg = tmp_path / "sao.toml"
     cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{tmp_path / "audio"}"\n'
                    f'[fma]\nmetadata_dir = "{fma_dir}"\n[shards]\nroot = "{tmp_path / "shards"}"\n'
-                   f'target_shard_mb = 16\n')
+                   f'target_shard_mb = 16\nrequired_stages = ["license_gate"]\n')
     monkeypatch.setenv("FREESOUND_API_TOKEN", SECRET)
     with ReplicaServer(freesound_sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv:
-        refresh(str(cfg), base_url=srv.api_url)
+        refresh(str(cfg), base_url=srv.api_url, screen=False)
     # threads keep the test fast; `python -m flows.shards` uses a process pool
     out = shards.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(str(cfg), "f")
     assert out["status"] == "complete" and out["shards"] >= 3 and out["shards_written"] == out["shards"]

@@ -148,7 +148,8 @@ def test_kill_mid_shard_leaves_no_partial_tar_and_resumes(world, tmp_path):
     shutil.copy(world / "c.duckdb", tmp_path / "c.duckdb")
     cfg = tmp_path / "sao.toml"
     cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{world / "audio"}"\n'
-                   f'[shards]\nroot = "{tmp_path / "shards"}"\ntarget_shard_mb = 4\nworkers = 1\n')
+                   f'[shards]\nroot = "{tmp_path / "shards"}"\ntarget_shard_mb = 4\nworkers = 1\n'
+                   'required_stages = ["license_gate"]\n')
     env = dict(os.environ, SAO_NO_PROGRESS="1")
     p = subprocess.Popen([sys.executable, "-m", "sao.cli", "--config", str(cfg), "shards", "build", "--name", "k"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

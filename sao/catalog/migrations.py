@@ -100,6 +100,36 @@ CREATE TABLE runs (
     (3, "which audio variant is stored (original or preview)", """
 ALTER TABLE recordings ADD COLUMN audio_variant VARCHAR;
 """),
+    (4, "copyright review queue and the catalogue of copyrighted recordings", """
+CREATE SEQUENCE review_seq START 1;
+CREATE TABLE review_queue (
+    review_id         BIGINT PRIMARY KEY DEFAULT nextval('review_seq'),
+    recording_id      VARCHAR NOT NULL,
+    kind              VARCHAR NOT NULL CHECK (kind IN ('content-detection', 'metadata-match')),
+    status            VARCHAR NOT NULL CHECK (status IN ('pending', 'submitted', 'cleared', 'flagged')),
+    service           VARCHAR,
+    service_ref       VARCHAR,
+    evidence          JSON,                         -- the service's matches, or the catalogue rows
+    created_at        TIMESTAMP NOT NULL,
+    submitted_at      TIMESTAMP,
+    updated_at        TIMESTAMP NOT NULL,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    last_error        VARCHAR,
+    decided_by        VARCHAR,
+    decided_at        TIMESTAMP,
+    note              VARCHAR
+);
+CREATE TABLE copyright_catalogue (
+    entry_id          VARCHAR PRIMARY KEY,
+    artist            VARCHAR,
+    title             VARCHAR NOT NULL,
+    album             VARCHAR,
+    year              INTEGER,
+    source            VARCHAR,
+    artist_norm       VARCHAR,
+    title_norm        VARCHAR NOT NULL
+);
+"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,1 @@
+"""Audio analysis models and rules: the PANNs music screen and audio fingerprints."""

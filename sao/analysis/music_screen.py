@@ -1,0 +1,285 @@
+"""The music screen stage (paper section 3): find music in Freesound audio with PANNs
+Cnn14_DecisionLevelMax and the music rule; flagged items go to copyright review.
+
+Audio is streamed: decoded block by block, mixed to mono, resampled to 32 kHz with a
+stateful soxr stream, cut into fixed windows (10 s) and batched across recordings, so a
+47-minute file never sits in memory whole. Work the rule cannot use is skipped:
+a recording shorter than the rule's duration cannot be music under it (decided without the
+model), and a recording stops being read as soon as its verdict cannot change.
+Every decision records the model, the checkpoint sha256 (or "uncalibrated"), the threshold,
+the class set and whether the duration is cumulative or contiguous.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ..audio import AudioDecodeError
+from ..catalog import Catalog, Decision
+from ..log import progress
+from .music_rule import MusicRule, audioset_labels, longest_run, music_rule
+from .panns import MODEL_NAME, SAMPLE_RATE, LoadedModel
+
+log = logging.getLogger(__name__)
+STAGE = "music_screen"
+HOP = 320
+
+
+@dataclasses.dataclass(frozen=True)
+class ScreenConfig:
+    rule: MusicRule = MusicRule()
+    classes: tuple[int, ...] = ()
+    window_seconds: float = 10.0
+    batch_size: int = 8
+    skip_short: bool = True
+    early_stop: bool = True
+
+    def signature(self, checkpoint_sha: str | None) -> str:
+        blob = json.dumps({"rule": self.rule.describe(), "classes": list(self.classes),
+                           "ckpt": checkpoint_sha or "uncalibrated"}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class ItemState:
+    rid: str
+    path: str
+    duration: float
+    activity: list = dataclasses.field(default_factory=list)
+    class_max: np.ndarray | None = None
+    windows_out: int = 0
+    windows_done: int = 0
+    exhausted: bool = False
+    decided: bool = False
+    error: str | None = None
+
+    def frames(self) -> np.ndarray:
+        return np.concatenate(self.activity) if self.activity else np.zeros(0, np.float32)
+
+
+def stream_windows(path: str, window: int, *, short_pad: int = SAMPLE_RATE) -> Iterator[tuple[np.ndarray, int]]:
+    """Yield (window of 32 kHz mono float32 padded to ``window`` samples, valid samples).
+
+    A file shorter than one window yields a single window padded only to whole multiples of
+    ``short_pad`` samples (1 s), so short sounds do not cost a full window of compute."""
+    import soxr
+    try:
+        f = sf.SoundFile(path)
+    except Exception as exc:
+        raise AudioDecodeError(f"{path}: cannot decode: {exc}") from exc
+    with f:
+        sr = f.samplerate
+        rs = soxr.ResampleStream(sr, SAMPLE_RATE, 1, dtype="float32") if sr != SAMPLE_RATE else None
+        buf = np.zeros(0, np.float32)
+        produced = 0
+        block = max(4096, int(window * sr / SAMPLE_RATE))
+        while True:
+            try:
+                x = f.read(block, dtype="float32", always_2d=True)
+            except Exception as exc:
+                raise AudioDecodeError(f"{path}: cannot decode: {exc}") from exc
+            last = len(x) < block
+            if x.size and not np.isfinite(x).all():
+                raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
+            mono = x.mean(axis=1).astype(np.float32) if x.size else np.zeros(0, np.float32)
+            if rs is not None:
+                mono = rs.resample_chunk(mono, last=last)
+            buf = np.concatenate([buf, mono])
+            while len(buf) >= window:
+                yield buf[:window], window
+                produced += 1
+                buf = buf[window:]
+            if last:
+                if len(buf):
+                    size = window if produced else min(window, max(1, -(-len(buf) // short_pad)) * short_pad)
+                    yield np.pad(buf, (0, size - len(buf))), len(buf)
+                return
+
+
+def _decided(st: ItemState, rule: MusicRule, seconds_done: float) -> bool:
+    """True when the rest of the file cannot change the verdict."""
+    act = st.frames() >= rule.threshold
+    remaining = max(0.0, st.duration - seconds_done)
+    if rule.contiguous:
+        run = longest_run(act) / rule.fps
+        trailing = 0
+        if act.size and act[-1]:
+            trailing = act.size - (np.flatnonzero(~act)[-1] + 1 if (~act).any() else 0)
+        return run >= rule.min_seconds or (trailing / rule.fps + remaining) < rule.min_seconds
+    got = act.sum() / rule.fps
+    return got >= rule.min_seconds or got + remaining < rule.min_seconds
+
+
+def screen_audio(items: list[dict[str, Any]], lm: LoadedModel, cfg: ScreenConfig
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Screen (recording_id, path, duration) items. Returns ({rid: result}, stats)."""
+    window = int(cfg.window_seconds * SAMPLE_RATE)
+    classes = list(cfg.classes)
+    results: dict[str, dict[str, Any]] = {}
+    stats = {"items": len(items), "model_seconds": 0.0, "audio_seconds": 0.0, "skipped_short": 0, "early_stops": 0,
+             "wall_seconds": 0.0}
+    t0 = time.perf_counter()
+    states = []
+    for it in items:
+        if cfg.skip_short and (it.get("duration") or 0.0) < cfg.rule.min_seconds:
+            results[it["recording_id"]] = {"kind": "short", "duration": it.get("duration") or 0.0}
+            stats["skipped_short"] += 1
+            stats["audio_seconds"] += it.get("duration") or 0.0
+            continue
+        states.append(ItemState(it["recording_id"], it["path"], it.get("duration") or 0.0))
+
+    bar = progress(total=len(states), desc="music screen", unit="file")
+
+    def run(batch):
+        x = torch.from_numpy(np.stack([w for _, w, _ in batch])).to(lm.device)
+        with torch.inference_mode():
+            out = lm.model(x)["framewise_output"].float().cpu().numpy()
+        for (st, _, valid), fw in zip(batch, out):
+            n = min(fw.shape[0], max(1, valid // HOP))
+            st.activity.append(fw[:n, classes].max(axis=1))
+            cm = fw[:n].max(axis=0)
+            st.class_max = cm if st.class_max is None else np.maximum(st.class_max, cm)
+            st.windows_done += 1
+            stats["model_seconds"] += valid / SAMPLE_RATE
+            if cfg.early_stop and not st.decided and _decided(st, cfg.rule, st.windows_done * cfg.window_seconds):
+                st.decided = True
+                stats["early_stops"] += 1
+
+    # Round-robin over a bounded set of open files, one window each per turn, so a file's
+    # verdict is known after a few windows and its remaining audio is never decoded.
+    # Windows are grouped by length (short files have short windows) into batches.
+    queue_ = list(states)
+    active: list[tuple[ItemState, Iterator]] = []
+    buckets: dict[int, list] = {}
+    max_open = max(2, cfg.batch_size * 2)
+    while queue_ or active:
+        while queue_ and len(active) < max_open:
+            st = queue_.pop(0)
+            active.append((st, stream_windows(st.path, window)))
+        still = []
+        for st, gen in active:
+            if st.decided:
+                gen.close()
+                st.exhausted = True
+                bar.update(1)
+                continue
+            try:
+                w, valid = next(gen)
+            except StopIteration:
+                st.exhausted = True
+                bar.update(1)
+                continue
+            except AudioDecodeError as exc:
+                st.error, st.exhausted = str(exc), True
+                bar.update(1)
+                continue
+            st.windows_out += 1
+            b = buckets.setdefault(len(w), [])
+            b.append((st, w, valid))
+            if len(b) >= cfg.batch_size:
+                run(b)
+                buckets[len(w)] = []
+            still.append((st, gen))
+        active = still
+        if not active and not queue_:
+            break
+        if not queue_ and all(len(b) == 0 for b in buckets.values()) is False and len(active) < cfg.batch_size:
+            # few files left: run what is waiting rather than wait for full batches
+            for k, b in list(buckets.items()):
+                if b:
+                    run(b)
+                    buckets[k] = []
+    for b in buckets.values():
+        if b:
+            run(b)
+    bar.close()
+    labels = audioset_labels()
+    for st in states:
+        if st.error:
+            results[st.rid] = {"kind": "error", "error": st.error}
+            continue
+        v = music_rule(st.frames(), cfg.rule)
+        top = []
+        if st.class_max is not None:
+            order = [i for i in np.argsort(-st.class_max[classes]) if True][:3]
+            top = [{"class": labels[classes[i]], "max_prob": round(float(st.class_max[classes[i]]), 4)} for i in order]
+        results[st.rid] = {"kind": "screened", "verdict": v, "top_music_classes": top,
+                           "stopped_early": st.decided and st.windows_done * cfg.window_seconds < st.duration}
+        stats["audio_seconds"] += st.duration
+    stats["wall_seconds"] = time.perf_counter() - t0
+    return results, stats
+
+
+def pending_screen(cat: Catalog, signature: str, audio_store) -> list[dict[str, Any]]:
+    """Freesound items admitted by the license gate, with audio, not taken down, and not yet
+    screened under this exact model + rule signature."""
+    import pathlib
+    rows = cat.query(
+        "WITH latest AS (SELECT recording_id, stage, verdict, details FROM decisions "
+        "  QUALIFY row_number() OVER (PARTITION BY recording_id, stage ORDER BY decision_id DESC) = 1) "
+        "SELECT r.recording_id, r.audio_path, r.duration FROM recordings r "
+        "JOIN latest g ON g.recording_id = r.recording_id AND g.stage = 'license_gate' AND g.verdict = 'pass' "
+        "LEFT JOIN latest m ON m.recording_id = r.recording_id AND m.stage = ? "
+        "WHERE r.source = 'freesound' AND r.audio_path IS NOT NULL "
+        "AND r.recording_id NOT IN (SELECT recording_id FROM takedowns WHERE status = 'active') "
+        "AND (m.details IS NULL OR json_extract_string(m.details, '$.signature') IS DISTINCT FROM ?) "
+        "ORDER BY r.recording_id", [STAGE, signature])
+    store = pathlib.Path(audio_store)
+    for r in rows:
+        r["path"] = str(store / r.pop("audio_path"))
+    return rows
+
+
+def run_music_screen(cat: Catalog, lm: LoadedModel, cfg: ScreenConfig, *, audio_store, config_hash: str
+                     ) -> dict[str, Any]:
+    sig = cfg.signature(lm.checkpoint_sha256)
+    items = pending_screen(cat, sig, audio_store)
+    results, stats = screen_audio(items, lm, cfg)
+    rule = cfg.rule
+    mode = "contiguous" if rule.contiguous else "cumulative"
+    base = {"signature": sig, "rule": rule.describe(), "classes": "custom" if cfg.classes else "audioset-music",
+            "n_classes": len(cfg.classes), "uncalibrated": lm.uncalibrated}
+    tag = " [UNCALIBRATED: random weights]" if lm.uncalibrated else ""
+    decisions, counts = [], {"music": 0, "not_music": 0, "too_short": 0, "errors": 0}
+    for rid, res in results.items():
+        if res["kind"] == "error":
+            counts["errors"] += 1
+            decisions.append(Decision(rid, "decode", "reject", f"audio-corrupt: {res['error']}", config_hash=config_hash))
+            continue
+        if res["kind"] == "short":
+            counts["too_short"] += 1
+            verdict, reason, details = "pass", (f"too-short: {res['duration']:.1f} s < {rule.min_seconds:g} s, cannot "
+                                                f"meet the music rule{tag}"), {}
+        else:
+            v = res["verdict"]
+            details = {"music_seconds": v.music_seconds, "longest_run_seconds": v.longest_run_seconds,
+                       "screened_seconds": v.total_seconds, "stopped_early": res["stopped_early"],
+                       "top_music_classes": res["top_music_classes"]}
+            measured = v.longest_run_seconds if rule.contiguous else v.music_seconds
+            if v.is_music:
+                counts["music"] += 1
+                verdict, reason = "flag", (f"music: {measured:.1f} s ({mode}) of music classes >= {rule.threshold:g} "
+                                           f"(rule {rule.min_seconds:g} s){tag}")
+            else:
+                counts["not_music"] += 1
+                verdict, reason = "pass", (f"not-music: {measured:.1f} s ({mode}) of music classes >= "
+                                           f"{rule.threshold:g} (rule {rule.min_seconds:g} s){tag}")
+        decisions.append(Decision(rid, STAGE, verdict, reason, config_hash=config_hash, model_name=MODEL_NAME,
+                                  checkpoint_sha256=lm.checkpoint_sha256, threshold=rule.threshold,
+                                  uncalibrated=lm.uncalibrated, details={**base, **details}))
+    cat.add_decisions(decisions)
+    wall = stats["wall_seconds"]
+    return {**counts, "screened": len(results), "uncalibrated": lm.uncalibrated,
+            "checkpoint_sha256": lm.checkpoint_sha256 or "none (random weights)",
+            "rule": f"{rule.min_seconds:g} s {mode} at threshold {rule.threshold:g}, "
+                    f"{len(cfg.classes)} AudioSet music classes",
+            "audio_s_per_s": round(stats["audio_seconds"] / wall, 1) if wall else 0.0,
+            "model_audio_seconds": round(stats["model_seconds"], 1), "early_stops": stats["early_stops"]}
