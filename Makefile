@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv shards bench corpus clean-data help
+.PHONY: demo test venv shards bench corpus clean-data help browser
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on the embedded defaults"
@@ -38,8 +38,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sao demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+# Headless Chromium opens the memorisation page in a test; Debian's package, only when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
+	  echo "warning: could not install chromium; the memorisation page test will fail"
+
+test: $(STAMP) browser
+	SAO_REQUIRE_BROWSER=1 $(PY) -m pytest -q tests
 
 # Build both shard sets (autoencoder, diffusion) for the current catalogue.
 shards: $(STAMP)
@@ -50,6 +57,9 @@ bench: $(STAMP)
 	$(PY) bench/bench_replica.py
 	$(PY) bench/crawl_bench.py
 	$(PY) bench/shards_bench.py
+	$(PY) bench/music_screen_bench.py
+	$(PY) bench/dedup_bench.py
+	$(PY) bench/clap_embed_bench.py
 
 corpus: $(STAMP)
 	$(PY) datasets/build_sample_corpus.py

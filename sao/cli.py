@@ -269,6 +269,26 @@ def cmd_review_serve(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from .refresh import stage_embed
+    print(json.dumps(stage_embed(_cfg(args), uncalibrated=True if args.uncalibrated else None), indent=1))
+    return 0
+
+
+def cmd_dedup(args) -> int:
+    from .refresh import stage_dedup
+    print(json.dumps(stage_dedup(_cfg(args), uncalibrated=True if args.uncalibrated else None), indent=1))
+    return 0
+
+
+def cmd_memorization(args) -> int:
+    from .refresh import stage_memorization
+    out = stage_memorization(_cfg(args), args.generated_dir, args.out, top=args.top, k=args.k,
+                             uncalibrated=True if args.uncalibrated else None)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(_cfg(args))
@@ -374,6 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--references", help="folder of reference tracks declared copyrighted")
     sv.add_argument("--port", type=int, default=0)
     sv.set_defaults(func=cmd_review_serve)
+
+    em = sub.add_parser("embed", help="LAION-CLAP embeddings of admitted audio not yet embedded")
+    em.add_argument("--uncalibrated", action="store_true", help="random weights when no checkpoint is configured")
+    em.set_defaults(func=cmd_embed)
+    dd = sub.add_parser("dedup", help="group repeated recordings (exact copies, near replicas) and keep one each")
+    dd.add_argument("--uncalibrated", action="store_true", help="use embeddings of the random-weight model")
+    dd.set_defaults(func=cmd_dedup)
+    mz = sub.add_parser("memorization", help="HTML page of generations closest to the training set")
+    mz.add_argument("generated_dir")
+    mz.add_argument("--out", default="attribution/memorization", help="output folder (index.html + media/)")
+    mz.add_argument("--top", type=int, default=50)
+    mz.add_argument("--k", type=int, default=3, help="nearest training recordings per generation")
+    mz.add_argument("--uncalibrated", action="store_true")
+    mz.set_defaults(func=cmd_memorization)
 
     sub.add_parser("demo", help="run every stage end to end on the embedded defaults").set_defaults(func=cmd_demo)
     return p

@@ -72,7 +72,7 @@ class PolicyConfig:
 class ShardsConfig:
     root: str = "data/shards"                # local folder or any fsspec URL (s3://bucket/prefix, ...)
     seed: int = 0
-    required_stages: list[str] = field(default_factory=lambda: ["license_gate", "copyright_review"])
+    required_stages: list[str] = field(default_factory=lambda: ["license_gate", "copyright_review", "dedup"])
     target_shard_mb: int = 256
     workers: int = 2
     ae_max_chunks: int = 3
@@ -105,6 +105,20 @@ class ReviewConfig:
 
 
 @dataclass
+class DedupConfig:
+    clap_checkpoint: str = ""                # local LAION-CLAP checkpoint (non-fusion), e.g. 630k-audioset-best.pt
+    clap_model: str = "HTSAT-tiny"           # HTSAT-tiny or HTSAT-base, as the checkpoint was trained
+    uncalibrated: bool = False               # allow random weights (outputs then say so)
+    embeddings_dir: str = "data/embeddings"
+    threshold: float = 0.95                  # cosine similarity for near replicas
+    batch_size: int = 8
+    max_windows: int = 4                     # 10 s windows per long file
+    reuse_freesound_sim: bool = False        # use crawled sim_laion_clap vectors: only if they come from
+                                             # the same checkpoint as clap_checkpoint
+    device: str = ""
+
+
+@dataclass
 class LoggingConfig:
     level: str = "INFO"
 
@@ -119,6 +133,7 @@ class Config:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     music_screen: MusicScreenConfig = field(default_factory=MusicScreenConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     root: pathlib.Path = field(default_factory=pathlib.Path.cwd, compare=False)
 
@@ -143,7 +158,7 @@ class Config:
 
 _SECTIONS = {"paths": PathsConfig, "replica": ReplicaConfig, "freesound": FreesoundConfig, "fma": FmaConfig,
              "policy": PolicyConfig, "shards": ShardsConfig, "music_screen": MusicScreenConfig,
-             "review": ReviewConfig, "logging": LoggingConfig}
+             "review": ReviewConfig, "dedup": DedupConfig, "logging": LoggingConfig}
 
 
 def _check_type(section: str, key: str, value: Any, default: Any) -> Any:

@@ -120,6 +120,16 @@ def step_review(ctx: DemoContext) -> dict[str, Any]:
     return out
 
 
+def step_dedup(ctx: DemoContext) -> dict[str, Any]:
+    from .refresh import stage_dedup, stage_embed
+    unc = not ctx.cfg.dedup.clap_checkpoint
+    emb = stage_embed(ctx.cfg, uncalibrated=unc)
+    out = stage_dedup(ctx.cfg, uncalibrated=unc)
+    head = {"WARNING": "UNCALIBRATED CLAP: random weights (no checkpoint configured); near-replica groups "
+                       "from these embeddings mean nothing and are marked as such"} if unc else {}
+    return {**head, "embedded": emb["embedded"], "already_stored": emb["already_stored"], **out}
+
+
 def step_shards(ctx: DemoContext) -> dict[str, Any]:
     from .refresh import stage_shards
     out = stage_shards(ctx.cfg)
@@ -151,6 +161,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("download audio (HQ previews)", step_download),
     ("music screen (PANNs Cnn14_DecisionLevelMax)", step_music_screen),
     ("copyright review (content detection, FMA catalogue match)", step_review),
+    ("repeated recordings (LAION-CLAP + faiss)", step_dedup),
     ("build WebDataset shards", step_shards),
     ("export catalogue to Parquet", step_export),
 ]

@@ -191,3 +191,65 @@ def stage_review(cfg: Config, *, detection_url: str | None = None, detection_key
     finally:
         if client is not None:
             client.close()
+
+
+def load_clap_for(cfg: Config, uncalibrated: bool | None = None):
+    from .analysis.clap import load_clap
+    dc = cfg.dedup
+    return load_clap(cfg.path(dc.clap_checkpoint) if dc.clap_checkpoint else None, amodel=dc.clap_model,
+                     uncalibrated=dc.uncalibrated if uncalibrated is None else uncalibrated, device=dc.device or None)
+
+
+def stage_embed(cfg: Config, *, uncalibrated: bool | None = None) -> dict[str, Any]:
+    from .dedup.stage import run_embed
+    cm = load_clap_for(cfg, uncalibrated)
+    with Catalog(cfg.catalog_path) as cat:
+        return run_embed(cat, cm, embeddings_dir=cfg.path(cfg.dedup.embeddings_dir),
+                         audio_store=cfg.path(cfg.paths.audio_store), batch_size=cfg.dedup.batch_size,
+                         max_windows=cfg.dedup.max_windows, reuse_freesound_sim=cfg.dedup.reuse_freesound_sim)
+
+
+def _clap_signature(cfg: Config, uncalibrated: bool) -> tuple[str, str | None]:
+    import hashlib
+
+    from .analysis.panns import sha256_file
+    dc = cfg.dedup
+    sha = sha256_file(cfg.path(dc.clap_checkpoint)) if dc.clap_checkpoint else None
+    if sha is None and not uncalibrated:
+        return "", None
+    return hashlib.sha256(f"{dc.clap_model}:{sha or 'uncalibrated'}".encode()).hexdigest()[:16], sha
+
+
+def stage_dedup(cfg: Config, *, uncalibrated: bool | None = None) -> dict[str, Any]:
+    """Exact copies always; near replicas from the stored embeddings of the configured model."""
+    from .analysis.clap import MODEL_NAME
+    from .dedup.stage import run_dedup
+    unc = cfg.dedup.uncalibrated if uncalibrated is None else uncalibrated
+    sig, sha = _clap_signature(cfg, unc)
+    with Catalog(cfg.catalog_path) as cat:
+        return run_dedup(cat, embeddings_dir=cfg.path(cfg.dedup.embeddings_dir), signature=sig or None,
+                         threshold=cfg.dedup.threshold, config_hash=cfg.config_hash(),
+                         model_name=f"{MODEL_NAME} {cfg.dedup.clap_model}", checkpoint_sha256=sha,
+                         uncalibrated=sha is None)
+
+
+def stage_memorization(cfg: Config, generated_dir: str, out_dir: str, *, top: int = 50, k: int = 3,
+                       uncalibrated: bool | None = None) -> dict[str, Any]:
+    import json as _json
+
+    from .dedup.memorization import memorization_report
+    from .dedup.stage import admitted
+    from .dedup.store import load_embeddings
+    cm = load_clap_for(cfg, uncalibrated)
+    train = load_embeddings(cfg.path(cfg.dedup.embeddings_dir), cm.signature)
+    store = cfg.path(cfg.paths.audio_store)
+    with Catalog(cfg.catalog_path) as cat:
+        recs = {}
+        for r in admitted(cat):
+            row = cat.get_recording(r["recording_id"])
+            extra = _json.loads(row["extra"]) if row.get("extra") else {}
+            recs[r["content_sha256"]] = {"recording_id": r["recording_id"], "path": str(store / r["audio_path"]),
+                                         "attribution": extra.get("attribution") or {
+                                             "title": r["title"] or "", "author": r["author"] or "",
+                                             "license": r["license_canonical"], "source_url": r["page_url"] or ""}}
+    return memorization_report(generated_dir, cm, train, recs, out_dir, top=top, k=k, batch_size=cfg.dedup.batch_size)

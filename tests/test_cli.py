@@ -41,7 +41,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     again = capsys.readouterr().out
     assert "decisions written: 0" in again and "(0 written, 2 already there)" in again
     assert cli.main(["--config", str(cfg), "catalog", "status"]) == 0
-    assert "schema version 4" in capsys.readouterr().out
+    assert "schema version 5" in capsys.readouterr().out
 
 
 def test_corpus_commands(tmp_path, capsys):

@@ -67,3 +67,25 @@ def test_shards_flow_writes_each_shard_as_a_task(prefect_server, freesound_sound
     assert plan["samples"] == out["samples"]
     again = shards.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(str(cfg), "f")
     assert again["shards_skipped"] == again["shards"] and again["shard_sha256"] == out["shard_sha256"]
+
+
+def test_dedup_flow_embeds_in_parallel_and_groups(prefect_server, tmp_path, corpus_entries):
+    import datetime as dt
+    import pathlib
+
+    from flows.dedup import dedup
+    from sao.catalog import Decision
+    cfg = tmp_path / "sao.toml"
+    store = pathlib.Path(corpus_entries[0]["path"]).parent
+    cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{store}"\n'
+                   f'[dedup]\nembeddings_dir = "{tmp_path / "emb"}"\n')
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        for e in corpus_entries[:6]:
+            cat.upsert_recordings([dict(source="freesound", source_id=e["id"], crawl_time=dt.datetime(2026, 1, 1),
+                                        license_raw=e["license_url"], content_sha256=e["sha256"],
+                                        audio_path=pathlib.Path(e["path"]).name, duration=e["duration"])])
+            cat.add_decisions([Decision(f"freesound:{e['id']}", "license_gate", "pass", "ok", config_hash="t")])
+    out = dedup(str(cfg), uncalibrated=True, batch_files=2)
+    assert out["embedded"] == 6 and out["recordings"] == 6
+    again = dedup(str(cfg), uncalibrated=True, batch_files=2)
+    assert again["embedded"] == 0

@@ -130,6 +130,17 @@ CREATE TABLE copyright_catalogue (
     title_norm        VARCHAR NOT NULL
 );
 """),
+    (5, "groups of repeated recordings", """
+CREATE TABLE duplicate_groups (
+    group_id          VARCHAR NOT NULL,             -- the kept member's recording id
+    recording_id      VARCHAR NOT NULL,
+    kept              BOOLEAN NOT NULL,
+    link              VARCHAR NOT NULL,             -- 'exact' (same bytes or md5) or 'near' (embedding)
+    similarity        DOUBLE,                       -- cosine to the kept member, when embedded
+    run_at            TIMESTAMP NOT NULL,
+    PRIMARY KEY (recording_id)
+);
+"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

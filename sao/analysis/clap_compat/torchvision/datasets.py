@@ -1,0 +1,1 @@
+"""laion-clap imports this module and uses none of it."""

@@ -1,0 +1,147 @@
+"""The embed and dedup stages.
+
+embed: LAION-CLAP embeddings of admitted recordings not yet embedded under this model
+signature (or reused from Freesound's ``sim_laion_clap`` when configured to, and counted).
+dedup: exact copies (same content sha256 or same source md5), then near replicas (cosine >=
+threshold); one member per group kept by ``keep.keep_order``; the others get a ``dedup``
+reject naming the kept one. Groups are stored in ``duplicate_groups`` (replaced each run).
+"""
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from ..catalog import Catalog, Decision
+from .grouping import exact_edges, group_components, near_duplicate_edges
+from .keep import pick_kept
+from .store import append_embeddings, load_embeddings
+
+log = logging.getLogger(__name__)
+STAGE = "dedup"
+
+
+def admitted(cat: Catalog) -> list[dict[str, Any]]:
+    return cat.query(
+        "WITH gate AS (SELECT recording_id, verdict FROM decisions WHERE stage = 'license_gate' "
+        "  QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1) "
+        "SELECT r.recording_id, r.source, r.title, r.author, r.page_url, r.license_canonical, r.sample_rate, "
+        "  r.channels, r.duration, r.created_at, r.first_seen, r.md5, r.content_sha256, r.audio_path, "
+        "  json_extract(r.extra, '$.sim_laion_clap') AS sim "
+        "FROM recordings r JOIN gate g USING (recording_id) WHERE g.verdict = 'pass' AND r.audio_path IS NOT NULL "
+        "AND r.recording_id NOT IN (SELECT recording_id FROM takedowns WHERE status = 'active') "
+        "ORDER BY r.recording_id")
+
+
+def plan_embed(cat: Catalog, signature: str, *, embeddings_dir, audio_store, reuse_freesound_sim: bool = False
+               ) -> tuple[dict[str, str], dict[str, np.ndarray], dict[str, str], int]:
+    """(paths to embed -> content sha, vectors reused from Freesound, origins, already stored)."""
+    import json
+    have = load_embeddings(embeddings_dir, signature)
+    todo, reused, origin = {}, {}, {}
+    for r in admitted(cat):
+        sha = r["content_sha256"]
+        if not sha or sha in have or sha in reused or sha in todo.values():
+            continue
+        if reuse_freesound_sim and r["sim"]:
+            v = np.asarray(json.loads(r["sim"]), np.float32)
+            if v.shape == (512,):
+                reused[sha] = v / max(np.linalg.norm(v), 1e-12)
+                origin[sha] = "freesound-sim_laion_clap"
+                continue
+        todo[str(pathlib.Path(audio_store) / r["audio_path"])] = sha
+    return todo, reused, origin, len(have)
+
+
+def run_embed(cat: Catalog, cm, *, embeddings_dir, audio_store, batch_size: int = 8, max_windows: int = 4,
+              reuse_freesound_sim: bool = False) -> dict[str, Any]:
+    import time
+
+    from ..analysis.clap import MODEL_NAME, embed_files
+    t0 = time.perf_counter()
+    todo, new, origin, stored = plan_embed(cat, cm.signature, embeddings_dir=embeddings_dir, audio_store=audio_store,
+                                           reuse_freesound_sim=reuse_freesound_sim)
+    reused = len(new)
+    errors = {}
+    emb = embed_files(cm, list(todo), batch_size=batch_size, max_windows=max_windows,
+                      on_error=lambda p, e: errors.__setitem__(todo[p], e))
+    for p, v in emb.items():
+        new[todo[p]] = v
+    append_embeddings(embeddings_dir, cm.signature, new, origin, f"{MODEL_NAME} {cm.amodel}", cm.checkpoint_sha256)
+    return {"embedded": len(emb), "reused_from_freesound": reused, "already_stored": stored,
+            "decode_errors": len(errors), "uncalibrated": cm.uncalibrated, "signature": cm.signature,
+            "files_per_s": round(len(emb) / (time.perf_counter() - t0), 2)}
+
+
+def run_dedup(cat: Catalog, *, embeddings_dir, signature: str | None, threshold: float, config_hash: str,
+              model_name: str | None = None, checkpoint_sha256: str | None = None, uncalibrated: bool = False
+              ) -> dict[str, Any]:
+    recs = admitted(cat)
+    n = len(recs)
+    e_sha = exact_edges([r["content_sha256"] for r in recs])
+    e_md5 = exact_edges([r["md5"] for r in recs])
+    emb_store = load_embeddings(embeddings_dir, signature) if signature else {}
+    idx = [i for i, r in enumerate(recs) if r["content_sha256"] in emb_store]
+    near = np.zeros((0, 2), np.int64)
+    vectors = {}
+    if idx:
+        x = np.stack([emb_store[recs[i]["content_sha256"]] for i in idx])
+        pairs, _, _ = near_duplicate_edges(x, threshold)
+        near = np.asarray(idx, np.int64)[pairs] if len(pairs) else near
+        vectors = {i: x[k] for k, i in enumerate(idx)}
+    exact_set = {tuple(sorted(e)) for e in np.concatenate([e_sha, e_md5]).tolist()}
+    near_found = len(near)
+    if uncalibrated:
+        # random-weight embeddings put everything close together: their links are reported,
+        # never used to exclude anything
+        near = np.zeros((0, 2), np.int64)
+    res = group_components(n, e_sha, e_md5, near)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    rows, decisions = [], []
+    previous = cat.latest_decision_map(STAGE)
+    grouped = set()
+    per_source = collections.Counter()
+    tag = ""
+    for members in res.groups:
+        group = [recs[i] for i in members]
+        kept = pick_kept(group)
+        ki = members[group.index(kept)]
+        for i, r in zip(members, group):
+            grouped.add(i)
+            sim = float(vectors[i] @ vectors[ki]) if i in vectors and ki in vectors else None
+            link = "exact" if (min(i, ki), max(i, ki)) in exact_set or r["content_sha256"] == kept["content_sha256"] \
+                else "near"
+            rows.append([kept["recording_id"], r["recording_id"], r is kept, link, sim, now])
+            if r is kept:
+                reason = f"kept: representative of {len(members)} repeated recordings{tag}"
+                verdict = "pass"
+            else:
+                per_source[r["source"]] += 1
+                what = "identical audio" if link == "exact" else f"cosine {sim:.3f} >= {threshold:g}"
+                reason = f"duplicate-of: {kept['recording_id']} ({what}){tag}"
+                verdict = "reject"
+            if (previous.get(r["recording_id"]) or {}).get("reason") != reason:
+                decisions.append(Decision(r["recording_id"], STAGE, verdict, reason, config_hash=config_hash,
+                                          model_name=model_name if link == "near" else None,
+                                          checkpoint_sha256=checkpoint_sha256 if link == "near" else None,
+                                          threshold=threshold, uncalibrated=uncalibrated and link == "near",
+                                          details={"group": kept["recording_id"], "size": len(members)}))
+    for i, r in enumerate(recs):
+        if i not in grouped:
+            reason = "unique: no repeated recording found" + ("" if r["content_sha256"] in emb_store
+                                                              else " (exact copies only: not embedded)")
+            if (previous.get(r["recording_id"]) or {}).get("reason") != reason:
+                decisions.append(Decision(r["recording_id"], STAGE, "pass", reason, config_hash=config_hash))
+    with cat.transaction():
+        cat.con.execute("DELETE FROM duplicate_groups")
+        for row in rows:
+            cat.con.execute("INSERT INTO duplicate_groups VALUES (?, ?, ?, ?, ?, ?)", row)
+        cat.add_decisions(decisions)
+    return {"recordings": n, "embedded": len(idx), "groups": len(res.groups),
+            "repeated_excluded": dict(per_source), "exact_links": len(e_sha) + len(e_md5), "near_links": len(near),
+            "near_links_not_applied_uncalibrated": near_found if uncalibrated else 0,
+            "threshold": threshold, "decisions_written": len(decisions)}
