@@ -289,6 +289,41 @@ def cmd_memorization(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    import soundfile as sf
+    import torch
+
+    from .models import create_model, load_checkpoint
+    from .models.sampling import generate
+    if args.ckpt is None and args.model_config == "stable_audio_open_1_0":
+        print("sao: error: the official config needs its weights: --ckpt model.safetensors", file=sys.stderr)
+        return 1
+    model = create_model(args.model_config, t5_path=args.t5_path)
+    if args.ckpt:
+        load_checkpoint(model, args.ckpt)
+    else:
+        print("warning: no --ckpt: random weights (uncalibrated); the output is noise", file=sys.stderr)
+    audio = generate(model, [args.prompt], seconds_total=args.seconds, steps=args.steps, cfg_scale=args.cfg_scale,
+                     sampler=args.sampler, seed=args.seed, sigma_min=args.sigma_min, sigma_max=args.sigma_max)[0]
+    peak = float(audio.abs().max()) or 1.0
+    audio = (audio / peak).clamp(-1, 1) if args.normalize else audio.clamp(-1, 1)
+    sf.write(args.out, audio.T.numpy(), model.sample_rate, subtype="PCM_16")
+    print(f"{args.out}: {audio.shape[-1] / model.sample_rate:.2f} s, {model.sample_rate} Hz, {audio.shape[0]} channels "
+          f"({args.sampler}, {args.steps} steps, cfg {args.cfg_scale}, seed {args.seed}, "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'})")
+    return 0
+
+
+def cmd_tiny_t5(args) -> int:
+    from .models.t5_local import build_tiny_t5
+    from .sources import sample_corpus
+    cfg = _cfg(args)
+    texts = [f"{e['title']} {e.get('description') or ''} {' '.join(e.get('tags') or [])}"
+             for e in sample_corpus.load_metadata(cfg.path(cfg.paths.sample_corpus))] * 20
+    print(build_tiny_t5(args.dir, texts, d_model=args.d_model))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(_cfg(args))
@@ -409,6 +444,27 @@ def build_parser() -> argparse.ArgumentParser:
     mz.add_argument("--uncalibrated", action="store_true")
     mz.set_defaults(func=cmd_memorization)
 
+    ge = sub.add_parser("generate", help="text to audio with a model config (and its weights)")
+    ge.add_argument("prompt")
+    ge.add_argument("--model-config", default="stable_audio_open_1_0",
+                    help="shipped model config name (stable_audio_open_1_0, tiny) or a JSON path")
+    ge.add_argument("--ckpt", help="model.safetensors or model.ckpt")
+    ge.add_argument("--t5-path", help="local folder with the T5 encoder and tokenizer (or $SAO_T5_PATH)")
+    ge.add_argument("--seconds", type=float, default=10.0)
+    ge.add_argument("--steps", type=int, default=100)
+    ge.add_argument("--cfg-scale", type=float, default=7.0)
+    ge.add_argument("--sampler", default="dpmpp-3m-sde", choices=["dpmpp-3m-sde", "dpmpp-2m"])
+    ge.add_argument("--sigma-min", type=float, default=0.3)
+    ge.add_argument("--sigma-max", type=float, default=500.0)
+    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("--normalize", action="store_true", help="peak-normalise the output")
+    ge.add_argument("--out", default="generated.wav")
+    ge.set_defaults(func=cmd_generate)
+    tt = sub.add_parser("tiny-t5", help="write a small random T5 encoder + tokenizer folder for CPU smoke runs")
+    tt.add_argument("dir")
+    tt.add_argument("--d-model", type=int, default=32)
+    tt.set_defaults(func=cmd_tiny_t5)
+
     sub.add_parser("demo", help="run every stage end to end on the embedded defaults").set_defaults(func=cmd_demo)
     return p
 
@@ -427,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         from .sources.freesound import FreesoundError
         from .sources.sample_corpus import CorpusError
         from .analysis.panns import CheckpointError
-        if isinstance(exc, (CatalogError, CorpusError, FreesoundError, CheckpointError, ValueError, OSError)):
+        from .models import CheckpointMismatch
+        if isinstance(exc, (CatalogError, CorpusError, FreesoundError, CheckpointError, CheckpointMismatch, ValueError,
+                            OSError)):
             log.debug("details", exc_info=True)
             print(f"sao: error: {exc}", file=sys.stderr)
             return 1
