@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv shards bench corpus clean-data help browser
+.PHONY: demo test venv shards bench corpus clean-data help browser train-vae train-dit
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on the embedded defaults"
@@ -47,6 +47,19 @@ browser:
 
 test: $(STAMP) browser
 	SAO_REQUIRE_BROWSER=1 $(PY) -m pytest -q tests
+
+# Tiny training runs on the demo shards (run `make demo` first); checkpoints, manifests and loss.png in data/train/.
+DEMO_SHARDS = $(firstword $(wildcard data/shards/snap-*))
+train-vae: $(STAMP)
+	@test -n "$(DEMO_SHARDS)" || { echo "no demo shards: run make demo first"; exit 1; }
+	$(VENV)/bin/sao train vae --shards $(DEMO_SHARDS) --out data/train/vae --steps 40 --batch-size 4 \
+	  --disc-channels 8 --sample-length 16384 --checkpoint-every 20
+
+train-dit: $(STAMP)
+	@test -n "$(DEMO_SHARDS)" || { echo "no demo shards: run make demo first"; exit 1; }
+	$(VENV)/bin/sao train dit --shards $(DEMO_SHARDS) --out data/train/dit --steps 60 --batch-size 4 \
+	  --t5-path data/models/t5-tiny-uncalibrated --checkpoint-every 30 \
+	  $(if $(wildcard data/train/vae/latest.json),--vae-checkpoint $(lastword $(sort $(wildcard data/train/vae/step-*-ema.safetensors))))
 
 # Build both shard sets (autoencoder, diffusion) for the current catalogue.
 shards: $(STAMP)

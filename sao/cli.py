@@ -324,6 +324,32 @@ def cmd_tiny_t5(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train.trainer import TrainSettings, train_dit, train_vae
+    cfg = _cfg(args)
+    s = TrainSettings(stage=args.sub, shards_dir=args.shards, out_dir=args.out, model_config=args.model_config,
+                      steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
+                      lr=args.lr, checkpoint_every=args.checkpoint_every, precision=args.precision,
+                      gradient_checkpointing=args.gradient_checkpointing, t5_path=args.t5_path,
+                      vae_checkpoint=args.vae_checkpoint, freeze_encoder=args.freeze_encoder,
+                      disc_channels=args.disc_channels, sample_length=args.sample_length, catalog=str(cfg.catalog_path) if cfg.catalog_path.exists() else None)
+    out = train_vae(s) if args.sub == "vae" else train_dit(s)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_manifest_verify(args) -> int:
+    from .train.manifest import ManifestError, verify
+    try:
+        out = verify(args.checkpoint, check_shards=not args.skip_shards)
+    except ManifestError as exc:
+        print(f"sao: manifest check FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: {out['checkpoint']} matches {out['manifest']} (sha256 {out['manifest_sha256'][:16]}), "
+          f"{out['shards_checked']} shard(s) verified, {out['recordings']} recordings")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(_cfg(args))
@@ -464,6 +490,33 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("dir")
     tt.add_argument("--d-model", type=int, default=32)
     tt.set_defaults(func=cmd_tiny_t5)
+
+    tr = sub.add_parser("train", help="train the autoencoder or the DiT on shards (torchrun for DDP)")
+    trs = tr.add_subparsers(dest="sub", required=True)
+    for stage in ("vae", "dit"):
+        t = trs.add_parser(stage, help=f"train the {'autoencoder' if stage == 'vae' else 'diffusion transformer'}")
+        t.add_argument("--shards", required=True, help="a complete shards build (folder or fsspec URL)")
+        t.add_argument("--out", required=True, help="checkpoint folder (resumes from it)")
+        t.add_argument("--model-config", default="tiny")
+        t.add_argument("--steps", type=int, default=100)
+        t.add_argument("--batch-size", type=int, default=4, help="per process")
+        t.add_argument("--grad-accum", type=int, default=1)
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--lr", type=float)
+        t.add_argument("--checkpoint-every", type=int, default=50)
+        t.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+        t.add_argument("--gradient-checkpointing", action="store_true")
+        t.add_argument("--t5-path")
+        t.add_argument("--vae-checkpoint", help="dit: the trained autoencoder weights (safetensors)")
+        t.add_argument("--freeze-encoder", action="store_true", help="vae stage 2: train the decoder on")
+        t.add_argument("--disc-channels", type=int, default=32)
+        t.add_argument("--sample-length", type=int, default=16384, help="vae: samples per training clip")
+        t.set_defaults(func=cmd_train)
+    mf = sub.add_parser("manifest", help="attribution manifests of checkpoints").add_subparsers(dest="sub", required=True)
+    mv = mf.add_parser("verify", help="check a checkpoint against its manifest and the shards")
+    mv.add_argument("checkpoint")
+    mv.add_argument("--skip-shards", action="store_true", help="only check weights against the manifest")
+    mv.set_defaults(func=cmd_manifest_verify)
 
     sub.add_parser("demo", help="run every stage end to end on the embedded defaults").set_defaults(func=cmd_demo)
     return p
