@@ -89,3 +89,27 @@ def test_dedup_flow_embeds_in_parallel_and_groups(prefect_server, tmp_path, corp
     assert out["embedded"] == 6 and out["recordings"] == 6
     again = dedup(str(cfg), uncalibrated=True, batch_files=2)
     assert again["embedded"] == 0
+
+
+def test_train_flow_runs_both_stages_in_order(prefect_server, tmp_path, freesound_sounds, fma_dir, monkeypatch):
+    import json
+
+    from flows.refresh import refresh
+    from flows.shards import shards
+    from flows.train import train
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from sao.models.t5_local import build_tiny_t5
+    from sao.sources.replica import ReplicaServer, ReplicaSettings
+    cfg = tmp_path / "sao.toml"
+    cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{tmp_path / "audio"}"\n'
+                   f'[shards]\nroot = "{tmp_path / "shards"}"\nrequired_stages = ["license_gate"]\n')
+    monkeypatch.setenv("FREESOUND_API_TOKEN", SECRET)
+    with ReplicaServer(freesound_sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv:
+        refresh(str(cfg), base_url=srv.api_url, screen=False)
+    shards.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(str(cfg), "t")
+    t5 = build_tiny_t5(tmp_path / "t5", ["water rain wind dog bird music"] * 100)
+    out = train(str(tmp_path / "shards" / "t"), str(tmp_path / "train"), vae_steps=2, dit_steps=2, t5_path=str(t5),
+                catalog=str(tmp_path / "c.duckdb"))
+    assert out["vae"]["step"] == 2 and out["dit"]["step"] == 2
+    man = json.loads((tmp_path / "train" / "dit" / "step-0000002-ema.manifest.json").read_text())
+    assert man["training"]["vae_checkpoint"].endswith("step-0000002-ema.safetensors")

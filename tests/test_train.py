@@ -85,3 +85,61 @@ def test_vae_loop_runs_and_writes_safetensors_with_manifest(shards, tmp_path):
     assert any(k.startswith("encoder.layers.0.") for k in sd) and all(torch.isfinite(v).all() for v in sd.values())
     assert (tmp_path / "vae" / "loss.png").is_file()
     assert verify(tmp_path / "vae" / "step-0000003-raw.safetensors", check_shards=False)["recordings"] > 0
+
+
+def test_tiny_vae_loss_falls_on_real_audio(world, tmp_path):  # noqa: F811
+    """One real recording (the others taken down), a few dozen steps: the reconstruction loss falls."""
+    from sao.catalog import Catalog
+    shutil.copy(world / "c.duckdb", tmp_path / "c.duckdb")
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        keep = "freesound:100013"                           # "Time not Lost", 37 s of real music
+        assert cat.get_recording(keep)["audio_path"]
+        for r in cat.query("SELECT recording_id FROM recordings WHERE recording_id <> ?", [keep]):
+            cat.add_takedown(r["recording_id"], "test: train on one recording")
+        build_shards(cat, shards_root=str(tmp_path), audio_store=world / "audio", required_stages=["license_gate"],
+                     plan_cfg=PlanConfig(seed=1), config_hash="t", name="one")
+    train_vae(TrainSettings(stage="vae", shards_dir=str(tmp_path / "one"), out_dir=str(tmp_path / "vae"), steps=30,
+                            batch_size=3, sample_length=8192, disc_channels=8, lr=1e-3, adv_weight=0.0,
+                            checkpoint_every=30, shuffle_buffer=4))
+    rec = [json.loads(x)["recon"] for x in (tmp_path / "vae" / "losses.jsonl").read_text().splitlines()]
+    assert sum(rec[-6:]) / 6 < 0.9 * (sum(rec[:6]) / 6), rec
+
+
+def test_resume_after_kill_continues_step_and_data_order(shards, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sao.models.t5_local import build_tiny_t5
+    t5 = build_tiny_t5(tmp_path / "t5", ["water stream rain dog bird piano music"] * 100)
+    args = ["train", "dit", "--shards", str(shards / "s"), "--steps", "8", "--batch-size", "2",
+            "--checkpoint-every", "2", "--t5-path", str(t5)]
+    env = dict(os.environ, SAO_NO_PROGRESS="1")
+    # uninterrupted reference
+    subprocess.run([sys.executable, "-m", "sao.cli", *args, "--out", str(tmp_path / "a")], env=env, check=True,
+                   capture_output=True)
+    # killed after its step-4 checkpoint, then resumed
+    p = subprocess.Popen([sys.executable, "-m", "sao.cli", *args, "--out", str(tmp_path / "b")], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "b" / "latest.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None:
+        if latest.is_file() and json.loads(latest.read_text())["step"] >= 4:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = json.loads(latest.read_text())["step"]
+    assert 4 <= killed_at < 8, "the run should have been killed midway"
+    from sao import cli
+    assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
+    a = [json.loads(x) for x in (tmp_path / "a" / "losses.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "b" / "losses.jsonl").read_text().splitlines()]
+    batches_a = {r["step"]: r["batch"] for r in a}
+    batches_b = {}
+    for r in b:                        # steps after the checkpoint ran twice: the resumed run's entries win
+        batches_b[r["step"]] = r["batch"]
+    assert batches_b == batches_a and max(batches_b) == 8
+    assert not list((tmp_path / "b").glob(".*.part"))

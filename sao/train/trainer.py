@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -119,6 +120,7 @@ class _Run:
         skip = self.state["data_index"] + 1 if self.state else 0
         for ep, idx, batch in self.stream.batches(self.s.batch_size, start_epoch=epoch, skip=skip):
             self.data_pos = (ep, idx)
+            self.batch_id = hashlib.sha1(",".join(m["key"] for m in batch["meta"]).encode()).hexdigest()[:12]
             for m in batch["meta"]:
                 self.read.add(self.rel(m["shard"]))
             yield batch
@@ -129,6 +131,7 @@ class _Run:
 
     def log(self, **vals):
         vals["step"] = self.step
+        vals["batch"] = getattr(self, "batch_id", None)      # which samples: resumed runs must match
         self.losses.append(vals)
         if self.rank == 0:
             with open(self.out / "losses.jsonl", "a") as f:
@@ -160,7 +163,7 @@ class _Run:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         rows = [json.loads(x) for x in (self.out / "losses.jsonl").read_text().splitlines()]
-        keys = [k for k in rows[-1] if k != "step"]
+        keys = [k for k in rows[-1] if k not in ("step", "batch")]
         fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), squeeze=False)
         for ax, k in zip(axes[:, 0], keys):
             ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r])

@@ -1,0 +1,57 @@
+"""The `train` flow: the autoencoder, then the DiT on the trained autoencoder's EMA weights.
+Each stage is one task (it runs torch's own loop; use torchrun for several processes).
+
+    python -m flows.train --shards DIR --out DIR [--vae-steps N] [--dit-steps N] [--t5-path DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from sao.train.trainer import TrainSettings, train_dit, train_vae
+
+
+@task(name="train-autoencoder", cache_policy=NO_CACHE)
+def vae_task(settings: dict) -> dict[str, Any]:
+    return train_vae(TrainSettings(stage="vae", **settings))
+
+
+@task(name="train-dit", cache_policy=NO_CACHE)
+def dit_task(settings: dict) -> dict[str, Any]:
+    return train_dit(TrainSettings(stage="dit", **settings))
+
+
+@flow(name="train")
+def train(shards_dir: str, out_dir: str, vae_steps: int = 40, dit_steps: int = 60, model_name: str = "tiny",
+          t5_path: str | None = None, catalog: str | None = None, batch_size: int = 4,
+          disc_channels: int = 8) -> dict[str, Any]:
+    out = pathlib.Path(out_dir)
+    # (pydantic reserves the name model_config, so the flow parameter is model_name)
+    common = dict(shards_dir=shards_dir, model_config=model_name, batch_size=batch_size, catalog=catalog)
+    vae = vae_task(dict(common, out_dir=str(out / "vae"), steps=vae_steps, disc_channels=disc_channels,
+                        checkpoint_every=max(1, vae_steps)))
+    ema = sorted((out / "vae").glob("step-*-ema.safetensors"))[-1]
+    dit = dit_task(dict(common, out_dir=str(out / "dit"), steps=dit_steps, t5_path=t5_path,
+                        vae_checkpoint=str(ema), checkpoint_every=max(1, dit_steps)))
+    return {"vae": vae, "dit": dit}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--vae-steps", type=int, default=40)
+    ap.add_argument("--dit-steps", type=int, default=60)
+    ap.add_argument("--model-config", default="tiny")
+    ap.add_argument("--t5-path")
+    ap.add_argument("--catalog")
+    a = ap.parse_args(argv)
+    train(a.shards, a.out, a.vae_steps, a.dit_steps, a.model_config, a.t5_path, a.catalog)
+
+
+if __name__ == "__main__":
+    main()
