@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,7 +162,7 @@ _SECTIONS = {"paths": PathsConfig, "replica": ReplicaConfig, "freesound": Freeso
              "review": ReviewConfig, "dedup": DedupConfig, "logging": LoggingConfig}
 
 
-def _check_type(section: str, key: str, value: Any, default: Any) -> Any:
+def _check_type(section: str, key: str, value: Any, default: Any, element: type | None = None) -> Any:
     where = f"[{section}].{key}"
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -171,8 +172,8 @@ def _check_type(section: str, key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, list):
-        kinds = (int,) if (section, key) == ("music_screen", "classes") else (str,)
-        ok = isinstance(value, list) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
+        kind = element or str
+        ok = isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
     else:
         ok = isinstance(value, type(default))
     if not ok:
@@ -194,7 +195,9 @@ def from_dict(data: dict[str, Any], root: pathlib.Path | None = None) -> Config:
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(f"[{section}].{key}: unknown key (known: {', '.join(sorted(known))})")
-            setattr(obj, key, _check_type(section, key, value, getattr(obj, key)))
+            hint = typing.get_type_hints(type(obj))[key]
+            element = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
+            setattr(obj, key, _check_type(section, key, value, getattr(obj, key), element))
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"[logging].level: {cfg.logging.level!r} is not DEBUG, INFO, WARNING or ERROR")
     from .licensing import ALLOWED_LICENSES

@@ -210,14 +210,13 @@ def stage_embed(cfg: Config, *, uncalibrated: bool | None = None) -> dict[str, A
 
 
 def _clap_signature(cfg: Config, uncalibrated: bool) -> tuple[str, str | None]:
-    import hashlib
-
+    from .analysis.clap import clap_signature
     from .analysis.panns import sha256_file
     dc = cfg.dedup
     sha = sha256_file(cfg.path(dc.clap_checkpoint)) if dc.clap_checkpoint else None
     if sha is None and not uncalibrated:
         return "", None
-    return hashlib.sha256(f"{dc.clap_model}:{sha or 'uncalibrated'}".encode()).hexdigest()[:16], sha
+    return clap_signature(dc.clap_model, sha), sha
 
 
 def stage_dedup(cfg: Config, *, uncalibrated: bool | None = None) -> dict[str, Any]:
@@ -244,12 +243,9 @@ def stage_memorization(cfg: Config, generated_dir: str, out_dir: str, *, top: in
     train = load_embeddings(cfg.path(cfg.dedup.embeddings_dir), cm.signature)
     store = cfg.path(cfg.paths.audio_store)
     with Catalog(cfg.catalog_path) as cat:
-        recs = {}
-        for r in admitted(cat):
-            row = cat.get_recording(r["recording_id"])
-            extra = _json.loads(row["extra"]) if row.get("extra") else {}
-            recs[r["content_sha256"]] = {"recording_id": r["recording_id"], "path": str(store / r["audio_path"]),
-                                         "attribution": extra.get("attribution") or {
-                                             "title": r["title"] or "", "author": r["author"] or "",
-                                             "license": r["license_canonical"], "source_url": r["page_url"] or ""}}
+        recs = {r["content_sha256"]: {
+            "recording_id": r["recording_id"], "path": str(store / r["audio_path"]),
+            "attribution": _json.loads(r["attribution"]) if r["attribution"] else {
+                "title": r["title"] or "", "author": r["author"] or "", "license": r["license_canonical"],
+                "source_url": r["page_url"] or ""}} for r in admitted(cat)}
     return memorization_report(generated_dir, cm, train, recs, out_dir, top=top, k=k, batch_size=cfg.dedup.batch_size)

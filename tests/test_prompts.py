@@ -20,8 +20,9 @@ def test_deterministic_for_seed_item_epoch():
     assert build_prompt(FMA, seed=1, key="fma:2", epoch=3) == build_prompt(FMA, seed=1, key="fma:2", epoch=3)
     variants = {build_prompt(FMA, seed=1, key="fma:2", epoch=e) for e in range(50)}
     assert len(variants) > 20
-    assert build_prompt(FMA, seed=1, key="fma:2") != build_prompt(FMA, seed=2, key="fma:2") or \
-        build_prompt(FMA, seed=1, key="fma:3") != build_prompt(FMA, seed=1, key="fma:2")
+    by_seed = {build_prompt(FMA, seed=s, key="fma:2") for s in range(20)}
+    by_key = {build_prompt(FMA, seed=1, key=f"fma:{k}") for k in range(20)}
+    assert len(by_seed) > 5 and len(by_key) > 5
 
 
 def test_every_prompt_is_a_non_empty_subset_of_the_metadata():

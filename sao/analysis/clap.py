@@ -62,7 +62,12 @@ class ClapModel:
 
     @property
     def signature(self) -> str:
-        return hashlib.sha256(f"{self.amodel}:{self.checkpoint_sha256 or 'uncalibrated'}".encode()).hexdigest()[:16]
+        return clap_signature(self.amodel, self.checkpoint_sha256)
+
+
+def clap_signature(amodel: str, checkpoint_sha256: str | None) -> str:
+    """Names the embedding space: stored embeddings are only compared within one signature."""
+    return hashlib.sha256(f"{amodel}:{checkpoint_sha256 or 'uncalibrated'}".encode()).hexdigest()[:16]
 
 
 def load_clap(checkpoint: str | os.PathLike | None, *, amodel: str = "HTSAT-tiny", uncalibrated: bool = False,

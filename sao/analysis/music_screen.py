@@ -55,9 +55,7 @@ class ItemState:
     duration: float
     activity: list = dataclasses.field(default_factory=list)
     class_max: np.ndarray | None = None
-    windows_out: int = 0
     windows_done: int = 0
-    exhausted: bool = False
     decided: bool = False
     error: str | None = None
 
@@ -168,20 +166,17 @@ def screen_audio(items: list[dict[str, Any]], lm: LoadedModel, cfg: ScreenConfig
         for st, gen in active:
             if st.decided:
                 gen.close()
-                st.exhausted = True
                 bar.update(1)
                 continue
             try:
                 w, valid = next(gen)
             except StopIteration:
-                st.exhausted = True
                 bar.update(1)
                 continue
             except AudioDecodeError as exc:
-                st.error, st.exhausted = str(exc), True
+                st.error = str(exc)
                 bar.update(1)
                 continue
-            st.windows_out += 1
             b = buckets.setdefault(len(w), [])
             b.append((st, w, valid))
             if len(b) >= cfg.batch_size:
@@ -191,7 +186,7 @@ def screen_audio(items: list[dict[str, Any]], lm: LoadedModel, cfg: ScreenConfig
         active = still
         if not active and not queue_:
             break
-        if not queue_ and all(len(b) == 0 for b in buckets.values()) is False and len(active) < cfg.batch_size:
+        if not queue_ and len(active) < cfg.batch_size and any(buckets.values()):
             # few files left: run what is waiting rather than wait for full batches
             for k, b in list(buckets.items()):
                 if b:
@@ -209,7 +204,7 @@ def screen_audio(items: list[dict[str, Any]], lm: LoadedModel, cfg: ScreenConfig
         v = music_rule(st.frames(), cfg.rule)
         top = []
         if st.class_max is not None:
-            order = [i for i in np.argsort(-st.class_max[classes]) if True][:3]
+            order = np.argsort(-st.class_max[classes])[:3]
             top = [{"class": labels[classes[i]], "max_prob": round(float(st.class_max[classes[i]]), 4)} for i in order]
         results[st.rid] = {"kind": "screened", "verdict": v, "top_music_classes": top,
                            "stopped_early": st.decided and st.windows_done * cfg.window_seconds < st.duration}

@@ -31,7 +31,7 @@ def admitted(cat: Catalog) -> list[dict[str, Any]]:
         "  QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1) "
         "SELECT r.recording_id, r.source, r.title, r.author, r.page_url, r.license_canonical, r.sample_rate, "
         "  r.channels, r.duration, r.created_at, r.first_seen, r.md5, r.content_sha256, r.audio_path, "
-        "  json_extract(r.extra, '$.sim_laion_clap') AS sim "
+        "  json_extract(r.extra, '$.sim_laion_clap') AS sim, json_extract(r.extra, '$.attribution') AS attribution "
         "FROM recordings r JOIN gate g USING (recording_id) WHERE g.verdict = 'pass' AND r.audio_path IS NOT NULL "
         "AND r.recording_id NOT IN (SELECT recording_id FROM takedowns WHERE status = 'active') "
         "ORDER BY r.recording_id")
@@ -136,10 +136,18 @@ def run_dedup(cat: Catalog, *, embeddings_dir, signature: str | None, threshold:
                                                               else " (exact copies only: not embedded)")
             if (previous.get(r["recording_id"]) or {}).get("reason") != reason:
                 decisions.append(Decision(r["recording_id"], STAGE, "pass", reason, config_hash=config_hash))
+    import pyarrow as pa
+    cols = ["group_id", "recording_id", "kept", "link", "similarity", "run_at"]
+    groups = pa.table({c: pa.array([r[i] for r in rows], t) for i, (c, t) in enumerate(zip(cols, [
+        pa.string(), pa.string(), pa.bool_(), pa.string(), pa.float64(), pa.timestamp("us")]))})
     with cat.transaction():
         cat.con.execute("DELETE FROM duplicate_groups")
-        for row in rows:
-            cat.con.execute("INSERT INTO duplicate_groups VALUES (?, ?, ?, ?, ?, ?)", row)
+        if rows:
+            cat.con.register("_sao_groups", groups)
+            try:
+                cat.con.execute("INSERT INTO duplicate_groups SELECT * FROM _sao_groups")
+            finally:
+                cat.con.unregister("_sao_groups")
         cat.add_decisions(decisions)
     return {"recordings": n, "embedded": len(idx), "groups": len(res.groups),
             "repeated_excluded": dict(per_source), "exact_links": len(e_sha) + len(e_md5), "near_links": len(near),

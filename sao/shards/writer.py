@@ -62,11 +62,6 @@ def is_local(fs) -> bool:
     return protocol in ("file", "local")
 
 
-def to_stereo_44k(x: np.ndarray, sr: int) -> np.ndarray:
-    """[channels, samples] at any rate -> [2, samples] at 44.1 kHz (kept for callers using that layout)."""
-    return read_frames_to_stereo(np.ascontiguousarray(x.T), sr, None).T
-
-
 def read_frames_to_stereo(frames: np.ndarray, sr: int, length: int | None) -> np.ndarray:
     """[samples, channels] at ``sr`` -> C-contiguous [length, 2] float32 at 44.1 kHz, zero-padded.
 

@@ -175,6 +175,17 @@ class _Run:
         plt.close(fig)
 
 
+def _restore(state: dict | None, objects: dict[str, Any]) -> None:
+    """Load models, optimizers and schedulers from a resumable state (nothing on a fresh run)."""
+    if state:
+        for name, obj in objects.items():
+            obj.load_state_dict(state[name])
+
+
+def _snapshot(objects: dict[str, Any]) -> dict[str, Any]:
+    return {name: obj.state_dict() for name, obj in objects.items()}
+
+
 def _wrap(model: nn.Module, world: int, device) -> nn.Module:
     if world > 1:
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -198,14 +209,8 @@ def train_vae(s: TrainSettings) -> dict[str, Any]:
                               betas=(0.8, 0.99))
     sch_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lambda st: inverse_lr(st, warmup=s.warmup))
     sch_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lambda st: inverse_lr(st, warmup=s.warmup))
-    if run.state:
-        ae.load_state_dict(run.state["model"])
-        ema.load_state_dict(run.state["ema"])
-        disc.load_state_dict(run.state["disc"])
-        opt_g.load_state_dict(run.state["opt_g"])
-        opt_d.load_state_dict(run.state["opt_d"])
-        sch_g.load_state_dict(run.state["sch_g"])
-        sch_d.load_state_dict(run.state["sch_d"])
+    resumable = dict(model=ae, ema=ema, disc=disc, opt_g=opt_g, opt_d=opt_d, sch_g=sch_g, sch_d=sch_d)
+    _restore(run.state, resumable)
     g_model, d_model = _wrap(ae, run.world, run.device), _wrap(disc, run.world, run.device)
     stft = MultiResolutionSTFTLoss(sample_rate=cfg["sample_rate"])
     t0, done = time.perf_counter(), 0
@@ -239,10 +244,7 @@ def train_vae(s: TrainSettings) -> dict[str, Any]:
         run.step += 1
         run.log(loss=float(loss_g.detach()), recon=float(rec.detach()), kl=float(kl.detach()), disc=float(loss_d.detach()))
         if run.step % s.checkpoint_every == 0 or run.step == s.steps:
-            run.save({"raw": ae.state_dict(), "ema": ema.state_dict()},
-                     {"model": ae.state_dict(), "ema": ema.state_dict(), "disc": disc.state_dict(),
-                      "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "sch_g": sch_g.state_dict(),
-                      "sch_d": sch_d.state_dict()})
+            run.save({"raw": ae.state_dict(), "ema": ema.state_dict()}, _snapshot(resumable))
     run.plot()
     secs = time.perf_counter() - t0
     return {"stage": "vae", "step": run.step, "samples_per_s": round(done * run.world / secs, 2) if secs else 0.0,
@@ -260,11 +262,8 @@ def train_dit(s: TrainSettings) -> dict[str, Any]:
     ema = copy.deepcopy(model.model).requires_grad_(False)
     opt = torch.optim.AdamW(trainable.parameters(), lr=s.lr or 5e-5, weight_decay=s.weight_decay, betas=(0.9, 0.999))
     sch = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: inverse_lr(st, warmup=s.warmup))
-    if run.state:
-        model.load_state_dict(run.state["model"])
-        ema.load_state_dict(run.state["ema"])
-        opt.load_state_dict(run.state["opt"])
-        sch.load_state_dict(run.state["sch"])
+    resumable = dict(model=model, ema=ema, opt=opt, sch=sch)
+    _restore(run.state, resumable)
     dit = _wrap(model.model.model, run.world, run.device)
     gen = torch.Generator(device=run.device).manual_seed(s.seed * 1000 + run.rank + run.step)
     t0, done = time.perf_counter(), 0
@@ -300,8 +299,7 @@ def train_dit(s: TrainSettings) -> dict[str, Any]:
             raw = model.state_dict()
             ema_full = dict(raw)
             ema_full.update({f"model.{k}": v for k, v in ema.state_dict().items()})
-            run.save({"raw": raw, "ema": ema_full},
-                     {"model": raw, "ema": ema.state_dict(), "opt": opt.state_dict(), "sch": sch.state_dict()})
+            run.save({"raw": raw, "ema": ema_full}, _snapshot(resumable))
     run.plot()
     secs = time.perf_counter() - t0
     return {"stage": "dit", "step": run.step, "samples_per_s": round(done * run.world / secs, 2) if secs else 0.0,

@@ -104,9 +104,6 @@ def build_freesound_sounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]
     return sounds
 
 
-_atomic_write = atomic_write_text
-
-
 def fma_audio_relpath(track_id: int) -> str:
     tid = f"{track_id:06d}"
     return f"{tid[:3]}/{tid}.mp3"
@@ -177,16 +174,16 @@ def build_fma_replica(entries: list[dict[str, Any]], out_dir: str | os.PathLike)
         })
     md = out / "fma_metadata"
     raw = pd.DataFrame(raw_rows).set_index("track_id")
-    _atomic_write(md / "raw_tracks.csv", raw.to_csv())
+    atomic_write_text(md / "raw_tracks.csv", raw.to_csv())
     tracks = pd.DataFrame(track_rows, index=pd.Index([r["track_id"] for r in raw_rows], name="track_id"))
     tracks.columns = pd.MultiIndex.from_tuples(tracks.columns)
     tracks = tracks.sort_index(axis=1)
-    _atomic_write(md / "tracks.csv", tracks.to_csv())
+    atomic_write_text(md / "tracks.csv", tracks.to_csv())
     genres_df = pd.DataFrame([{"genre_id": gid, "#tracks": sum(g in (e.get("fma") or {}).get("genres", []) for e in fma),
                                "parent": 0, "title": g, "top_level": gid} for g, gid in genre_ids.items()],
                              columns=["genre_id", "#tracks", "parent", "title", "top_level"]).set_index("genre_id")
-    _atomic_write(md / "genres.csv", genres_df.to_csv())
-    _atomic_write(md / "checksums", "\n".join(checksums) + "\n")
-    _atomic_write(md / "README.txt", "Loopback FMA replica built by sao from datasets/sample.\n"
+    atomic_write_text(md / "genres.csv", genres_df.to_csv())
+    atomic_write_text(md / "checksums", "\n".join(checksums) + "\n")
+    atomic_write_text(md / "README.txt", "Loopback FMA replica built by sao from datasets/sample.\n"
                   "Each .mp3 is licensed by its artist; see raw_tracks.csv license_title/license_url.\n")
     return out
