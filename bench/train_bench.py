@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from sao.train.latents import encode_latents
 from sao.train.trainer import TrainSettings, train_dit, train_vae
 
 
@@ -49,7 +50,16 @@ def main() -> None:
         if a.t5_path:
             t = train_dit(TrainSettings(stage="dit", shards_dir=a.shards, out_dir=f"{d}/dit", steps=a.steps,
                                         batch_size=4, t5_path=a.t5_path, checkpoint_every=10_000))
-            print(f"  tiny DiT (65,536-sample windows, batch 4): {t['samples_per_s']:.2f} samples/s")
+            print(f"  tiny DiT (65,536-sample windows, batch 4), encoding audio on the fly: "
+                  f"{t['samples_per_s']:.2f} samples/s")
+            vae_ckpt = f"{d}/vae/step-{a.steps:07d}-ema.safetensors"
+            enc = encode_latents(a.shards, vae_ckpt, out_dir=f"{d}/latents")
+            print(f"  encode-latents (tiny autoencoder): {enc['audio_seconds_per_s']:.1f} audio-s/s")
+            lt = train_dit(TrainSettings(stage="dit", shards_dir=a.shards, out_dir=f"{d}/dit-lat", steps=a.steps,
+                                         batch_size=4, t5_path=a.t5_path, vae_checkpoint=vae_ckpt,
+                                         latents=f"{d}/latents", checkpoint_every=10_000))
+            print(f"  tiny DiT on pre-encoded latent shards: {lt['samples_per_s']:.2f} samples/s "
+                  f"({lt['samples_per_s'] / t['samples_per_s']:.2f}x on the fly)")
     if torch.cuda.is_available():
         print(f"  official DiT shape, 1024 latents, batch 4, bf16: {official_dit_step_rate():.2f} samples/s")
     else:

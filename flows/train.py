@@ -1,7 +1,8 @@
-"""The `train` flow: the autoencoder, then the DiT on the trained autoencoder's EMA weights.
-Each stage is one task (it runs torch's own loop; use torchrun for several processes).
+"""The `train` flow: the autoencoder, then (optionally) pre-encoded latent shards, then the DiT on
+the trained autoencoder's EMA weights. Each stage is one task (it runs torch's own loop; use
+torchrun for several processes).
 
-    python -m flows.train --shards DIR --out DIR [--vae-steps N] [--dit-steps N] [--t5-path DIR]
+    python -m flows.train --shards DIR --out DIR [--vae-steps N] [--dit-steps N] [--t5-path DIR] [--pre-encode]
 """
 from __future__ import annotations
 
@@ -25,19 +26,27 @@ def dit_task(settings: dict) -> dict[str, Any]:
     return train_dit(TrainSettings(stage="dit", **settings))
 
 
+@task(name="encode-latents", cache_policy=NO_CACHE)
+def latents_task(shards_dir: str, vae_checkpoint: str, model_name: str, out_dir: str) -> dict[str, Any]:
+    from sao.train.latents import encode_latents
+    return encode_latents(shards_dir, vae_checkpoint, model_config=model_name, out_dir=out_dir)
+
+
 @flow(name="train")
 def train(shards_dir: str, out_dir: str, vae_steps: int = 40, dit_steps: int = 60, model_name: str = "tiny",
           t5_path: str | None = None, catalog: str | None = None, batch_size: int = 4,
-          disc_channels: int = 8) -> dict[str, Any]:
+          disc_channels: int = 8, pre_encode: bool = False) -> dict[str, Any]:
     out = pathlib.Path(out_dir)
     # (pydantic reserves the name model_config, so the flow parameter is model_name)
     common = dict(shards_dir=shards_dir, model_config=model_name, batch_size=batch_size, catalog=catalog)
     vae = vae_task(dict(common, out_dir=str(out / "vae"), steps=vae_steps, disc_channels=disc_channels,
                         checkpoint_every=max(1, vae_steps)))
     ema = sorted((out / "vae").glob("step-*-ema.safetensors"))[-1]
+    latents = latents_task(shards_dir, str(ema), model_name, str(out / "latents")) if pre_encode else None
     dit = dit_task(dict(common, out_dir=str(out / "dit"), steps=dit_steps, t5_path=t5_path,
-                        vae_checkpoint=str(ema), checkpoint_every=max(1, dit_steps)))
-    return {"vae": vae, "dit": dit}
+                        vae_checkpoint=str(ema), checkpoint_every=max(1, dit_steps),
+                        latents=latents["out_dir"] if latents else None))
+    return {"vae": vae, "latents": latents, "dit": dit}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-config", default="tiny")
     ap.add_argument("--t5-path")
     ap.add_argument("--catalog")
+    ap.add_argument("--pre-encode", action="store_true", help="train the DiT on pre-encoded latent shards")
     a = ap.parse_args(argv)
-    train(a.shards, a.out, a.vae_steps, a.dit_steps, a.model_config, a.t5_path, a.catalog)
+    train(a.shards, a.out, a.vae_steps, a.dit_steps, a.model_config, a.t5_path, a.catalog, pre_encode=a.pre_encode)
 
 
 if __name__ == "__main__":

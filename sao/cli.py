@@ -332,9 +332,19 @@ def cmd_train(args) -> int:
                       lr=args.lr, checkpoint_every=args.checkpoint_every, precision=args.precision,
                       gradient_checkpointing=args.gradient_checkpointing, t5_path=args.t5_path,
                       vae_checkpoint=args.vae_checkpoint, freeze_encoder=args.freeze_encoder,
-                      disc_channels=args.disc_channels, sample_length=args.sample_length, catalog=str(cfg.catalog_path) if cfg.catalog_path.exists() else None)
+                      disc_channels=args.disc_channels, sample_length=args.sample_length,
+                      data_streams=args.data_streams, global_batch_size=args.global_batch_size,
+                      latents=getattr(args, "latents", None),
+                      catalog=str(cfg.catalog_path) if cfg.catalog_path.exists() else None)
     out = train_vae(s) if args.sub == "vae" else train_dit(s)
     print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_encode_latents(args) -> int:
+    from .train.latents import encode_latents
+    print(json.dumps(encode_latents(args.shards, args.vae_checkpoint, model_config=args.model_config,
+                                    out_dir=args.out, set_=args.set), indent=1))
     return 0
 
 
@@ -499,7 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--out", required=True, help="checkpoint folder (resumes from it)")
         t.add_argument("--model-config", default="tiny")
         t.add_argument("--steps", type=int, default=100)
-        t.add_argument("--batch-size", type=int, default=4, help="per process")
+        t.add_argument("--batch-size", type=int, default=4, help="per process and micro-batch")
+        t.add_argument("--global-batch-size", type=int, default=0,
+                       help="if set: per-process batch = global / (processes x grad-accum)")
+        t.add_argument("--data-streams", type=int, default=0,
+                       help="data streams the shards are dealt to (default: one per process); fixing it makes "
+                            "the data order independent of the number of processes")
         t.add_argument("--grad-accum", type=int, default=1)
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--lr", type=float)
@@ -511,7 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--freeze-encoder", action="store_true", help="vae stage 2: train the decoder on")
         t.add_argument("--disc-channels", type=int, default=32)
         t.add_argument("--sample-length", type=int, default=16384, help="vae: samples per training clip")
+        if stage == "dit":
+            t.add_argument("--latents", help="pre-encoded latent shards (sao train encode-latents)")
         t.set_defaults(func=cmd_train)
+    el = trs.add_parser("encode-latents", help="pre-encode the diffusion shards with a trained autoencoder")
+    el.add_argument("--shards", required=True)
+    el.add_argument("--vae-checkpoint", required=True)
+    el.add_argument("--model-config", default="tiny")
+    el.add_argument("--set", default="diffusion")
+    el.add_argument("--out", help="default: SHARDS/latents/<autoencoder sha256[:12]>")
+    el.set_defaults(func=cmd_encode_latents)
     mf = sub.add_parser("manifest", help="attribution manifests of checkpoints").add_subparsers(dest="sub", required=True)
     mv = mf.add_parser("verify", help="check a checkpoint against its manifest and the shards")
     mv.add_argument("checkpoint")

@@ -3,6 +3,7 @@ same folder, then rename (atomic on POSIX). A failure removes the temporary file
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pathlib
 import tempfile
@@ -27,3 +28,11 @@ def atomic_path(dest: str | os.PathLike, *, suffix: str = ".part") -> Iterator[p
 def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8", newline="")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

@@ -113,3 +113,4 @@ def test_train_flow_runs_both_stages_in_order(prefect_server, tmp_path, freesoun
     assert out["vae"]["step"] == 2 and out["dit"]["step"] == 2
     man = json.loads((tmp_path / "train" / "dit" / "step-0000002-ema.manifest.json").read_text())
     assert man["training"]["vae_checkpoint"].endswith("step-0000002-ema.safetensors")
+    assert man["counts"]["recordings"] > 0

@@ -7,7 +7,6 @@ the path it reads before importing it, so nothing is fetched.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pathlib
@@ -15,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 
 import torch
+
+from ..fsutil import sha256_file  # noqa: F401  (re-exported: clap, refresh and tests use it from here)
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,6 @@ def model_class():
     _ensure_labels()
     from panns_inference.models import Cnn14_DecisionLevelMax
     return Cnn14_DecisionLevelMax
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

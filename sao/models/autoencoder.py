@@ -111,11 +111,15 @@ class OobleckDecoder(nn.Module):
 class VAEBottleneck(nn.Module):
     """The first half of the encoder's channels is the mean; stdev = softplus(scale) + 1e-4."""
 
-    def encode(self, x: torch.Tensor, *, sample: bool = True, return_kl: bool = False, generator=None):
+    def encode(self, x: torch.Tensor, *, sample: bool = True, return_kl: bool = False, generator=None,
+               noise: torch.Tensor | None = None):
+        """``noise``: the posterior sample's standard normal draw, given by trainers that draw it
+        per sample (so that data parallel runs equal single-process ones)."""
         mean, scale = x.chunk(2, dim=1)
         std = F.softplus(scale) + 1e-4
-        z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype) \
-            if sample else mean
+        if sample and noise is None:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + std * noise.to(mean.dtype) if sample else mean
         if return_kl:
             var = std * std
             kl = (mean * mean + var - torch.log(var) - 1).sum(1).mean()

@@ -1,16 +1,25 @@
 """Training data from the WebDataset shards: a deterministic stream (local or fsspec).
 
-Order: shards are shuffled per epoch from (seed, epoch), split across ranks and loader
-workers without overlap (shard i goes to stream i mod (world * workers)), samples pass
-through a seeded shuffle buffer, and each clip is randomly cropped or padded to the training
-length from (seed, key, epoch). The same (seed, rank, world) always gives the same sequence,
-so a resumed run replays to its saved position and continues the data order it had.
-Prompts are redrawn per epoch from the stored prompt inputs (sao.prompts).
+Order. The shards of a set are dealt, per epoch, to a fixed number of *data streams*
+(shard i of the epoch's seeded shuffle goes to stream i mod streams), so streams never
+overlap. Each stream passes its samples through a seeded shuffle buffer and randomly crops or
+pads each clip from (seed, key, epoch). A global batch takes an equal slice from every stream
+in stream order; under torch.distributed each rank owns a contiguous block of the streams.
+So the global batch sequence depends only on (seed, streams, global batch size), not on the
+number of processes: two processes with batch B reproduce one process with batch 2B, and a
+run may resume on a different world size. A data position is (epoch, samples consumed) per
+stream; a resumed run skips that many samples without decoding them and continues the data
+order it had. Prompts are redrawn per epoch from the stored prompt inputs (sao.prompts).
+
+Pre-encoded latent shards (``sao train encode-latents``) are read the same way: each sample
+holds the autoencoder's pre-bottleneck output (mean and scale) instead of FLAC audio, cropped
+in latent frames.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import tarfile
 from dataclasses import dataclass, field
@@ -26,35 +35,63 @@ from ..prompts import PromptInputs, build_prompt
 @dataclass
 class StreamConfig:
     urls: list[str]
-    sample_length: int
+    sample_length: int                          # audio samples, or latent frames for latent shards
     seed: int = 0
     shuffle_buffer: int = 64
     rank: int = 0
     world_size: int = 1
+    streams: int = 0                            # data streams (0: one per process)
     storage_options: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.streams = self.streams or self.world_size
+        if self.streams % self.world_size:
+            raise ValueError(f"{self.streams} data streams cannot be split evenly over {self.world_size} processes")
+        if len(self.urls) < self.streams:
+            raise ValueError(f"{len(self.urls)} shard(s) cannot feed {self.streams} data streams: build smaller "
+                             "shards (target_shard_bytes) or use fewer streams/processes")
 
-def list_shards(root: str, set_: str, storage_options: dict | None = None) -> list[str]:
+    @property
+    def local_streams(self) -> list[int]:
+        per = self.streams // self.world_size
+        return list(range(self.rank * per, (self.rank + 1) * per))
+
+
+def list_shards(root: str | os.PathLike, set_: str, storage_options: dict | None = None) -> list[str]:
+    """The set's shards as ``ROOT/SET/shard-N.tar``, spelled from ``root`` as given (so a shard's
+    name relative to its build is ``url[len(root) + 1:]``, for local and remote builds alike)."""
     import fsspec
+    root = str(root).rstrip("/")
     fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
-    found = sorted(fs.glob(f"{path.rstrip('/')}/{set_}/shard-*.tar"))
+    base = path.rstrip("/")
+    found = sorted(fs.glob(f"{base}/{set_}/shard-*.tar"))
     if not found:
         raise FileNotFoundError(f"no {set_} shards under {root}")
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return [p if proto in ("file", "local") else f"{proto}://{p}" for p in found]
+    return [f"{root}/{p[len(base) + 1:]}" for p in found]
 
 
-def _read_tar(url: str, storage_options: dict) -> Iterator[tuple[str, bytes, dict]]:
+def shard_name(root: str | os.PathLike, url: str) -> str:
+    """A shard's path relative to its build (``SET/shard-N.tar``)."""
+    root = str(root).rstrip("/")
+    if not url.startswith(root + "/"):
+        raise ValueError(f"{url} is not under {root}")
+    return url[len(root) + 1:]
+
+
+def read_tar(url: str, storage_options: dict | None = None, payload: tuple[str, ...] = ("flac", "latent.npy")
+             ) -> Iterator[tuple[str, str, bytes, dict]]:
+    """(key, payload extension, payload bytes, metadata) per complete sample of one shard."""
     import fsspec
-    with fsspec.open(url, "rb", **storage_options) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+    with fsspec.open(url, "rb", **(storage_options or {})) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         pending: dict[str, dict] = {}
         for m in tar:
             key, _, ext = m.name.partition(".")
             pending.setdefault(key, {})[ext] = tar.extractfile(m).read()
             item = pending[key]
-            if "flac" in item and "json" in item:
+            body = next((e for e in payload if e in item), None)
+            if body and "json" in item:
                 del pending[key]
-                yield key, item["flac"], json.loads(item["json"])
+                yield key, body, item[body], json.loads(item["json"])
 
 
 def crop_or_pad(audio: np.ndarray, length: int, rng: random.Random) -> tuple[np.ndarray, int, int]:
@@ -72,60 +109,84 @@ class ShardStream:
     def __init__(self, cfg: StreamConfig):
         self.cfg = cfg
 
-    def epoch(self, epoch: int, worker: int = 0, workers: int = 1) -> Iterator[dict]:
+    def raw(self, stream: int, epoch: int) -> Iterator[dict]:
+        """One stream's undecoded samples for one epoch, in shuffle-buffer order."""
         c = self.cfg
         order = list(c.urls)
         random.Random(f"{c.seed}:shards:{epoch}").shuffle(order)
-        streams = c.world_size * workers
-        mine = order[c.rank * workers + worker::streams]
-        rng = random.Random(f"{c.seed}:buffer:{epoch}:{c.rank}:{worker}")
+        rng = random.Random(f"{c.seed}:buffer:{epoch}:{stream}")
         buf: list[dict] = []
-        for url in mine:
-            for key, flac, meta in _read_tar(url, c.storage_options):
-                buf.append({"key": key, "flac": flac, "json": meta, "url": url})
+        for url in order[stream::c.streams]:
+            for key, ext, body, meta in read_tar(url, c.storage_options):
+                buf.append({"key": key, "ext": ext, "body": body, "json": meta, "url": url})
                 if len(buf) >= c.shuffle_buffer:
-                    yield self._decode(buf.pop(rng.randrange(len(buf))), epoch)
+                    yield buf.pop(rng.randrange(len(buf)))
         while buf:
-            yield self._decode(buf.pop(rng.randrange(len(buf))), epoch)
+            yield buf.pop(rng.randrange(len(buf)))
 
-    def _decode(self, item: dict, epoch: int) -> dict:
+    def epoch(self, epoch: int, stream: int | None = None) -> Iterator[dict]:
+        """Decoded samples of one epoch: one stream, or every stream this rank owns, one after another."""
+        for s in ([stream] if stream is not None else self.cfg.local_streams):
+            for item in self.raw(s, epoch):
+                yield self.decode(item, epoch)
+
+    def decode(self, item: dict, epoch: int) -> dict:
         c = self.cfg
-        audio, sr = sf.read(io.BytesIO(item["flac"]), dtype="float32", always_2d=True)
         meta = item["json"]
-        valid = int(meta.get("n_valid_samples", audio.shape[0]))
-        clip, off, n = crop_or_pad(audio[:valid].T, c.sample_length, random.Random(f"{c.seed}:{item['key']}:{epoch}"))
+        rng = random.Random(f"{c.seed}:{item['key']}:{epoch}")
+        if item["ext"] == "latent.npy":
+            lat = np.load(io.BytesIO(item["body"]), allow_pickle=False).astype(np.float32)
+            valid = int(meta.get("latent_valid_frames", lat.shape[1]))
+            clip, off, n = crop_or_pad(lat[:, :valid], c.sample_length, rng)
+            ratio = int(meta["downsampling_ratio"])
+            sr = int(meta.get("sample_rate", 44100))
+            start = int(meta.get("offset_samples", 0)) + off * ratio
+            out = {"latents": torch.from_numpy(np.ascontiguousarray(clip))}
+        else:
+            audio, sr = sf.read(io.BytesIO(item["body"]), dtype="float32", always_2d=True)
+            valid = int(meta.get("n_valid_samples", audio.shape[0]))
+            clip, off, n = crop_or_pad(audio[:valid].T, c.sample_length, rng)
+            start = int(meta.get("offset_samples", 0)) + off
+            out = {"audio": torch.from_numpy(np.ascontiguousarray(clip))}
         inputs = meta.get("prompt_inputs")
         prompt = build_prompt(PromptInputs.from_dict(inputs), seed=c.seed, key=item["key"], epoch=epoch) \
             if inputs else meta.get("prompt", "")
-        start = int(meta.get("offset_samples", 0)) + off
-        return {"audio": torch.from_numpy(np.ascontiguousarray(clip)), "prompt": prompt,
-                "seconds_start": start // sr, "seconds_total": int(meta.get("seconds_total", 0)),
-                "key": item["key"], "recording_id": meta.get("recording_id"), "shard": item["url"],
-                "padding_mask": torch.arange(c.sample_length) < n}
+        out.update({"prompt": prompt, "seconds_start": start // sr, "seconds_total": int(meta.get("seconds_total", 0)),
+                    "key": item["key"], "recording_id": meta.get("recording_id"), "shard": item["url"],
+                    "padding_mask": torch.arange(c.sample_length) < n})
+        return out
 
-    def batches(self, batch_size: int, *, start_epoch: int = 0, skip: int = 0) -> Iterator[tuple[int, int, dict]]:
-        """Endless (epoch, index, batch) stream; ``skip`` batches of ``start_epoch`` are replayed away."""
-        epoch = start_epoch
+    def _endless(self, stream: int, epoch: int, consumed: int, pos: dict) -> Iterator[dict]:
+        """One stream forever from (epoch, consumed): skipped samples are never decoded."""
         while True:
-            items: list[dict] = []
-            index = 0
-            for sample in self.epoch(epoch):
-                items.append(sample)
-                if len(items) == batch_size:
-                    if epoch == start_epoch and index < skip:
-                        index += 1
-                        items = []
-                        continue
-                    yield epoch, index, collate(items)
-                    index += 1
-                    items = []
-            if index == 0 and epoch == start_epoch and skip == 0:
-                raise RuntimeError("the shards hold fewer samples than one batch")
-            epoch += 1
-            skip = 0
+            seen = 0
+            for item in self.raw(stream, epoch):
+                seen += 1
+                if seen <= consumed:
+                    continue
+                pos[stream] = [epoch, seen]
+                yield self.decode(item, epoch)
+            if seen == 0:
+                raise RuntimeError(f"data stream {stream} holds no samples: fewer shards than streams?")
+            epoch, consumed = epoch + 1, 0
+
+    def batches(self, batch_size: int, *, position: dict | None = None) -> Iterator[tuple[dict, dict]]:
+        """Endless (position after the batch, batch) for this rank. ``batch_size`` is per rank and is
+        split evenly over the rank's streams; ``position`` ({stream: [epoch, consumed]}) resumes."""
+        local = self.cfg.local_streams
+        if batch_size % len(local):
+            raise ValueError(f"batch size {batch_size} cannot be split evenly over {len(local)} data streams")
+        per = batch_size // len(local)
+        position = {int(k): v for k, v in (position or {}).items()}
+        pos: dict[int, list[int]] = {s: list(position.get(s, [0, 0])) for s in local}
+        its = [self._endless(s, *pos[s], pos) for s in local]
+        while True:
+            items = [next(it) for it in its for _ in range(per)]
+            yield {s: list(p) for s, p in pos.items()}, collate(items)
 
 
 def collate(items: list[dict]) -> dict:
-    return {"audio": torch.stack([i["audio"] for i in items]),
+    body = "latents" if "latents" in items[0] else "audio"
+    return {body: torch.stack([i[body] for i in items]),
             "padding_mask": torch.stack([i["padding_mask"] for i in items]),
-            "meta": [{k: v for k, v in i.items() if k not in ("audio", "padding_mask")} for i in items]}
+            "meta": [{k: v for k, v in i.items() if k not in (body, "padding_mask")} for i in items]}

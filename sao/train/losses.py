@@ -29,8 +29,10 @@ class MultiResolutionSTFTLoss(nn.Module):
             w = a_weighting(torch.linspace(0, self.sample_rate / 2, X.shape[-2], device=x.device))[:, None]
             X, Y = X * w, Y * w
         # bounded spectral convergence: the side channel of mono material is exactly zero, where
-        # the textbook ||Y - X|| / ||Y|| explodes
-        sc = torch.linalg.norm(Y - X) / (torch.linalg.norm(Y) + torch.linalg.norm(X) + 1e-7)
+        # the textbook ||Y - X|| / ||Y|| explodes. Per item, then averaged, so the loss of a batch
+        # is the mean of its items' losses (data parallel ranks then average to the global batch).
+        norm = lambda z: torch.linalg.norm(z.flatten(1), dim=1)  # noqa: E731
+        sc = (norm(Y - X) / (norm(Y) + norm(X) + 1e-7)).mean()
         mag = F.l1_loss(torch.log(X.clamp_min(1e-7)), torch.log(Y.clamp_min(1e-7)))
         return sc + mag
 
@@ -62,6 +64,7 @@ class STFTDiscriminator(nn.Module):
         self.out = nn.utils.parametrizations.weight_norm(nn.Conv2d(c, 1, (3, 3), padding=(1, 1)))
 
     def forward(self, x: torch.Tensor):
+        x = x.float()          # the STFT runs in fp32 under autocast
         b, ch, n = x.shape
         win = torch.hann_window(self.n_fft, device=x.device)
         z = torch.stft(x.reshape(b * ch, n), self.n_fft, self.n_fft // 4, window=win, return_complex=True)
@@ -95,7 +98,8 @@ def feature_matching_loss(real, fake) -> torch.Tensor:
     total, n = 0.0, 0
     for (_, rf), (_, ff) in zip(real, fake):
         for a, b in zip(rf, ff):
-            total = total + F.l1_loss(b, a.detach()) / (a.detach().abs().mean() + 1e-8)
+            a = a.detach()     # relative L1 per item, so a batch's loss is the mean of its items'
+            total = total + ((b - a).abs().flatten(1).mean(1) / (a.abs().flatten(1).mean(1) + 1e-8)).mean()
             n += 1
     return total / max(n, 1)
 

@@ -98,22 +98,26 @@ def verify(checkpoint: str | pathlib.Path, *, check_shards: bool = True) -> dict
                             "the manifest was altered or belongs to other weights")
     manifest = json.loads(data)
     problems = []
+    checked = 0
     if check_shards:
         import fsspec
-        root = manifest["shards_build"]["location"].rstrip("/")
-        for s in manifest["shards"]:
+        todo = [(manifest["shards_build"]["location"].rstrip("/"), s) for s in manifest["shards"]]
+        if manifest.get("latents"):                # pre-encoded latent shards the DiT actually read
+            todo += [(manifest["latents"]["location"].rstrip("/"), s) for s in manifest["latents"]["shards"]]
+        checked = len(todo)
+        for root, s in todo:
             try:
                 with fsspec.open(f"{root}/{s['name']}", "rb") as f:
                     h = hashlib.sha256()
                     while block := f.read(1 << 20):
                         h.update(block)
             except FileNotFoundError:
-                problems.append(f"{s['name']}: missing")
+                problems.append(f"{root}/{s['name']}: missing")
                 continue
             if h.hexdigest() != s["sha256"]:
-                problems.append(f"{s['name']}: sha256 differs from the manifest")
+                problems.append(f"{root}/{s['name']}: sha256 differs from the manifest")
     if problems:
         raise ManifestError(f"{ckpt}: " + "; ".join(problems))
     return {"checkpoint": str(ckpt), "manifest": str(man_path), "manifest_sha256": got,
-            "shards_checked": len(manifest["shards"]) if check_shards else 0,
+            "shards_checked": checked,
             "recordings": manifest["counts"]["recordings"]}

@@ -1,0 +1,106 @@
+"""Pre-encoded latent shards for DiT training (paper 4.2 trains on latents of the frozen autoencoder).
+
+``encode_latents`` runs the trained autoencoder's encoder once over every audio shard of a set
+and writes a mirror shard of the same name: per sample the pre-bottleneck output (posterior
+mean and scale, float16, so the trainer still draws a fresh posterior sample per step) and the
+sample's metadata plus ``latent_valid_frames``. ``latents.json`` records the autoencoder's
+sha256, the source build and, per latent shard, its sha256 and its source shard's sha256, so
+the DiT's attribution manifest names both. Shards already written are skipped (resumable);
+each is written under a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import pathlib
+import tarfile
+import time
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ..fsutil import atomic_path, atomic_write_text, sha256_file
+from ..log import progress
+from .data import list_shards, read_tar, shard_name
+
+FORMAT = "sao-latent-shards/1"
+
+
+class LatentShardsError(ValueError):
+    pass
+
+
+def read_latents_info(latents_dir: str | pathlib.Path) -> dict[str, Any]:
+    p = pathlib.Path(latents_dir) / "latents.json"
+    if not p.is_file():
+        raise LatentShardsError(f"{latents_dir}: no latents.json; run `sao train encode-latents` first")
+    info = json.loads(p.read_text())
+    if info.get("format") != FORMAT or info.get("status") != "complete":
+        raise LatentShardsError(f"{p}: not a complete {FORMAT} folder")
+    return info
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode = len(data), 0, 0o644        # reproducible bytes
+    tar.addfile(ti, io.BytesIO(data))
+
+
+def encode_latents(shards_dir: str, vae_checkpoint: str | pathlib.Path, *, model_config: str = "tiny",
+                   out_dir: str | pathlib.Path | None = None, set_: str = "diffusion",
+                   device: str | torch.device | None = None) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    from ..models.factory import create_autoencoder, load_config
+    from .manifest import shard_build_info
+    cfg = load_config(model_config)
+    vae_sha = sha256_file(pathlib.Path(vae_checkpoint))
+    if out_dir is None:
+        if "://" in shards_dir:
+            raise LatentShardsError("give an output folder for latents of a remote shards build")
+        out_dir = pathlib.Path(shards_dir) / "latents" / vae_sha[:12]
+    out = pathlib.Path(out_dir)
+    if "://" not in shards_dir and (out.resolve() / set_) == (pathlib.Path(shards_dir).resolve() / set_):
+        raise LatentShardsError(f"{out}: latent shards would overwrite the audio shards; choose another folder")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ae = create_autoencoder(cfg["model"]["pretransform"]["config"], cfg["sample_rate"])
+    try:
+        ae.load_state_dict(load_file(str(vae_checkpoint)))
+    except RuntimeError as exc:
+        raise LatentShardsError(f"{vae_checkpoint}: does not fit the {model_config} autoencoder: {exc}") from None
+    ae = ae.to(device).eval().requires_grad_(False)
+    plan, rows = shard_build_info(shards_dir)
+    shard_sha = {r["shard"]: r["shard_sha256"] for r in rows}
+    urls = list_shards(shards_dir, set_)
+    entries, t0, audio_s, skipped = [], time.perf_counter(), 0.0, 0
+    for url in progress(urls, desc="encode latents", unit="shard"):
+        name = shard_name(shards_dir, url)
+        dest = out / name
+        if not dest.is_file():
+            with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for key, ext, body, meta in read_tar(url, payload=("flac",)):
+                    audio, sr = sf.read(io.BytesIO(body), dtype="float32", always_2d=True)
+                    valid = int(meta.get("n_valid_samples", audio.shape[0]))
+                    x = torch.from_numpy(np.ascontiguousarray(audio.T)).to(device)[None]
+                    with torch.inference_mode():
+                        h = ae.encoder(x)[0].to(torch.float16).cpu().numpy()
+                    buf = io.BytesIO()
+                    np.save(buf, h, allow_pickle=False)
+                    meta = dict(meta, latent_valid_frames=math.ceil(valid / ae.downsampling_ratio),
+                                downsampling_ratio=ae.downsampling_ratio, autoencoder_sha256=vae_sha)
+                    _add(tar, f"{key}.latent.npy", buf.getvalue())
+                    _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+                    audio_s += audio.shape[0] / sr
+        else:
+            skipped += 1
+        entries.append({"name": name, "sha256": sha256_file(dest), "source_sha256": shard_sha.get(name)})
+    secs = time.perf_counter() - t0
+    info = {"format": FORMAT, "status": "complete", "set": set_, "vae_checkpoint": str(vae_checkpoint),
+            "vae_sha256": vae_sha, "model_config": model_config, "source": shards_dir,
+            "source_plan_hash": plan.get("plan_hash"), "shards": entries}
+    atomic_write_text(out / "latents.json", json.dumps(info, indent=1))
+    return {"out_dir": str(out), "shards": len(entries), "skipped": skipped, "audio_seconds": round(audio_s, 1),
+            "audio_seconds_per_s": round(audio_s / secs, 1) if secs else 0.0}
