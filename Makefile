@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv shards bench corpus clean-data help browser train-vae train-dit
+.PHONY: demo test venv shards bench corpus clean-data help browser train-vae train-dit attribution
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on the embedded defaults"
@@ -64,6 +64,10 @@ train-dit: $(STAMP)
 # Build both shard sets (autoencoder, diffusion) for the current catalogue.
 shards: $(STAMP)
 	$(VENV)/bin/sao shards build
+
+# The attribution report of the newest release (run `make demo` or `sao release create NAME` first).
+attribution: $(STAMP)
+	$(PY) -m flows.attribution
 
 bench: $(STAMP)
 	$(PY) bench/bench_catalog.py

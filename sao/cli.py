@@ -96,7 +96,8 @@ def cmd_replica_serve(args) -> int:
     build_fma_replica(entries, root / "fma")
     settings = ReplicaSettings(api_tokens=rc.api_tokens, oauth_tokens=rc.oauth_tokens,
                                rate_limit_per_minute=args.rate_limit if args.rate_limit is not None
-                               else rc.rate_limit_per_minute, max_page_size=rc.max_page_size)
+                               else rc.rate_limit_per_minute, max_page_size=rc.max_page_size,
+                               page_site=rc.page_site)
     srv = ReplicaServer(build_freesound_sounds(entries), settings, fma_dir=root / "fma",
                         cache_dir=root / "previews", host=args.host or rc.host,
                         port=args.port if args.port is not None else rc.port)
@@ -173,9 +174,93 @@ def cmd_takedown_list(args) -> int:
     return 0
 
 
+def cmd_takedown_impact(args) -> int:
+    from .attribution.release import takedown_impact
+    from .catalog import Catalog
+    cfg = _cfg(args)
+    roots = args.checkpoints or [str(cfg.path(cfg.paths.checkpoints))]
+    with Catalog(cfg.catalog_path) as cat:
+        out = takedown_impact(cat, args.recording, shards_root=config_mod.shards_root(cfg), checkpoint_roots=roots)
+    print(f"{args.recording}: take-downs {len(out['takedowns'])}; in {len(out['releases'])} release(s), "
+          f"{len(out['shards'])} shard(s), {len(out['checkpoints'])} checkpoint manifest(s)")
+    for r in out["releases"]:
+        print(f"  release {r}")
+    for s in out["shards"]:
+        print(f"  shard {s['build']}/{s['shard']} ({s['samples']} samples)")
+    for c in out["checkpoints"]:
+        print(f"  checkpoint {c['checkpoint']} ({c['stage']} step {c['step']})")
+    return 0
+
+
+def _release_error(fn):
+    """Release commands print a clear error (no traceback) for bad names, unknown or changed releases."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(args) -> int:
+        from .attribution.release import ReleaseError
+        try:
+            return fn(args)
+        except ReleaseError as exc:
+            print(f"sao: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+@_release_error
+def cmd_release_create(args) -> int:
+    from .refresh import stage_release
+    out = stage_release(_cfg(args), args.name, notes=args.notes)
+    print(f"release {out['name']} {out['status']} (version {out['version']}): {out['recordings']} recordings, "
+          f"sha256 {out['content_sha256'][:16]}, {out['seconds']} s")
+    if out.get("excluded"):
+        print("excluded: " + ", ".join(f"{k} {v}" for k, v in out["excluded"].items()))
+    return 0
+
+
+@_release_error
+def cmd_release_list(args) -> int:
+    from .attribution.release import list_releases
+    from .catalog import Catalog
+    with Catalog(_cfg(args).catalog_path) as cat:
+        for r in list_releases(cat):
+            print(f"{r['version'] or '-':>4} {r['name']:24s} {r['n_recordings']:8d} {r['content_sha256'][:16]} "
+                  f"{r['created_at']:%Y-%m-%d %H:%M}")
+    return 0
+
+
+@_release_error
+def cmd_release_diff(args) -> int:
+    from .attribution.release import diff
+    from .catalog import Catalog
+    with Catalog(_cfg(args).catalog_path) as cat:
+        out = diff(cat, args.old, args.new)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{args.old} -> {args.new}: {len(out['added'])} added, {len(out['removed'])} removed, "
+          f"{len(out['changed'])} changed")
+    for a in out["added"]:
+        print(f"  + {a['recording_id']}")
+    for r in out["removed"]:
+        print(f"  - {r['recording_id']}: {r['cause']}")
+    for c in out["changed"]:
+        print(f"  ~ {c['recording_id']}: " + "; ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in c["fields"].items()))
+    return 0
+
+
+@_release_error
+def cmd_release_report(args) -> int:
+    from .refresh import stage_attribution
+    out = stage_attribution(_cfg(args), args.name)
+    print(f"attribution report of {out['release']}: {out['html']} ({out['recordings']} recordings, "
+          f"{out['seconds']} s)")
+    return 0
+
+
 def cmd_shards_build(args) -> int:
     from .refresh import stage_shards
-    out = stage_shards(_cfg(args), name=args.name, workers=args.workers)
+    out = stage_shards(_cfg(args), name=args.name, workers=args.workers, release=args.release)
     print(f"shards {out['name']}: {out['shards']} shard(s) ({out['shards_written']} written, "
           f"{out['shards_skipped']} already there), {out['bytes'] / 1e6:.1f} MB, samples {out['samples']}")
     print(f"  location: {out['location']}")
@@ -428,12 +513,34 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--by", help="who asked (e.g. an e-mail reference)")
     ta.set_defaults(func=cmd_takedown_add)
     td.add_parser("list", help="list take-downs").set_defaults(func=cmd_takedown_list)
+    ti = td.add_parser("impact", help="every release, shard and checkpoint manifest that contained SOURCE:ID")
+    ti.add_argument("recording", metavar="SOURCE:ID")
+    ti.add_argument("--checkpoints", action="append", help="folders to search for checkpoint manifests "
+                    "(default [paths].checkpoints); repeatable")
+    ti.set_defaults(func=cmd_takedown_impact)
 
     sh = sub.add_parser("shards", help="WebDataset shards").add_subparsers(dest="sub", required=True)
     sb = sh.add_parser("build", help="build autoencoder and diffusion shards for the current catalogue")
     sb.add_argument("--name", help="output folder name under [shards].root (default: snap-<plan hash>)")
     sb.add_argument("--workers", type=int, help="parallel shard writers (default [shards].workers)")
+    sb.add_argument("--release", help="only this release's items (the manifest then names the release)")
     sb.set_defaults(func=cmd_shards_build)
+
+    rl = sub.add_parser("release", help="immutable releases and their attribution reports").add_subparsers(
+        dest="sub", required=True)
+    rc = rl.add_parser("create", help="freeze the admitted recordings into release NAME")
+    rc.add_argument("name")
+    rc.add_argument("--notes")
+    rc.set_defaults(func=cmd_release_create)
+    rl.add_parser("list", help="list releases").set_defaults(func=cmd_release_list)
+    rd = rl.add_parser("diff", help="what was added, removed (and why) and changed from release A to B")
+    rd.add_argument("old")
+    rd.add_argument("new")
+    rd.add_argument("--json", action="store_true")
+    rd.set_defaults(func=cmd_release_diff)
+    rr = rl.add_parser("report", help="attribution files and report of a release (default: the newest)")
+    rr.add_argument("name", nargs="?")
+    rr.set_defaults(func=cmd_release_report)
 
     sc = sub.add_parser("screen", help="PANNs music screen over admitted Freesound audio")
     sc.add_argument("--uncalibrated", action="store_true",

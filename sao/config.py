@@ -28,6 +28,8 @@ class PathsConfig:
     audio_store: str = "data/audio"
     exports: str = "data/exports"
     sample_corpus: str = "datasets/sample"
+    releases: str = "attribution/releases"     # one report folder per release
+    checkpoints: str = "data/train"            # searched for checkpoint manifests by `takedown impact`
 
 
 @dataclass
@@ -39,6 +41,9 @@ class ReplicaConfig:
     oauth_tokens: list[str] = field(default_factory=lambda: ["sao-demo-oauth"])
     rate_limit_per_minute: int = 600   # the replica's throttle; freesound.org level 1 is 60
     max_page_size: int = 150
+    # the site in the sounds' page URLs (Freesound's "url" field). Not the loopback address, whose port
+    # changes per run (attribution would churn), and not freesound.org: the corpus audio is not hosted there.
+    page_site: str = "https://freesound-replica.invalid"
 
 
 @dataclass

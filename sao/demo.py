@@ -24,6 +24,7 @@ class DemoContext:
     corpus: list[dict[str, Any]] = field(default_factory=list)
     replica: Any = None
     outputs: dict[str, str] = field(default_factory=dict)
+    release: str | None = None
 
 
 def step_verify_corpus(ctx: DemoContext) -> dict[str, Any]:
@@ -60,7 +61,8 @@ def step_serve_replicas(ctx: DemoContext) -> dict[str, Any]:
     from .sources.replica import ReplicaServer, ReplicaSettings
     rc = ctx.cfg.replica
     settings = ReplicaSettings(api_tokens=rc.api_tokens, oauth_tokens=rc.oauth_tokens,
-                               rate_limit_per_minute=rc.rate_limit_per_minute, max_page_size=rc.max_page_size)
+                               rate_limit_per_minute=rc.rate_limit_per_minute, max_page_size=rc.max_page_size,
+                               page_site=rc.page_site)
     root = ctx.cfg.path(rc.data_dir)
     ctx.replica = ReplicaServer(ctx._sounds, settings, fma_dir=root / "fma", cache_dir=root / "previews",  # type: ignore[attr-defined]
                                 host=rc.host, port=rc.port)
@@ -130,9 +132,17 @@ def step_dedup(ctx: DemoContext) -> dict[str, Any]:
     return {**head, "embedded": emb["embedded"], "already_stored": emb["already_stored"], **out}
 
 
+def step_release(ctx: DemoContext) -> dict[str, Any]:
+    from .refresh import stage_release
+    out = stage_release(ctx.cfg, None, notes="make demo")
+    ctx.release = out["name"]
+    return {"release": f"{out['name']} ({out['status']}, version {out['version']})", "recordings": out["recordings"],
+            "content sha256": out["content_sha256"], "excluded": out.get("excluded", "unchanged")}
+
+
 def step_shards(ctx: DemoContext) -> dict[str, Any]:
     from .refresh import stage_shards
-    out = stage_shards(ctx.cfg)
+    out = stage_shards(ctx.cfg, release=ctx.release)
     ctx.outputs["shards"] = out["location"]
     lines = [f"        {k:36s} {v:5d}" for k, v in out["license_mix"].items()]
     return {"shards": f"{out['shards']} ({out['shards_written']} written, {out['shards_skipped']} already there)",
@@ -166,6 +176,13 @@ def step_generate(ctx: DemoContext) -> dict[str, Any]:
             "official config": "sao generate PROMPT --ckpt model.safetensors --t5-path T5_DIR"}
 
 
+def step_attribution(ctx: DemoContext) -> dict[str, Any]:
+    from .refresh import stage_attribution
+    out = stage_attribution(ctx.cfg, ctx.release)
+    ctx.outputs["attribution report"] = out["html"]
+    return {"report": out["folder"], "files": out["files"], "seconds": out["seconds"]}
+
+
 def step_export(ctx: DemoContext) -> dict[str, Any]:
     from .catalog import TABLES, Catalog
     dest = ctx.cfg.path(ctx.cfg.paths.exports)
@@ -188,9 +205,11 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("music screen (PANNs Cnn14_DecisionLevelMax)", step_music_screen),
     ("copyright review (content detection, FMA catalogue match)", step_review),
     ("repeated recordings (LAION-CLAP + faiss)", step_dedup),
-    ("build WebDataset shards", step_shards),
+    ("freeze the release", step_release),
+    ("build WebDataset shards (from the release)", step_shards),
     ("generate with the tiny model (DiT + sampler + VAE decode)", step_generate),
     ("export catalogue to Parquet", step_export),
+    ("attribution report of the release", step_attribution),
 ]
 
 

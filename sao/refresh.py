@@ -123,8 +123,9 @@ def refresh(cfg: Config, *, full: bool = False, reconcile: bool = False, fma_dir
         out["run_id"] = record_run(cfg, "refresh", started, status, summary)
 
 
-def stage_shards(cfg: Config, *, name: str | None = None, workers: int | None = None) -> dict[str, Any]:
-    """Build both shard sets for the current catalogue (see sao.shards.build)."""
+def stage_shards(cfg: Config, *, name: str | None = None, workers: int | None = None,
+                 release: str | None = None) -> dict[str, Any]:
+    """Build both shard sets for the current catalogue, or for one release's items (see sao.shards.build)."""
     from .shards import PlanConfig, build_shards
     sc = cfg.shards
     plan_cfg = PlanConfig(seed=sc.seed, ae_max_chunks=sc.ae_max_chunks, hifi_extra_chunks=sc.hifi_extra_chunks,
@@ -133,7 +134,29 @@ def stage_shards(cfg: Config, *, name: str | None = None, workers: int | None = 
     with Catalog(cfg.catalog_path) as cat:
         return build_shards(cat, shards_root=config_mod.shards_root(cfg), audio_store=cfg.path(cfg.paths.audio_store),
                             required_stages=list(sc.required_stages), plan_cfg=plan_cfg,
-                            config_hash=cfg.config_hash(), name=name, workers=workers or sc.workers)
+                            config_hash=cfg.config_hash(), name=name, workers=workers or sc.workers,
+                            release=release)
+
+
+def stage_release(cfg: Config, name: str | None, *, notes: str | None = None) -> dict[str, Any]:
+    """Freeze the admitted recordings (the shards' required stages admit them) into release NAME."""
+    from .attribution.release import create_release
+    with Catalog(cfg.catalog_path) as cat:
+        return create_release(cat, name, required_stages=list(cfg.shards.required_stages),
+                              config_hash=cfg.config_hash(), notes=notes)
+
+
+def stage_attribution(cfg: Config, name: str | None = None) -> dict[str, Any]:
+    """The attribution report of release NAME (default: the newest) under [paths].releases."""
+    from .attribution.release import ReleaseError, latest_release
+    from .attribution.report import build_report
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        if name is None:
+            newest = latest_release(cat)
+            if newest is None:
+                raise ReleaseError("no release yet: run `sao release create NAME` first")
+            name = newest["name"]
+        return build_report(cat, name, cfg.path(cfg.paths.releases))
 
 
 def screen_config(cfg: Config):

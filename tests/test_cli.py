@@ -1,3 +1,4 @@
+import pathlib
 import subprocess
 import sys
 
@@ -40,8 +41,13 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert cli.main(["--config", str(cfg), "demo"]) == 0
     again = capsys.readouterr().out
     assert "decisions written: 0" in again and "(0 written, 2 already there)" in again
+    # the demo ends with its release's attribution report; the same content is the same release
+    import re
+    first = re.search(r"attribution report\s+(\S+index\.html)", out).group(1)
+    assert re.search(r"attribution report\s+(\S+index\.html)", again).group(1) == first
+    assert pathlib.Path(first).is_file() and "rel-" in first and "(unchanged, version 1)" in again
     assert cli.main(["--config", str(cfg), "catalog", "status"]) == 0
-    assert "schema version 5" in capsys.readouterr().out
+    assert "schema version 6" in capsys.readouterr().out
 
 
 def test_corpus_commands(tmp_path, capsys):

@@ -1,4 +1,6 @@
 """The Prefect refresh flow against the loopback replica (one temporary Prefect server)."""
+import pathlib
+
 import pytest
 
 from sao.catalog import Catalog
@@ -114,3 +116,18 @@ def test_train_flow_runs_both_stages_in_order(prefect_server, tmp_path, freesoun
     man = json.loads((tmp_path / "train" / "dit" / "step-0000002-ema.manifest.json").read_text())
     assert man["training"]["vae_checkpoint"].endswith("step-0000002-ema.safetensors")
     assert man["counts"]["recordings"] > 0
+    # the attribution flow freezes a release and reports it; take-down impact finds the checkpoints
+    from flows.attribution import attribution
+    cfg.write_text(cfg.read_text().replace(
+        "[shards]", f'releases = "{tmp_path / "releases"}"\ncheckpoints = "{tmp_path / "train"}"\n[shards]'))
+    rep = attribution(str(cfg), create=True)
+    assert rep["release"]["status"] == "created" and pathlib.Path(rep["report"]["html"]).is_file()
+    assert rep["report"]["recordings"] == rep["release"]["recordings"] > 0
+    from sao.attribution.release import takedown_impact
+    from sao.catalog import Catalog
+    victim = man["recordings"][0]["recording_id"]
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        impact = takedown_impact(cat, victim, shards_root=tmp_path / "shards", checkpoint_roots=[tmp_path / "train"])
+    assert impact["releases"] == [rep["release"]["name"]] and impact["shards"]
+    dit = [c for c in impact["checkpoints"] if c["stage"] == "dit"]
+    assert len(dit) == 2 and {c["stage"] for c in impact["checkpoints"]} <= {"vae", "dit"}      # raw and EMA

@@ -141,6 +141,31 @@ CREATE TABLE duplicate_groups (
     PRIMARY KEY (recording_id)
 );
 """),
+    (6, "releases: versions, attribution columns, and why each excluded recording was left out", """
+ALTER TABLE releases ADD COLUMN version INTEGER;
+ALTER TABLE releases ADD COLUMN required_stages VARCHAR[];
+ALTER TABLE releases ADD COLUMN config_hash VARCHAR;
+ALTER TABLE releases ADD COLUMN exclusions JSON;            -- {reason: n} over the catalogue at release time
+ALTER TABLE release_items ADD COLUMN source VARCHAR;
+ALTER TABLE release_items ADD COLUMN source_id VARCHAR;
+ALTER TABLE release_items ADD COLUMN title VARCHAR;
+ALTER TABLE release_items ADD COLUMN author VARCHAR;
+ALTER TABLE release_items ADD COLUMN license_url VARCHAR;
+ALTER TABLE release_items ADD COLUMN url VARCHAR;
+ALTER TABLE release_items ADD COLUMN attribution_line VARCHAR;
+ALTER TABLE release_items ADD COLUMN duration DOUBLE;
+ALTER TABLE release_items ADD COLUMN sample_rate INTEGER;
+ALTER TABLE release_items ADD COLUMN channels INTEGER;
+ALTER TABLE release_items ADD COLUMN tags VARCHAR[];
+ALTER TABLE release_items ADD COLUMN content_sha256 VARCHAR;
+CREATE TABLE release_exclusions (
+    release_name      VARCHAR NOT NULL,
+    recording_id      VARCHAR NOT NULL,
+    reason            VARCHAR NOT NULL,                 -- sao.attribution.policy.EXCLUSION_REASONS
+    detail            VARCHAR,
+    PRIMARY KEY (release_name, recording_id)
+);
+"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -24,7 +24,7 @@ from .migrations import MIGRATIONS, SCHEMA_VERSION
 log = logging.getLogger(__name__)
 
 TABLES = ("recordings", "decisions", "takedowns", "releases", "release_items", "crawl_cursors", "runs",
-          "review_queue", "copyright_catalogue", "duplicate_groups", "schema_migrations")
+          "review_queue", "copyright_catalogue", "duplicate_groups", "release_exclusions", "schema_migrations")
 VERDICTS = ("pass", "reject", "review", "flag")
 
 _REC_COLUMNS = ("recording_id", "source", "source_id", "title", "author", "description", "tags", "duration",

@@ -33,3 +33,14 @@ def freesound_attribution_line(*, name: str, username: str, sound_id: int | str,
     Freesound's own attribution text."""
     return (f"{name} by {username} -- {site.rstrip('/')}/s/{sound_id}/ -- "
             f"License: {license_name_with_version(license_canonical)}")
+
+
+def attribution_line(*, title: str | None, author: str | None, url: str | None, license_canonical: str,
+                     license_url: str | None = None, freesound_line: str | None = None) -> str:
+    """Freesound's own line for Freesound items; otherwise a TASL line: title, author, source link,
+    license with version and link."""
+    if freesound_line:
+        return freesound_line
+    lic = license_name_with_version(license_canonical)
+    return (f"{title or '(untitled)'} by {author or '(unknown author)'} -- {url or ''} -- License: {lic}"
+            + (f" ({license_url})" if license_url else ""))

@@ -42,6 +42,7 @@ class BuildPlan:
     plan_cfg: PlanConfig
     required_stages: list[str]
     n_recordings: int
+    release: dict[str, Any] | None = None
 
 
 def _json_write(fs, path: str, obj: Any) -> None:
@@ -57,8 +58,17 @@ def _json_write(fs, path: str, obj: Any) -> None:
 
 def prepare_build(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.Path, required_stages: list[str],
                   plan_cfg: PlanConfig, name: str | None = None, storage_options: dict | None = None,
-                  flac_subtype: str = "PCM_16") -> BuildPlan:
+                  flac_subtype: str = "PCM_16", release: str | None = None) -> BuildPlan:
     recs = eligible_recordings(cat, required_stages, audio_store)
+    release_info = None
+    if release:                     # only the release's items (those taken down since it was made drop out)
+        from ..attribution.release import get_release
+        rel = get_release(cat, release)
+        ids = {r["recording_id"] for r in cat.query(
+            "SELECT recording_id FROM release_items WHERE release_name = ?", [release])}
+        recs = [r for r in recs if r["recording_id"] in ids]
+        release_info = {"name": release, "version": rel["version"], "content_sha256": rel["content_sha256"],
+                        "release_items": len(ids), "not_eligible_now": len(ids) - len(recs)}
     samples = plan_samples(recs, plan_cfg)
     h = plan_hash(samples, plan_cfg)
     name = name or f"snap-{h[:12]}"
@@ -75,14 +85,14 @@ def prepare_build(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.
     fs.makedirs(root, exist_ok=True)
     _json_write(fs, plan_path, {"plan_hash": h, "name": name, "status": "building",
                                 "settings": dataclasses.asdict(plan_cfg), "required_stages": required_stages,
-                                "recordings": len(recs), "planned_samples": len(samples),
+                                "recordings": len(recs), "planned_samples": len(samples), "release": release_info,
                                 "shards": [s.name for s in specs]})
     if is_local(fs):                      # temporaries of a killed run are garbage
         for stale in (pathlib.Path(root) / ".tmp").glob("*.part"):
             stale.unlink(missing_ok=True)
     ctx = WriteContext(out_url=out_url, storage_options=storage_options or {}, flac_subtype=flac_subtype,
                        hifi_min_rate=plan_cfg.hifi_min_rate)
-    return BuildPlan(name, out_url, h, specs, ctx, plan_cfg, list(required_stages), len(recs))
+    return BuildPlan(name, out_url, h, specs, ctx, plan_cfg, list(required_stages), len(recs), release_info)
 
 
 def run_shards(plan: BuildPlan, workers: int = 1) -> list[ShardResult]:
@@ -143,6 +153,7 @@ def finalize_build(cat: Catalog, plan: BuildPlan, results: Iterable[ShardResult]
         "audio_s_per_s": round(sum(r.audio_seconds for r in written) / seconds, 1) if seconds and written else 0.0,
         "seconds": round(seconds, 2), "shard_sha256": {r.name: r.sha256 for r in results},
         "required_stages": plan.required_stages, "settings": dataclasses.asdict(plan.plan_cfg),
+        "release": plan.release,
     }
     _json_write(fs, f"{root}/plan.json", summary)
     return summary
@@ -150,10 +161,10 @@ def finalize_build(cat: Catalog, plan: BuildPlan, results: Iterable[ShardResult]
 
 def build_shards(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.Path, required_stages: list[str],
                  plan_cfg: PlanConfig, config_hash: str, name: str | None = None, workers: int = 1,
-                 storage_options: dict | None = None,
+                 storage_options: dict | None = None, release: str | None = None,
                  runner: Callable[[BuildPlan, int], list[ShardResult]] = run_shards) -> dict[str, Any]:
     t0 = time.perf_counter()
     plan = prepare_build(cat, shards_root=shards_root, audio_store=audio_store, required_stages=required_stages,
-                         plan_cfg=plan_cfg, name=name, storage_options=storage_options)
+                         plan_cfg=plan_cfg, name=name, storage_options=storage_options, release=release)
     results = runner(plan, workers)
     return finalize_build(cat, plan, results, config_hash=config_hash, seconds=time.perf_counter() - t0)

@@ -23,7 +23,7 @@ import requests
 log = logging.getLogger(__name__)
 
 ALLOWED_LICENSE_NAMES = ("Creative Commons 0", "Attribution", "Sampling+")
-SEARCH_FIELDS = ("id", "name", "tags", "description", "license", "username", "duration", "samplerate", "channels",
+SEARCH_FIELDS = ("id", "url", "name", "tags", "description", "license", "username", "duration", "samplerate", "channels",
                  "bitdepth", "type", "filesize", "created", "md5", "is_remix", "previews", "download",
                  "gen_ai_preference")
 

@@ -59,7 +59,12 @@ def sound_to_record(s: dict[str, Any], *, crawl_time: dt.datetime, site: str) ->
     name, user = str(s.get("name") or ""), str(s.get("username") or "")
     lic = s.get("license")
     canonical = canonical_license(lic)
-    page_url = f"{site.rstrip('/')}/people/{user}/sounds/{sid}/"
+    # the API's own page URL when it gives one (freesound.org does), else one built on the site
+    page_url = str(s.get("url") or f"{site.rstrip('/')}/people/{user}/sounds/{sid}/")
+    if s.get("url"):
+        from urllib.parse import urlsplit
+        parts = urlsplit(page_url)
+        site = f"{parts.scheme}://{parts.netloc}"
     previews = s.get("previews") or {}
     extra = {k: s.get(k) for k in ("type", "filesize", "bitdepth", "is_remix", "gen_ai_preference") if k in s}
     extra["attribution"] = tasl(title=name, author=user, source_url=page_url, license_canonical=canonical,

@@ -15,6 +15,7 @@ import pathlib
 from typing import Any
 
 from ..catalog import Catalog
+from ..licensing.attribution import attribution_line
 
 
 class ManifestError(ValueError):
@@ -53,10 +54,11 @@ def build_manifest(cat: Catalog | None, shards_dir: str, sets: list[str], *, sta
             "license": (rec or {}).get("license_canonical") or next(r["license"] for r in rows if r["recording_id"] == rid),
             "license_url": (rec or {}).get("license_url") or att.get("license_url"),
             "url": (rec or {}).get("page_url") or att.get("source_url"),
-            "attribution_line": att.get("freesound_line") or
-            f"{att.get('title') or (rec or {}).get('title')} by {att.get('author') or (rec or {}).get('author')} -- "
-            f"{att.get('source_url') or (rec or {}).get('page_url') or ''} -- License: {att.get('license_name') or ''}",
         })
+        r = recordings[-1]
+        r["attribution_line"] = attribution_line(title=r["title"], author=r["author"], url=r["url"],
+                                                 license_canonical=r["license"], license_url=r["license_url"],
+                                                 freesound_line=att.get("freesound_line"))
     per = collections.Counter((r["source"], r["license"]) for r in recordings)
     return {
         "format": "sao-attribution-manifest/1", "stage": stage, "step": step,

@@ -54,6 +54,7 @@ class ReplicaSettings:
     max_page_size: int = 150
     default_page_size: int = 15
     rate_window_s: float = 60.0       # freesound.org counts per minute; tests shorten the window
+    page_site: str | None = None      # site of the sounds' page URLs (default: this server)
 
 
 class _Throttle:
@@ -185,7 +186,7 @@ class ReplicaServer:
         base = self.base_url
         sid = s["id"]
         computed = {
-            "url": f"{base}/people/{quote(s['username'])}/sounds/{sid}/",
+            "url": f"{(self.settings.page_site or base).rstrip('/')}/people/{quote(s['username'])}/sounds/{sid}/",
             "download": f"{self.api_url}/sounds/{sid}/download/",
             "previews": {f"preview-{q}-{f}": f"{base}/previews/{sid}-{q}.{f}"
                          for q in ("hq", "lq") for f in ("mp3", "ogg")},

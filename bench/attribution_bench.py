@@ -1,0 +1,120 @@
+"""Release + attribution report at the paper's scale: 486,492 synthetic recordings (Freesound and
+FMA, the paper's license mix, with rejections, music flags, duplicates and take-downs) in a
+DuckDB catalogue. Prints the time and peak memory of `create_release` and `build_report`
+(CSV files, plots, Markdown and the self-contained HTML page), and items/s beside the obvious
+baseline: gathering each recording's latest decisions with one query per recording (timed on a
+sample and extrapolated). Target: release and report under 60 s on 2 cores.
+
+    python bench/attribution_bench.py [N]
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import pathlib
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+
+from sao.attribution.release import create_release
+from sao.attribution.report import build_report
+from sao.catalog import Catalog
+
+TAGS = ["field-recording", "ambience", "water", "rain", "wind", "birds", "city", "traffic", "voice", "drum", "synth",
+        "guitar", "piano", "loop", "noise", "foley", "door", "footsteps", "machine", "nature", "electronic", "rock"]
+
+
+def make_catalog(path: pathlib.Path, n: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    now = dt.datetime(2026, 11, 1)
+    n_fma = n * 13874 // 486492
+    rows, decisions = [], []
+    lic_fs = ["cc0-1.0"] * 266 + ["cc-by-4.0"] * 150 + ["cc-by-3.0"] * 45 + ["cc-sampling+-1.0"] * 11 + ["cc-by-nc-4.0"] * 30
+    lic_fma = ["cc-by-4.0"] * 9 + ["cc0-1.0"] * 5 + ["cc-by-nc-sa-4.0"] * 2
+    for i in range(n):
+        fma = i < n_fma
+        sid = str(i + 1)
+        lic = rng.choice(lic_fma if fma else lic_fs)
+        rid = f"{'fma' if fma else 'freesound'}:{sid}"
+        author = f"author{rng.randrange(20000)}"
+        rows.append({
+            "recording_id": rid, "source": "fma" if fma else "freesound", "source_id": sid,
+            "title": f"Recording {sid} {rng.choice(TAGS)}", "author": author, "description": "",
+            "tags": rng.sample(TAGS, 3), "duration": rng.uniform(1, 30) if not fma else rng.uniform(60, 400),
+            "sample_rate": rng.choice([44100, 48000, 96000, 22050]), "channels": rng.choice([1, 2]),
+            "license_raw": lic, "license_canonical": lic,
+            "license_url": f"https://creativecommons.org/licenses/{lic}/", "page_url": f"https://example.org/{rid}",
+            "audio_path": f"{rid[:2]}/{sid}.flac" if rng.random() > 0.01 else None,
+            "extra": json.dumps({"attribution": {"freesound_line": f"Recording {sid} by {author} -- "
+                                                 f"https://freesound.org/s/{sid}/ -- License: {lic}"}} if not fma else {}),
+            "crawl_time": now, "first_seen": now,
+        })
+        ok = "-nc" not in lic
+        decisions.append((rid, "license_gate", "pass" if ok else "reject",
+                          "license-allowed" if ok else f"license-not-allowed: {lic}"))
+        if ok:
+            r = rng.random()
+            decisions.append((rid, "copyright_review", *(("pass", "not-music") if r > 0.02 else
+                                                         ("review", "queued") if r > 0.01 else ("reject", "rejected"))))
+            decisions.append((rid, "dedup", *(("pass", "unique") if rng.random() > 0.01 else ("reject", "duplicate"))))
+    with Catalog(path) as cat:
+        table = pa.Table.from_pylist(rows)
+        cat.con.register("_r", table)
+        cols = ", ".join(table.column_names)
+        cat.con.execute(f"INSERT INTO recordings ({cols}) SELECT {cols.replace('extra', 'CAST(extra AS JSON)')} FROM _r")
+        cat.con.unregister("_r")
+        d = pa.table({"recording_id": [x[0] for x in decisions], "stage": [x[1] for x in decisions],
+                      "verdict": [x[2] for x in decisions], "reason": [x[3] for x in decisions]})
+        cat.con.register("_d", d)
+        cat.con.execute("INSERT INTO decisions (recording_id, stage, verdict, reason, config_hash, decided_at) "
+                        "SELECT recording_id, stage, verdict, reason, 'bench', now() FROM _d")
+        cat.con.unregister("_d")
+        for rid in rng.sample([r["recording_id"] for r in rows], 50):
+            cat.add_takedown(rid, "bench take-down")
+
+
+def baseline_items_per_s(cat: Catalog, sample: int = 5000) -> float:
+    """Per recording: one query for its latest decisions, one for its take-downs."""
+    ids = [r[0] for r in cat.con.execute("SELECT recording_id FROM recordings USING SAMPLE 5000 ROWS").fetchall()]
+    t = time.perf_counter()
+    for rid in ids[:sample]:
+        cat.con.execute("SELECT stage, verdict FROM decisions WHERE recording_id = ? QUALIFY row_number() OVER "
+                        "(PARTITION BY stage ORDER BY decision_id DESC) = 1", [rid]).fetchall()
+        cat.con.execute("SELECT 1 FROM takedowns WHERE recording_id = ? AND status = 'active'", [rid]).fetchall()
+    return len(ids[:sample]) / (time.perf_counter() - t)
+
+
+def main(n: int = 486_492) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        db = pathlib.Path(d) / "c.duckdb"
+        t = time.perf_counter()
+        # in a child process, so the peak memory below is the release's and the report's alone
+        subprocess.run([sys.executable, __file__, "--make", str(db), str(n)], check=True)
+        print(f"synthetic catalogue: {n:,} recordings in {time.perf_counter() - t:.1f} s (not timed below)")
+        with Catalog(db) as cat:
+            t0 = time.perf_counter()
+            rel = create_release(cat, "bench", required_stages=["license_gate", "copyright_review", "dedup"])
+            t1 = time.perf_counter()
+            rep = build_report(cat, "bench", pathlib.Path(d) / "releases")
+            t2 = time.perf_counter()
+            base = baseline_items_per_s(cat)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        html_mb = pathlib.Path(rep["html"]).stat().st_size / 1e6
+        print(f"release: {rel['recordings']:,} admitted, excluded {rel['excluded']}")
+        print(f"  create_release  {t1 - t0:6.1f} s  ({n / (t1 - t0):,.0f} recordings/s)")
+        print(f"  build_report    {t2 - t1:6.1f} s  (CSV {rep['files']}, HTML {html_mb:.0f} MB)")
+        print(f"  total           {t2 - t0:6.1f} s  (target < 60 s), peak memory {peak:,.0f} MB")
+        print(f"  baseline, one query per recording: {base:,.0f} recordings/s -> {n / base:,.0f} s for the "
+              f"release's state gathering alone ({(n / base) / (t1 - t0):.0f}x slower)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--make":
+        make_catalog(pathlib.Path(sys.argv[2]), int(sys.argv[3]))
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 486_492)

@@ -1,0 +1,214 @@
+"""Releases: immutable, versioned snapshots of the admitted recordings.
+
+``create_release`` freezes, in one transaction, every admitted recording (ids, license,
+attribution fields, the decisions that admitted it) into ``release_items`` and every other
+recording with the reason it was left out into ``release_exclusions``, under a content hash.
+A name is never reused for other content. ``diff`` compares two releases; ``takedown_impact``
+names every release, shard and checkpoint manifest that contained a recording.
+"""
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import pathlib
+import re
+import time
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from ..catalog import Catalog
+from ..licensing.attribution import attribution_line
+from . import policy
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ReleaseError(ValueError):
+    pass
+
+
+def check_name(name: str) -> str:
+    """Release names become folder names: letters, digits, '.', '_', '-' only (no path can escape)."""
+    if not NAME_RE.match(name or "") or ".." in name:
+        raise ReleaseError(f"release name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (no '..'), "
+                           "starting with a letter or digit")
+    return name
+
+
+_STATE_SQL = """
+WITH latest AS (
+  SELECT recording_id, stage, verdict, reason, decision_id FROM decisions
+  QUALIFY row_number() OVER (PARTITION BY recording_id, stage ORDER BY decision_id DESC) = 1),
+agg AS (
+  SELECT recording_id, list(stage ORDER BY stage) AS stages, list(verdict ORDER BY stage) AS verdicts,
+         list(reason ORDER BY stage) AS reasons, list(decision_id ORDER BY stage) AS ids
+  FROM latest GROUP BY recording_id),
+taken AS (SELECT DISTINCT recording_id FROM takedowns WHERE status = 'active')
+SELECT r.recording_id, r.source, r.source_id, r.title, r.author, r.license_canonical, r.license_url, r.page_url,
+       r.duration, r.sample_rate, r.channels, r.tags, r.content_sha256, r.audio_path IS NOT NULL AS has_audio,
+       json_extract_string(r.extra, '$.attribution.freesound_line') AS freesound_line,
+       taken.recording_id IS NOT NULL AS taken_down, agg.stages, agg.verdicts, agg.reasons, agg.ids
+FROM recordings r LEFT JOIN agg USING (recording_id) LEFT JOIN taken USING (recording_id)
+ORDER BY r.recording_id
+"""
+
+_ITEM_SCHEMA = pa.schema([
+    ("release_name", pa.string()), ("recording_id", pa.string()), ("license_canonical", pa.string()),
+    ("attribution", pa.string()), ("admitted_by", pa.string()), ("source", pa.string()), ("source_id", pa.string()),
+    ("title", pa.string()), ("author", pa.string()), ("license_url", pa.string()), ("url", pa.string()),
+    ("attribution_line", pa.string()), ("duration", pa.float64()), ("sample_rate", pa.int32()),
+    ("channels", pa.int32()), ("tags", pa.list_(pa.string())), ("content_sha256", pa.string()),
+])
+
+
+def snapshot(cat: Catalog, required_stages: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    """(admitted items, exclusions) of the catalogue as it stands, by sao.attribution.policy."""
+    if not required_stages:
+        raise ReleaseError("at least one required stage (e.g. license_gate) must admit an item")
+    cur = cat.con.execute(_STATE_SQL)
+    cols = [d[0] for d in cur.description]
+    items, excluded = [], []
+    while rows := cur.fetchmany(50_000):
+        for row in rows:
+            r = dict(zip(cols, row))
+            stages = r["stages"] or []
+            latest = {s: (v, why) for s, v, why in zip(stages, r["verdicts"] or [], r["reasons"] or [])}
+            why = policy.exclusion_reason(latest, taken_down=r["taken_down"], has_audio=r["has_audio"],
+                                          required_stages=required_stages)
+            if why is not None:
+                excluded.append({"recording_id": r["recording_id"], "reason": why[0], "detail": why[1][:500]})
+                continue
+            ids = dict(zip(stages, r["ids"]))
+            items.append({
+                "recording_id": r["recording_id"], "source": r["source"], "source_id": r["source_id"],
+                "title": r["title"], "author": r["author"], "license_canonical": r["license_canonical"],
+                "license_url": r["license_url"], "url": r["page_url"],
+                "attribution_line": attribution_line(title=r["title"], author=r["author"], url=r["page_url"],
+                                                     license_canonical=r["license_canonical"],
+                                                     license_url=r["license_url"], freesound_line=r["freesound_line"]),
+                "duration": r["duration"], "sample_rate": r["sample_rate"], "channels": r["channels"],
+                "tags": list(r["tags"] or []), "content_sha256": r["content_sha256"],
+                "admitted_by": {s: ids[s] for s in required_stages},
+            })
+    return items, excluded
+
+
+def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[str], config_hash: str = "",
+                   notes: str | None = None) -> dict[str, Any]:
+    """Freeze release NAME (None: ``rel-<content sha256[:12]>``, so equal content gets an equal name)."""
+    if name is not None:
+        check_name(name)
+    t0 = time.perf_counter()
+    items, excluded = snapshot(cat, required_stages)
+    sha = policy.content_sha256(items)
+    name = name or f"rel-{sha[:12]}"
+    existing = cat.query("SELECT name, content_sha256, version, n_recordings FROM releases WHERE name = ?", [name])
+    if existing:
+        if existing[0]["content_sha256"] == sha:
+            return {"name": name, "status": "unchanged", "version": existing[0]["version"], "content_sha256": sha,
+                    "recordings": existing[0]["n_recordings"], "seconds": round(time.perf_counter() - t0, 2)}
+        raise ReleaseError(f"release {name!r} already exists with other content (sha256 "
+                           f"{existing[0]['content_sha256'][:12]}, now {sha[:12]}); releases are immutable: "
+                           "choose a new name")
+    version = (cat.query("SELECT coalesce(max(version), 0) AS v FROM releases")[0]["v"] or 0) + 1
+    counts = collections.Counter(e["reason"] for e in excluded)
+    item_table = pa.Table.from_pylist([{
+        **{k: i[k] for k in ("recording_id", "license_canonical", "source", "source_id", "title", "author",
+                             "license_url", "url", "attribution_line", "duration", "sample_rate", "channels", "tags",
+                             "content_sha256")},
+        "release_name": name, "admitted_by": json.dumps(i["admitted_by"], sort_keys=True),
+        "attribution": json.dumps({k: i[k] for k in ("title", "author", "url", "license_canonical", "license_url")},
+                                  sort_keys=True, ensure_ascii=False),
+    } for i in items], schema=_ITEM_SCHEMA)
+    excl_table = pa.Table.from_pylist([dict(e, release_name=name) for e in excluded], schema=pa.schema([
+        ("release_name", pa.string()), ("recording_id", pa.string()), ("reason", pa.string()),
+        ("detail", pa.string())]))
+    cols = ", ".join(_ITEM_SCHEMA.names)
+    select = ", ".join(f"CAST({c} AS JSON)" if c in ("attribution", "admitted_by") else c for c in _ITEM_SCHEMA.names)
+    with cat.transaction():
+        cat.con.execute(
+            "INSERT INTO releases (name, content_sha256, n_recordings, created_at, notes, version, required_stages, "
+            "config_hash, exclusions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [name, sha, len(items), dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), notes, version,
+             list(required_stages), config_hash, json.dumps(dict(sorted(counts.items())))])
+        cat.con.register("_sao_items", item_table)
+        cat.con.register("_sao_excl", excl_table)
+        try:
+            cat.con.execute(f"INSERT INTO release_items ({cols}) SELECT {select} FROM _sao_items")
+            cat.con.execute("INSERT INTO release_exclusions SELECT release_name, recording_id, reason, detail "
+                            "FROM _sao_excl")
+        finally:
+            cat.con.unregister("_sao_items")
+            cat.con.unregister("_sao_excl")
+    return {"name": name, "status": "created", "version": version, "content_sha256": sha, "recordings": len(items),
+            "excluded": dict(sorted(counts.items())), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def get_release(cat: Catalog, name: str) -> dict[str, Any]:
+    rows = cat.query("SELECT * FROM releases WHERE name = ?", [check_name(name)])
+    if not rows:
+        known = [r["name"] for r in cat.query("SELECT name FROM releases ORDER BY version")]
+        raise ReleaseError(f"no release named {name!r} (known: {', '.join(known) or 'none'})")
+    rel = rows[0]
+    rel["exclusions"] = json.loads(rel["exclusions"]) if rel.get("exclusions") else {}
+    return rel
+
+
+def latest_release(cat: Catalog) -> dict[str, Any] | None:
+    rows = cat.query("SELECT name FROM releases ORDER BY version DESC NULLS LAST, created_at DESC LIMIT 1")
+    return get_release(cat, rows[0]["name"]) if rows else None
+
+
+def list_releases(cat: Catalog) -> list[dict[str, Any]]:
+    return cat.query("SELECT name, version, content_sha256, n_recordings, created_at FROM releases "
+                     "ORDER BY version NULLS FIRST, created_at")
+
+
+def release_items(cat: Catalog, name: str) -> dict[str, dict[str, Any]]:
+    get_release(cat, name)
+    fields = ", ".join(policy.ITEM_FIELDS)
+    return {r["recording_id"]: r for r in cat.query(
+        f"SELECT {fields} FROM release_items WHERE release_name = ? ORDER BY recording_id", [name])}
+
+
+def diff(cat: Catalog, old: str, new: str) -> dict[str, Any]:
+    a, b = release_items(cat, old), release_items(cat, new)
+    excl = {r["recording_id"]: (r["reason"], r["detail"] or "") for r in cat.query(
+        "SELECT recording_id, reason, detail FROM release_exclusions WHERE release_name = ?", [new])}
+    out = policy.diff_releases(a, b, excl)
+    out.update(old=old, new=new)
+    return out
+
+
+def takedown_impact(cat: Catalog, recording_id: str, *, shards_root: str | pathlib.Path | None = None,
+                    checkpoint_roots: Sequence[str | pathlib.Path] = ()) -> dict[str, Any]:
+    """Every release, shard and checkpoint manifest that contained ``recording_id``."""
+    import pyarrow.parquet as pq
+    releases = [r["release_name"] for r in cat.query(
+        "SELECT i.release_name FROM release_items i JOIN releases r ON r.name = i.release_name "
+        "WHERE i.recording_id = ? ORDER BY r.version", [recording_id])]
+    shards: list[dict[str, Any]] = []
+    if shards_root and pathlib.Path(shards_root).is_dir():
+        for index in sorted(pathlib.Path(shards_root).glob("*/index.parquet")):
+            t = pq.read_table(index, columns=["recording_id", "shard", "key"])
+            hit = [r for r in t.to_pylist() if r["recording_id"] == recording_id]
+            for shard in sorted({r["shard"] for r in hit}):
+                shards.append({"build": index.parent.name, "shard": shard,
+                               "samples": sum(1 for r in hit if r["shard"] == shard)})
+    manifests = []
+    for root in checkpoint_roots:
+        for man in sorted(pathlib.Path(root).rglob("*.manifest.json")):
+            try:
+                data = json.loads(man.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ReleaseError(f"{man}: unreadable manifest ({exc})") from None
+            if any(r.get("recording_id") == recording_id for r in data.get("recordings", [])):
+                manifests.append({"manifest": str(man), "checkpoint": str(man).replace(".manifest.json", ".safetensors"),
+                                  "stage": data.get("stage"), "step": data.get("step"),
+                                  "release": (data.get("shards_build") or {}).get("release")})
+    takedowns = cat.query("SELECT takedown_id, reason, requested_by, received_at, status FROM takedowns "
+                          "WHERE recording_id = ? ORDER BY takedown_id", [recording_id])
+    return {"recording_id": recording_id, "takedowns": takedowns, "releases": releases, "shards": shards,
+            "checkpoints": manifests}

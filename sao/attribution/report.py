@@ -1,0 +1,258 @@
+"""The attribution report of one release (``attribution/releases/NAME/``).
+
+Files: ``attribution-<source>.csv`` in the published Stable Audio Open format
+(id,title,author,license,url), ``attribution-tasl.csv`` (title, author, source link, license with
+version and link, for every item), ``freesound-attribution.txt`` (Freesound's own line per
+Freesound item), ``summary.json``, ``report.md`` with ``plots/*.png``, and ``index.html``: one
+self-contained page with the paper-style table, exclusion counts, plots and a searchable table
+of every attributed work (``index.html#q=TEXT`` opens it filtered). Every count comes from a
+DuckDB query over the release's rows. The folder is written beside its final name and renamed.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from ..catalog import Catalog
+from ..licensing.attribution import license_name_with_version
+from . import policy
+from .release import check_name, get_release
+
+LICENSE_ORDER = {"freesound": ["cc0", "cc-by", "cc-sampling+"], "fma": ["cc-by", "cc0"]}    # paper section 3
+_FAMILY_SQL = "regexp_replace(license_canonical, '-[0-9.]+$', '')"
+
+
+def summary(cat: Catalog, name: str) -> dict[str, Any]:
+    rel = get_release(cat, name)
+    q = lambda sql, extra=(): cat.query(sql, [name, *extra])  # noqa: E731
+    table = q(f"SELECT source, {_FAMILY_SQL} AS license, count(*) AS recordings, "
+              "round(coalesce(sum(duration), 0) / 3600, 2) AS hours FROM release_items WHERE release_name = ? "
+              "GROUP BY ALL ORDER BY source, license")
+    order = {(s, lic): i for s, lics in LICENSE_ORDER.items() for i, lic in enumerate(lics)}
+    table.sort(key=lambda r: (r["source"], order.get((r["source"], r["license"]), 99), r["license"]))
+    by_source = q("SELECT source, count(*) AS recordings, round(coalesce(sum(duration), 0) / 3600, 2) AS hours "
+                  "FROM release_items WHERE release_name = ? GROUP BY ALL ORDER BY source")
+    total = q("SELECT count(*) AS recordings, round(coalesce(sum(duration), 0) / 3600, 2) AS hours "
+              "FROM release_items WHERE release_name = ?")[0]
+    exclusions = {r["reason"]: r["n"] for r in q(
+        "SELECT reason, count(*) AS n FROM release_exclusions WHERE release_name = ? GROUP BY ALL")}
+    tags = q("SELECT tag, count(*) AS n FROM (SELECT unnest(tags) AS tag FROM release_items WHERE release_name = ?) "
+             "GROUP BY ALL ORDER BY n DESC, tag LIMIT 20")
+    rates = q("SELECT coalesce(CAST(sample_rate AS VARCHAR), 'unknown') AS k, count(*) AS n FROM release_items "
+              "WHERE release_name = ? GROUP BY ALL ORDER BY n DESC")
+    channels = q("SELECT coalesce(CAST(channels AS VARCHAR), 'unknown') AS k, count(*) AS n FROM release_items "
+                 "WHERE release_name = ? GROUP BY ALL ORDER BY n DESC")
+    cc_by_missing = q("SELECT count(*) AS n FROM release_items WHERE release_name = ? AND license_canonical LIKE "
+                      "'cc-by-%' AND (coalesce(title, '') = '' OR coalesce(author, '') = '' OR coalesce(url, '') = '' "
+                      "OR coalesce(license_url, '') = '')")[0]["n"]
+    return {
+        "release": {k: (str(v) if k == "created_at" else v) for k, v in rel.items()},
+        "table": table, "by_source": by_source, "total": total,
+        "exclusions": {r: exclusions.get(r, 0) for r in policy.EXCLUSION_REASONS},
+        "top_tags": tags, "sample_rates": rates, "channels": channels, "cc_by_missing_tasl": cc_by_missing,
+    }
+
+
+def _plots(cat: Catalog, name: str, s: dict[str, Any]) -> dict[str, bytes]:
+    import logging
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)   # numeric-looking labels are fine
+    durations = np.array([r[0] for r in cat.con.execute(
+        "SELECT duration FROM release_items WHERE release_name = ? AND duration IS NOT NULL", [name]).fetchall()],
+        dtype=float)
+    out = {}
+
+    def save(fig, key):
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        out[key] = buf.getvalue()
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if len(durations):
+        ax.hist(np.clip(durations, 0, 600), bins=60, color="#3a6ea5")
+    ax.set_xlabel("duration (s, clipped at 600)")
+    ax.set_ylabel("recordings")
+    ax.set_title("Duration histogram")
+    save(fig, "durations")
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    labels = [f"{r['source']} {r['license']}" for r in s["table"]]
+    ax.barh(labels, [r["hours"] for r in s["table"]], color="#6a9f58")
+    ax.set_xlabel("hours")
+    ax.set_title("License shares (hours)")
+    save(fig, "licenses")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    tags = s["top_tags"][::-1]
+    ax.barh([t["tag"] for t in tags], [t["n"] for t in tags], color="#c7783a")
+    ax.set_title("Top tags")
+    save(fig, "tags")
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+    for ax, key, title in ((axes[0], "sample_rates", "Sample rates"), (axes[1], "channels", "Channels")):
+        rows = s[key][:8]
+        ax.bar([r["k"] for r in rows], [r["n"] for r in rows], color="#7f5fa8")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=45)
+    save(fig, "format")
+    return out
+
+
+def _write_csvs(cat: Catalog, name: str, folder: pathlib.Path) -> dict[str, int]:
+    written: dict[str, int] = {}
+    cur = cat.con.execute(
+        "SELECT recording_id, source, source_id, title, author, license_canonical, license_url, url, attribution_line "
+        "FROM release_items WHERE release_name = ? ORDER BY source, recording_id", [name])
+    files: dict[str, Any] = {}
+    writers: dict[str, Any] = {}
+    tasl_f = open(folder / "attribution-tasl.csv", "w", newline="", encoding="utf-8")
+    fs_f = open(folder / "freesound-attribution.txt", "w", encoding="utf-8")
+    try:
+        tasl = csv.writer(tasl_f)
+        tasl.writerow(["recording_id", "source", "id", "title", "author", "source_url", "license", "license_name",
+                       "license_url", "attribution_line"])
+        while rows := cur.fetchmany(50_000):
+            for rid, source, sid, title, author, lic, lic_url, url, line in rows:
+                if source not in writers:
+                    files[source] = open(folder / f"attribution-{source}.csv", "w", newline="", encoding="utf-8")
+                    writers[source] = csv.writer(files[source])
+                    writers[source].writerow(policy.PUBLISHED_COLUMNS)
+                writers[source].writerow([sid, title or "", author or "", policy.published_license(lic), url or ""])
+                written[source] = written.get(source, 0) + 1
+                tasl.writerow([rid, source, sid, title or "", author or "", url or "", lic,
+                               license_name_with_version(lic), lic_url or "", line or ""])
+                if source == "freesound":
+                    fs_f.write(line + "\n")
+    finally:
+        for f in (*files.values(), tasl_f, fs_f):
+            f.close()
+    return written
+
+
+def _markdown(s: dict[str, Any], files: dict[str, int]) -> str:
+    rel = s["release"]
+    lines = [f"# Attribution report: release `{rel['name']}` (version {rel['version']})", "",
+             f"Content sha256 `{rel['content_sha256']}`, created {rel['created_at']} UTC, admitted by the latest "
+             f"`{'`, `'.join(rel['required_stages'] or [])}` decisions.", "",
+             f"**{s['total']['recordings']:,} recordings, {s['total']['hours']:,} hours.**", "",
+             "| source | license | recordings | hours |", "|---|---|---:|---:|"]
+    lines += [f"| {r['source']} | {r['license']} | {r['recordings']:,} | {r['hours']:,} |" for r in s["table"]]
+    lines += ["", "## Excluded recordings", "", "| reason | recordings |", "|---|---:|"]
+    lines += [f"| {k} | {v:,} |" for k, v in s["exclusions"].items()]
+    lines += ["", "## Files", ""]
+    lines += [f"- `attribution-{src}.csv`: {n:,} rows in the published format (id,title,author,license,url)"
+              for src, n in sorted(files.items())]
+    lines += ["- `attribution-tasl.csv`: title, author, source link, license with version and link, every item",
+              "- `freesound-attribution.txt`: Freesound's own attribution line per Freesound item",
+              "- `index.html`: this report with a searchable table of every attributed work", "", "## Plots", ""]
+    lines += [f"![{k}](plots/{k}.png)" for k in ("durations", "licenses", "tags", "format")]
+    return "\n".join(lines) + "\n"
+
+
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Attribution: {name}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}td.n{{text-align:right}}
+.plots img{{max-width:48%;margin:4px;border:1px solid #eee}}#search{{width:30em;padding:4px}}</style></head>
+<body data-plots-rendered="0">
+<h1>Attribution report: release <code>{name}</code> (version {version})</h1>
+<p>Content sha256 <code>{sha}</code>, created {created} UTC. <b>{total:,} recordings, {hours:,} hours.</b></p>
+<h2>Recordings and hours per source and license</h2>
+<table id="licenses"><tr><th>source</th><th>license</th><th>recordings</th><th>hours</th></tr>{table}</table>
+<h2>Excluded recordings</h2>
+<table id="exclusions"><tr><th>reason</th><th>recordings</th></tr>{excl}</table>
+<h2>Plots</h2><div class="plots">{plots}</div>
+<h2>Every attributed work</h2>
+<p><input id="search" type="search" placeholder="filter by title, author, license, id..."> <span id="shown"></span></p>
+<table id="works"><thead><tr><th>id</th><th>title</th><th>author</th><th>license</th><th>source</th></tr></thead>
+<tbody></tbody></table>
+<script id="rows" type="application/json">{rows}</script>
+<script>
+const ROWS = JSON.parse(document.getElementById('rows').textContent);
+const LIMIT = 500;
+function esc(s) {{ const d = document.createElement('div'); d.textContent = s == null ? '' : String(s); return d.innerHTML; }}
+function render(q) {{
+  q = (q || '').toLowerCase().trim();
+  const hits = q ? ROWS.filter(r => r.join(' ').toLowerCase().includes(q)) : ROWS;
+  const body = document.querySelector('#works tbody');
+  body.innerHTML = hits.slice(0, LIMIT).map(r =>
+    `<tr data-id="${{esc(r[0])}}"><td>${{esc(r[0])}}</td><td>${{esc(r[1])}}</td><td>${{esc(r[2])}}</td>` +
+    `<td>${{esc(r[3])}}</td><td><a href="${{esc(r[4])}}">link</a></td></tr>`).join('');
+  document.getElementById('shown').textContent =
+    `${{hits.length}} of ${{ROWS.length}} works match` + (hits.length > LIMIT ? ` (first ${{LIMIT}} shown)` : '');
+  document.body.dataset.matches = hits.length;
+}}
+const box = document.getElementById('search');
+box.addEventListener('input', () => render(box.value));
+const fromHash = decodeURIComponent((location.hash.match(/q=([^&]*)/) || [])[1] || '');
+box.value = fromHash; render(fromHash);
+function plotsDone() {{
+  document.body.dataset.plotsRendered =
+    [...document.querySelectorAll('.plots img')].filter(i => i.complete && i.naturalWidth > 0).length;
+}}
+document.querySelectorAll('.plots img').forEach(i => i.addEventListener('load', plotsDone));
+plotsDone();
+</script></body></html>
+"""
+
+
+def _html(cat: Catalog, name: str, s: dict[str, Any], plots: dict[str, bytes]) -> str:
+    e = html.escape
+    rel = s["release"]
+    table = "".join(f"<tr><td>{e(r['source'])}</td><td>{e(r['license'])}</td><td class=n>{r['recordings']}</td>"
+                    f"<td class=n>{r['hours']}</td></tr>" for r in s["table"])
+    excl = "".join(f"<tr><td>{e(k)}</td><td class=n>{v}</td></tr>" for k, v in s["exclusions"].items())
+    imgs = "".join(f'<img alt="{k}" src="data:image/png;base64,{base64.b64encode(v).decode()}">'
+                   for k, v in plots.items())
+    rows = [[rid, title, author, license_name_with_version(lic), url] for rid, title, author, lic, url in cat.con.execute(
+        "SELECT recording_id, title, author, license_canonical, url FROM release_items WHERE release_name = ? "
+        "ORDER BY recording_id", [name]).fetchall()]
+    # inside <script type=application/json> only "</" could end the element early
+    data = json.dumps(rows, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    return _PAGE.format(name=e(name), version=rel["version"], sha=e(rel["content_sha256"]), created=e(rel["created_at"]),
+                        total=s["total"]["recordings"], hours=s["total"]["hours"], table=table, excl=excl, plots=imgs,
+                        rows=data)
+
+
+def build_report(cat: Catalog, name: str, releases_root: str | pathlib.Path) -> dict[str, Any]:
+    check_name(name)
+    t0 = time.perf_counter()
+    root = pathlib.Path(releases_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        s = summary(cat, name)
+        files = _write_csvs(cat, name, work)
+        plots = _plots(cat, name, s)
+        (work / "plots").mkdir()
+        for k, v in plots.items():
+            (work / "plots" / f"{k}.png").write_bytes(v)
+        (work / "summary.json").write_text(json.dumps(dict(s, files=files), indent=1, default=str))
+        (work / "report.md").write_text(_markdown(s, files), encoding="utf-8")
+        (work / "index.html").write_text(_html(cat, name, s, plots), encoding="utf-8")
+        if final.exists():                     # replace a previous report of the same release
+            old = root / f".{name}.old-{os.getpid()}"
+            final.rename(old)
+            work.rename(final)
+            shutil.rmtree(old)
+        else:
+            work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return {"release": name, "folder": str(final), "html": str(final / "index.html"),
+            "markdown": str(final / "report.md"), "recordings": s["total"]["recordings"], "files": files,
+            "seconds": round(time.perf_counter() - t0, 2)}
