@@ -19,6 +19,12 @@ def _cfg(args) -> config_mod.Config:
     return config_mod.load(args.config)
 
 
+def _catalog(cfg: config_mod.Config, **kw):
+    """The configured catalogue (migrated to the current schema unless read_only)."""
+    from .catalog import Catalog
+    return Catalog(cfg.catalog_path, **kw)
+
+
 # -- config -------------------------------------------------------------------------------------
 def cmd_config_show(args) -> int:
     cfg = _cfg(args)
@@ -35,17 +41,15 @@ def cmd_config_validate(args) -> int:
 
 # -- catalogue ----------------------------------------------------------------------------------
 def cmd_catalog_init(args) -> int:
-    from .catalog import Catalog
     cfg = _cfg(args)
-    with Catalog(cfg.catalog_path) as cat:
+    with _catalog(cfg) as cat:
         print(f"{cfg.catalog_path}: schema version {cat.schema_version()}")
     return 0
 
 
 def cmd_catalog_status(args) -> int:
-    from .catalog import Catalog
     cfg = _cfg(args)
-    with Catalog(cfg.catalog_path) as cat:
+    with _catalog(cfg) as cat:
         print(f"catalogue {cfg.catalog_path} (schema version {cat.schema_version()})")
         for t, n in cat.counts().items():
             print(f"  {t:18s} {n:8d}")
@@ -55,11 +59,11 @@ def cmd_catalog_status(args) -> int:
 def cmd_catalog_export(args) -> int:
     import pathlib
 
-    from .catalog import TABLES, Catalog
+    from .catalog import TABLES
     cfg = _cfg(args)
     out = pathlib.Path(args.out) if args.out else cfg.path(cfg.paths.exports)
     tables = TABLES if args.table == "all" else (args.table,)
-    with Catalog(cfg.catalog_path) as cat:
+    with _catalog(cfg) as cat:
         for t in tables:
             print(cat.export_parquet(t, out / f"{t}.parquet"))
     return 0
@@ -155,9 +159,8 @@ def cmd_refresh(args) -> int:
 
 
 def cmd_takedown_add(args) -> int:
-    from .catalog import Catalog
     cfg = _cfg(args)
-    with Catalog(cfg.catalog_path) as cat:
+    with _catalog(cfg) as cat:
         tid = cat.add_takedown(args.recording, args.reason, args.by)
         known = cat.get_recording(args.recording) is not None
     print(f"take-down {tid} recorded for {args.recording}" + ("" if known else " (not in the catalogue yet)"))
@@ -165,9 +168,8 @@ def cmd_takedown_add(args) -> int:
 
 
 def cmd_takedown_list(args) -> int:
-    from .catalog import Catalog
     cfg = _cfg(args)
-    with Catalog(cfg.catalog_path) as cat:
+    with _catalog(cfg) as cat:
         for t in cat.takedowns():
             print(f"{t['takedown_id']:5d} {t['status']:9s} {t['received_at']:%Y-%m-%d %H:%M} {t['recording_id']:24s} "
                   f"{t['reason']} ({t['requested_by'] or '-'})")
@@ -176,10 +178,9 @@ def cmd_takedown_list(args) -> int:
 
 def cmd_takedown_impact(args) -> int:
     from .attribution.release import takedown_impact
-    from .catalog import Catalog
     cfg = _cfg(args)
     roots = args.checkpoints or [str(cfg.path(cfg.paths.checkpoints))]
-    with Catalog(cfg.catalog_path) as cat:
+    with _catalog(cfg) as cat:
         out = takedown_impact(cat, args.recording, shards_root=config_mod.shards_root(cfg), checkpoint_roots=roots)
     print(f"{args.recording}: take-downs {len(out['takedowns'])}; in {len(out['releases'])} release(s), "
           f"{len(out['shards'])} shard(s), {len(out['checkpoints'])} checkpoint manifest(s)")
@@ -192,22 +193,6 @@ def cmd_takedown_impact(args) -> int:
     return 0
 
 
-def _release_error(fn):
-    """Release commands print a clear error (no traceback) for bad names, unknown or changed releases."""
-    import functools
-
-    @functools.wraps(fn)
-    def run(args) -> int:
-        from .attribution.release import ReleaseError
-        try:
-            return fn(args)
-        except ReleaseError as exc:
-            print(f"sao: {exc}", file=sys.stderr)
-            return 2
-    return run
-
-
-@_release_error
 def cmd_release_create(args) -> int:
     from .refresh import stage_release
     out = stage_release(_cfg(args), args.name, notes=args.notes)
@@ -218,22 +203,18 @@ def cmd_release_create(args) -> int:
     return 0
 
 
-@_release_error
 def cmd_release_list(args) -> int:
     from .attribution.release import list_releases
-    from .catalog import Catalog
-    with Catalog(_cfg(args).catalog_path) as cat:
+    with _catalog(_cfg(args)) as cat:
         for r in list_releases(cat):
             print(f"{r['version'] or '-':>4} {r['name']:24s} {r['n_recordings']:8d} {r['content_sha256'][:16]} "
                   f"{r['created_at']:%Y-%m-%d %H:%M}")
     return 0
 
 
-@_release_error
 def cmd_release_diff(args) -> int:
     from .attribution.release import diff
-    from .catalog import Catalog
-    with Catalog(_cfg(args).catalog_path) as cat:
+    with _catalog(_cfg(args)) as cat:
         out = diff(cat, args.old, args.new)
     if args.json:
         print(json.dumps(out, indent=1))
@@ -249,7 +230,6 @@ def cmd_release_diff(args) -> int:
     return 0
 
 
-@_release_error
 def cmd_release_report(args) -> int:
     from .refresh import stage_attribution
     out = stage_attribution(_cfg(args), args.name)
@@ -287,10 +267,9 @@ def cmd_review_run(args) -> int:
 
 
 def cmd_review_list(args) -> int:
-    from .catalog import Catalog
     from .review import queue
     cfg = _cfg(args)
-    with Catalog(cfg.catalog_path) as cat:
+    with _catalog(cfg) as cat:
         rows = queue.items(cat, None if args.status == "all" else args.status)
         for r in rows:
             rec = cat.get_recording(r["recording_id"]) or {}
@@ -302,10 +281,9 @@ def cmd_review_list(args) -> int:
 
 
 def cmd_review_show(args) -> int:
-    from .catalog import Catalog
     from .review.stage import describe_item
     cfg = _cfg(args)
-    with Catalog(cfg.catalog_path) as cat:
+    with _catalog(cfg) as cat:
         print(describe_item(cat, args.id, cfg.path(cfg.paths.audio_store)))
     return 0
 
@@ -316,11 +294,10 @@ def _reviewer(args) -> str:
 
 
 def cmd_review_decide(args) -> int:
-    from .catalog import Catalog
     from .review import queue
     cfg = _cfg(args)
     cleared = args.sub == "approve"
-    with Catalog(cfg.catalog_path) as cat:
+    with _catalog(cfg) as cat:
         item = queue.get(cat, args.id)
         if item["status"] in ("cleared", "flagged") and not args.force:
             print(f"sao: error: review {args.id} is already {item['status']} (use --force to decide again)",
@@ -332,10 +309,9 @@ def cmd_review_decide(args) -> int:
 
 
 def cmd_review_load(args) -> int:
-    from .catalog import Catalog
     from .review.catalogue_match import load_catalogue
     cfg = _cfg(args)
-    with Catalog(cfg.catalog_path) as cat:
+    with _catalog(cfg) as cat:
         print(f"{load_catalogue(cat, args.file)} copyrighted recordings loaded from {args.file}")
     return 0
 
@@ -654,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .attribution.policy import ReleaseError
     args = build_parser().parse_args(argv)
     try:
         level = args.log_level or config_mod.load(args.config).logging.level
@@ -661,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except config_mod.ConfigError as exc:
         print(f"sao: config error: {exc}", file=sys.stderr)
+        return 2
+    except ReleaseError as exc:            # bad input, like a config error: a bad name, an unknown or changed release
+        print(f"sao: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - top level: one clear line, details at DEBUG
         from .catalog import CatalogError

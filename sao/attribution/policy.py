@@ -7,6 +7,10 @@ import hashlib
 import json
 from typing import Any, Iterable, Mapping, Sequence
 
+class ReleaseError(ValueError):
+    """Bad input about releases: a bad name, an unknown release, other content under an existing name."""
+
+
 # Why a recording is not in a release, in the order they are reported (the first that applies wins).
 EXCLUSION_REASONS = ("take-down", "license", "opt-out", "corrupt", "review-rejected", "music-flagged", "duplicate",
                      "pending", "no-audio")
@@ -61,9 +65,14 @@ def exclusion_reason(latest: Latest, *, taken_down: bool, has_audio: bool,
     return "no-audio", "no stored audio"
 
 
+def license_family(canonical: str) -> str:
+    """cc-by-4.0 -> cc-by, cc-sampling+-1.0 -> cc-sampling+ (the paper counts licenses without versions)."""
+    return canonical.rsplit("-", 1)[0] if canonical[-1:].isdigit() else canonical
+
+
 def published_license(canonical: str) -> str:
     """cc0-1.0 -> cc0, cc-by-4.0 -> ccby, cc-sampling+-1.0 -> ccsampling+ (the published CSV drops versions)."""
-    family = canonical.rsplit("-", 1)[0] if canonical[-1:].isdigit() else canonical
+    family = license_family(canonical)
     if family not in _PUBLISHED_LICENSE:
         raise ValueError(f"license {canonical!r} has no published attribution form (not admitted by the gate)")
     return _PUBLISHED_LICENSE[family]

@@ -21,12 +21,9 @@ import pyarrow as pa
 from ..catalog import Catalog
 from ..licensing.attribution import attribution_line
 from . import policy
+from .policy import ReleaseError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class ReleaseError(ValueError):
-    pass
 
 
 def check_name(name: str) -> str:
@@ -185,18 +182,15 @@ def diff(cat: Catalog, old: str, new: str) -> dict[str, Any]:
 def takedown_impact(cat: Catalog, recording_id: str, *, shards_root: str | pathlib.Path | None = None,
                     checkpoint_roots: Sequence[str | pathlib.Path] = ()) -> dict[str, Any]:
     """Every release, shard and checkpoint manifest that contained ``recording_id``."""
-    import pyarrow.parquet as pq
     releases = [r["release_name"] for r in cat.query(
         "SELECT i.release_name FROM release_items i JOIN releases r ON r.name = i.release_name "
         "WHERE i.recording_id = ? ORDER BY r.version", [recording_id])]
     shards: list[dict[str, Any]] = []
     if shards_root and pathlib.Path(shards_root).is_dir():
         for index in sorted(pathlib.Path(shards_root).glob("*/index.parquet")):
-            t = pq.read_table(index, columns=["recording_id", "shard", "key"])
-            hit = [r for r in t.to_pylist() if r["recording_id"] == recording_id]
-            for shard in sorted({r["shard"] for r in hit}):
-                shards.append({"build": index.parent.name, "shard": shard,
-                               "samples": sum(1 for r in hit if r["shard"] == shard)})
+            shards += [{"build": index.parent.name, **r} for r in cat.query(
+                "SELECT shard, count(*) AS samples FROM read_parquet(?) WHERE recording_id = ? GROUP BY shard "
+                "ORDER BY shard", [str(index), recording_id])]
     manifests = []
     for root in checkpoint_roots:
         for man in sorted(pathlib.Path(root).rglob("*.manifest.json")):

@@ -28,15 +28,19 @@ from . import policy
 from .release import check_name, get_release
 
 LICENSE_ORDER = {"freesound": ["cc0", "cc-by", "cc-sampling+"], "fma": ["cc-by", "cc0"]}    # paper section 3
-_FAMILY_SQL = "regexp_replace(license_canonical, '-[0-9.]+$', '')"
 
 
 def summary(cat: Catalog, name: str) -> dict[str, Any]:
     rel = get_release(cat, name)
     q = lambda sql, extra=(): cat.query(sql, [name, *extra])  # noqa: E731
-    table = q(f"SELECT source, {_FAMILY_SQL} AS license, count(*) AS recordings, "
-              "round(coalesce(sum(duration), 0) / 3600, 2) AS hours FROM release_items WHERE release_name = ? "
-              "GROUP BY ALL ORDER BY source, license")
+    per_family: dict[tuple[str, str], list[float]] = {}
+    for r in q("SELECT source, license_canonical, count(*) AS n, coalesce(sum(duration), 0) AS seconds "
+               "FROM release_items WHERE release_name = ? GROUP BY ALL"):
+        acc = per_family.setdefault((r["source"], policy.license_family(r["license_canonical"])), [0, 0.0])
+        acc[0] += r["n"]
+        acc[1] += r["seconds"]
+    table = [{"source": s, "license": lic, "recordings": n, "hours": round(secs / 3600, 2)}
+             for (s, lic), (n, secs) in per_family.items()]
     order = {(s, lic): i for s, lics in LICENSE_ORDER.items() for i, lic in enumerate(lics)}
     table.sort(key=lambda r: (r["source"], order.get((r["source"], r["license"]), 99), r["license"]))
     by_source = q("SELECT source, count(*) AS recordings, round(coalesce(sum(duration), 0) / 3600, 2) AS hours "

@@ -36,29 +36,41 @@ def shard_build_info(shards_dir: str) -> tuple[dict, list[dict]]:
     return plan, rows
 
 
+def _catalogue_rows(cat: Catalog, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Attribution fields of the given recordings in one join (not one query per recording)."""
+    import pyarrow as pa
+    cat.con.register("_sao_manifest_ids", pa.table({"recording_id": pa.array(ids, pa.string())}))
+    try:
+        rows = cat.query(
+            "SELECT recording_id, coalesce(title, json_extract_string(extra, '$.attribution.title')) AS title, "
+            "coalesce(author, json_extract_string(extra, '$.attribution.author')) AS author, license_canonical, "
+            "coalesce(license_url, json_extract_string(extra, '$.attribution.license_url')) AS license_url, "
+            "coalesce(page_url, json_extract_string(extra, '$.attribution.source_url')) AS url, "
+            "json_extract_string(extra, '$.attribution.freesound_line') AS freesound_line "
+            "FROM recordings JOIN _sao_manifest_ids USING (recording_id)")
+    finally:
+        cat.con.unregister("_sao_manifest_ids")
+    return {r["recording_id"]: r for r in rows}
+
+
 def build_manifest(cat: Catalog | None, shards_dir: str, sets: list[str], *, stage: str, step: int,
                    shards_read: set[str] | None = None) -> dict[str, Any]:
     plan, rows = shard_build_info(shards_dir)
     rows = [r for r in rows if r["set"] in sets and (shards_read is None or r["shard"] in shards_read)]
     shards = sorted({(r["shard"], r["shard_sha256"]) for r in rows})
-    rec_ids = sorted({r["recording_id"] for r in rows})
+    row_license = {r["recording_id"]: r["license"] for r in rows}
+    recs = _catalogue_rows(cat, sorted(row_license)) if cat is not None else {}
     recordings = []
-    for rid in rec_ids:
-        rec = cat.get_recording(rid) if cat is not None else None
-        extra = json.loads(rec["extra"]) if rec and rec.get("extra") else {}
-        att = extra.get("attribution") or {}
+    for rid in sorted(row_license):
+        rec = recs.get(rid, {})
         source, _, sid = rid.partition(":")
-        recordings.append({
-            "recording_id": rid, "source": source, "id": sid,
-            "title": (rec or {}).get("title") or att.get("title"), "author": (rec or {}).get("author") or att.get("author"),
-            "license": (rec or {}).get("license_canonical") or next(r["license"] for r in rows if r["recording_id"] == rid),
-            "license_url": (rec or {}).get("license_url") or att.get("license_url"),
-            "url": (rec or {}).get("page_url") or att.get("source_url"),
-        })
-        r = recordings[-1]
+        r = {"recording_id": rid, "source": source, "id": sid, "title": rec.get("title"), "author": rec.get("author"),
+             "license": rec.get("license_canonical") or row_license[rid], "license_url": rec.get("license_url"),
+             "url": rec.get("url")}
         r["attribution_line"] = attribution_line(title=r["title"], author=r["author"], url=r["url"],
                                                  license_canonical=r["license"], license_url=r["license_url"],
-                                                 freesound_line=att.get("freesound_line"))
+                                                 freesound_line=rec.get("freesound_line"))
+        recordings.append(r)
     per = collections.Counter((r["source"], r["license"]) for r in recordings)
     return {
         "format": "sao-attribution-manifest/1", "stage": stage, "step": step,

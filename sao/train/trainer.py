@@ -24,7 +24,7 @@ import logging
 import os
 import pathlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -73,7 +73,6 @@ class TrainSettings:
     data_streams: int = 0                       # global data streams (0: one per process); fixes the data order
     global_batch_size: int = 0                  # if set: batch_size = global / (processes * grad_accum)
     latents: str | None = None                  # dit: a pre-encoded latent shards folder (sao train encode-latents)
-    extra: dict = field(default_factory=dict)
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -109,24 +108,21 @@ def _gather(obj: Any, world: int) -> list:
     return gathered
 
 
+def _per_sample(draw, seed: int, step: int, first: int, n: int, shape: tuple[int, ...], tag: str, device):
+    """[n, *shape] draws, one generator per sample keyed by (seed, step, index in the step's global
+    batch, tag): the same numbers whichever process or micro-batch holds the sample."""
+    def generator(index: int) -> torch.Generator:
+        h = hashlib.blake2b(f"{seed}:{step}:{index}:{tag}".encode(), digest_size=8).digest()
+        return torch.Generator().manual_seed(int.from_bytes(h, "little") & (2 ** 63 - 1))
+    return torch.stack([draw(shape, generator=generator(first + i)) for i in range(n)]).to(device)
+
+
 def sample_normal(seed: int, step: int, first: int, n: int, shape: tuple[int, ...], tag: str, device) -> torch.Tensor:
-    """[n, *shape] standard normal draws, one generator per sample keyed by (seed, step, index in
-    the step's global batch, tag): the same numbers whichever process or micro-batch holds the sample."""
-    out = torch.empty((n, *shape))
-    for i in range(n):
-        g = torch.Generator().manual_seed(_sample_seed(seed, step, first + i, tag))
-        out[i] = torch.randn(shape, generator=g)
-    return out.to(device)
+    return _per_sample(torch.randn, seed, step, first, n, shape, tag, device)
 
 
 def sample_uniform(seed: int, step: int, first: int, n: int, tag: str, device) -> torch.Tensor:
-    return torch.tensor([torch.rand(1, generator=torch.Generator().manual_seed(
-        _sample_seed(seed, step, first + i, tag))).item() for i in range(n)], device=device)
-
-
-def _sample_seed(seed: int, step: int, index: int, tag: str) -> int:
-    h = hashlib.blake2b(f"{seed}:{step}:{index}:{tag}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & (2 ** 63 - 1)
+    return _per_sample(torch.rand, seed, step, first, n, (), tag, device)
 
 
 class _Run:
@@ -136,15 +132,15 @@ class _Run:
         self.s = s
         self.rank, self.world, self.device = init_distributed()
         torch.manual_seed(s.seed)                   # the same initial weights on every rank
+        self.batch_size = s.batch_size              # per process and micro-batch
         if s.global_batch_size:
-            per, left = divmod(s.global_batch_size, self.world * s.grad_accum)
-            if left or not per:
+            self.batch_size, left = divmod(s.global_batch_size, self.world * s.grad_accum)
+            if left or not self.batch_size:
                 raise ValueError(f"global batch {s.global_batch_size} does not split into {self.world} processes x "
                                  f"{s.grad_accum} accumulation steps")
-            s.batch_size = per
         self.out = pathlib.Path(s.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.latest, self.state = load_latest(self.out)
+        _, self.state = load_latest(self.out)
         self.step = self.state["step"] if self.state else 0
         self.read: set[str] = set(self.state.get("shards_read", [])) if self.state else set()
         streams = (self.state or {}).get("data_streams") or s.data_streams or self.world
@@ -168,10 +164,10 @@ class _Run:
     def first_index(self, micro: int) -> int:
         """This rank's first sample in the step's global batch (micro-batch major, then rank), so
         one process with batch 4 draws what two with batch 2, or one with 2 x 2 accumulated, draw."""
-        return (micro * self.world + self.rank) * self.s.batch_size
+        return (micro * self.world + self.rank) * self.batch_size
 
     def batches(self):
-        for pos, batch in self.stream.batches(self.s.batch_size, position=self.data_pos):
+        for pos, batch in self.stream.batches(self.batch_size, position=self.data_pos):
             self.data_pos = pos
             self.batch_id = hashlib.sha1(",".join(m["key"] for m in batch["meta"]).encode()).hexdigest()[:12]
             for m in batch["meta"]:
@@ -224,6 +220,7 @@ class _Run:
                                    "shards": [{"name": sh["name"], "sha256": sh["sha256"]}
                                               for sh in self.latent_info["shards"] if sh["name"] in read]}
         manifest["training"] = {k: v for k, v in asdict(self.s).items() if k not in ("catalog",)}
+        manifest["training"]["batch_size"] = self.batch_size
         state.update(step=self.step, data_position={str(k): v for k, v in sorted(position.items())},
                      data_streams=self.stream.cfg.streams, shards_read=sorted(read))
         return save_checkpoint(self.out, self.step, weights, state, manifest)
