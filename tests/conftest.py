@@ -1,3 +1,4 @@
+import json
 import os
 import tempfile
 import pathlib
@@ -46,3 +47,32 @@ def catalog(tmp_path):
     from sao.catalog import Catalog
     with Catalog(tmp_path / "catalog.duckdb") as cat:
         yield cat
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for every flow test (starting one takes about 9 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness():
+        yield
+
+
+def flow_config(tmp_path, **sections) -> pathlib.Path:
+    """A sao.toml under tmp_path for the flow tests: catalogue, audio, embeddings and the result
+    cache in tmp_path, random-weight models allowed, a rate limit the replica never reaches."""
+    base = {
+        "paths": {"catalog": str(tmp_path / "c.duckdb"), "audio_store": str(tmp_path / "audio")},
+        "freesound": {"rate_limit_per_minute": 6000},
+        "music_screen": {"uncalibrated": True},
+        "dedup": {"uncalibrated": True, "embeddings_dir": str(tmp_path / "emb")},
+        "orchestration": {"results_dir": str(tmp_path / "results")},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in base.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp_path / "sao.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -46,8 +46,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     first = re.search(r"attribution report\s+(\S+index\.html)", out).group(1)
     assert re.search(r"attribution report\s+(\S+index\.html)", again).group(1) == first
     assert pathlib.Path(first).is_file() and "rel-" in first and "(unchanged, version 1)" in again
+    from sao.catalog import SCHEMA_VERSION
     assert cli.main(["--config", str(cfg), "catalog", "status"]) == 0
-    assert "schema version 6" in capsys.readouterr().out
+    assert f"schema version {SCHEMA_VERSION}" in capsys.readouterr().out
+    assert cli.main(["--config", str(cfg), "status"]) == 0
+    status = capsys.readouterr().out
+    assert status.count(" demo ") == 2 and status.count(" completed ") == 2 and "latest release  rel-" in status
 
 
 def test_corpus_commands(tmp_path, capsys):

@@ -1,19 +1,12 @@
 """The Prefect refresh flow against the loopback replica (one temporary Prefect server)."""
 import pathlib
 
-import pytest
 
 from sao.catalog import Catalog
 from sao.sources.freesound import FreesoundError
+from tests.conftest import flow_config
 
 SECRET = "flow-token-81ab"
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-    with prefect_test_harness():
-        yield
 
 
 def test_retry_condition_is_transient_only():
@@ -23,14 +16,13 @@ def test_retry_condition_is_transient_only():
     assert is_transient(FreesoundError("x", 503)) and is_transient(FreesoundError("x", 429))
     assert is_transient(FreesoundError("retries exhausted")) and is_transient(requests.ConnectionError())
     assert not is_transient(FreesoundError("bad filter", 400)) and not is_transient(ValueError("data"))
+    assert not is_transient(FreesoundError("no Freesound API token", transient=False))
 
 
 def test_refresh_flow_runs_and_reruns(prefect_server, freesound_sounds, fma_dir, tmp_path, monkeypatch):
     from flows.refresh import refresh
     from sao.sources.replica import ReplicaServer, ReplicaSettings
-    cfg = tmp_path / "sao.toml"
-    cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{tmp_path / "audio"}"\n'
-                   f'[fma]\nmetadata_dir = "{fma_dir}"\n[music_screen]\nuncalibrated = true\n')
+    cfg = flow_config(tmp_path, fma={"metadata_dir": str(fma_dir)})
     monkeypatch.setenv("FREESOUND_API_TOKEN", SECRET)
     with ReplicaServer(freesound_sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv:
         srv.inject_fault(r"/apiv2/search/", 503, times=1)   # absorbed by the client's own retry
@@ -39,6 +31,7 @@ def test_refresh_flow_runs_and_reruns(prefect_server, freesound_sounds, fma_dir,
         assert out["review"]["fma"]["to_human_review"] == 1
         assert out["freesound"]["new"] == 26 and out["fma"]["tracks"] == 10
         assert out["gate"]["written"] == 36 and out["download"]["downloaded"] == 26
+        assert out["embed"]["embedded"] == 31 and out["dedup"]["recordings"] == 31
         again = refresh(str(cfg), base_url=srv.api_url)
         assert again["freesound"]["new"] == 0 and again["gate"]["written"] == 0
         assert again["download"]["candidates"] == 0
@@ -55,13 +48,12 @@ def test_shards_flow_writes_each_shard_as_a_task(prefect_server, freesound_sound
     from flows.refresh import refresh
     from flows.shards import shards
     from sao.sources.replica import ReplicaServer, ReplicaSettings
-    cfg = tmp_path / "sao.toml"
-    cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{tmp_path / "audio"}"\n'
-                   f'[fma]\nmetadata_dir = "{fma_dir}"\n[shards]\nroot = "{tmp_path / "shards"}"\n'
-                   f'target_shard_mb = 16\nrequired_stages = ["license_gate"]\n')
+    cfg = flow_config(tmp_path, fma={"metadata_dir": str(fma_dir)},
+                      shards={"root": str(tmp_path / "shards"), "target_shard_mb": 16,
+                              "required_stages": ["license_gate"]})
     monkeypatch.setenv("FREESOUND_API_TOKEN", SECRET)
     with ReplicaServer(freesound_sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv:
-        refresh(str(cfg), base_url=srv.api_url, screen=False)
+        refresh(str(cfg), base_url=srv.api_url, screen=False, dedup=False)
     # threads keep the test fast; `python -m flows.shards` uses a process pool
     out = shards.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(str(cfg), "f")
     assert out["status"] == "complete" and out["shards"] >= 3 and out["shards_written"] == out["shards"]
@@ -77,20 +69,18 @@ def test_dedup_flow_embeds_in_parallel_and_groups(prefect_server, tmp_path, corp
 
     from flows.dedup import dedup
     from sao.catalog import Decision
-    cfg = tmp_path / "sao.toml"
     store = pathlib.Path(corpus_entries[0]["path"]).parent
-    cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{store}"\n'
-                   f'[dedup]\nembeddings_dir = "{tmp_path / "emb"}"\n')
+    cfg = flow_config(tmp_path, paths={"audio_store": str(store)}, orchestration={"batch_files": 2})
     with Catalog(tmp_path / "c.duckdb") as cat:
         for e in corpus_entries[:6]:
             cat.upsert_recordings([dict(source="freesound", source_id=e["id"], crawl_time=dt.datetime(2026, 1, 1),
                                         license_raw=e["license_url"], content_sha256=e["sha256"],
                                         audio_path=pathlib.Path(e["path"]).name, duration=e["duration"])])
             cat.add_decisions([Decision(f"freesound:{e['id']}", "license_gate", "pass", "ok", config_hash="t")])
-    out = dedup(str(cfg), uncalibrated=True, batch_files=2)
-    assert out["embedded"] == 6 and out["recordings"] == 6
-    again = dedup(str(cfg), uncalibrated=True, batch_files=2)
-    assert again["embedded"] == 0
+    out = dedup(str(cfg))
+    assert out["embed"]["embedded"] == 6 and out["dedup"]["recordings"] == 6
+    again = dedup(str(cfg))
+    assert again["embed"]["embedded"] == 0 and again["embed"]["already_stored"] == 6
 
 
 def test_train_flow_runs_both_stages_in_order(prefect_server, tmp_path, freesound_sounds, fma_dir, monkeypatch):
@@ -102,12 +92,10 @@ def test_train_flow_runs_both_stages_in_order(prefect_server, tmp_path, freesoun
     from prefect.task_runners import ThreadPoolTaskRunner
     from sao.models.t5_local import build_tiny_t5
     from sao.sources.replica import ReplicaServer, ReplicaSettings
-    cfg = tmp_path / "sao.toml"
-    cfg.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{tmp_path / "audio"}"\n'
-                   f'[shards]\nroot = "{tmp_path / "shards"}"\nrequired_stages = ["license_gate"]\n')
+    cfg = flow_config(tmp_path, shards={"root": str(tmp_path / "shards"), "required_stages": ["license_gate"]})
     monkeypatch.setenv("FREESOUND_API_TOKEN", SECRET)
     with ReplicaServer(freesound_sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv:
-        refresh(str(cfg), base_url=srv.api_url, screen=False)
+        refresh(str(cfg), base_url=srv.api_url, screen=False, dedup=False)
     shards.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(str(cfg), "t")
     t5 = build_tiny_t5(tmp_path / "t5", ["water rain wind dog bird music"] * 100)
     out = train(str(tmp_path / "shards" / "t"), str(tmp_path / "train"), vae_steps=2, dit_steps=2, t5_path=str(t5),
@@ -119,7 +107,7 @@ def test_train_flow_runs_both_stages_in_order(prefect_server, tmp_path, freesoun
     # the attribution flow freezes a release and reports it; take-down impact finds the checkpoints
     from flows.attribution import attribution
     cfg.write_text(cfg.read_text().replace(
-        "[shards]", f'releases = "{tmp_path / "releases"}"\ncheckpoints = "{tmp_path / "train"}"\n[shards]'))
+        "[paths]\n", f'[paths]\nreleases = "{tmp_path / "releases"}"\ncheckpoints = "{tmp_path / "train"}"\n'))
     rep = attribution(str(cfg), create=True)
     assert rep["release"]["status"] == "created" and pathlib.Path(rep["report"]["html"]).is_file()
     assert rep["report"]["recordings"] == rep["release"]["recordings"] > 0

@@ -35,6 +35,15 @@ MODEL_NAME = "LAION-CLAP HTSAT audio encoder"
 def import_laion_clap():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    compat = str(pathlib.Path(__file__).resolve().parent / "clap_compat")
+    # transformers' model classes must load while the compat torchvision is invisible (they fail
+    # on it). A process can inherit the folder on sys.path from its parent (spawned Dask and
+    # multiprocessing workers copy sys.path), so take it off first.
+    while compat in sys.path:
+        sys.path.remove(compat)
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        if str(getattr(sys.modules[name], "__file__", "") or "").startswith(compat):
+            del sys.modules[name]
     import transformers
     transformers.BertModel, transformers.RobertaModel, transformers.BartModel  # noqa: B018 (loaded before torchvision is visible)
     try:
@@ -42,7 +51,6 @@ def import_laion_clap():
     except Exception:  # missing, or PyPI's build that cannot load beside CPU torch
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
-        compat = str(pathlib.Path(__file__).resolve().parent / "clap_compat")
         if compat not in sys.path:
             sys.path.insert(0, compat)
     import laion_clap

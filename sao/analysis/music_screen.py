@@ -220,7 +220,7 @@ def pending_screen(cat: Catalog, signature: str, audio_store) -> list[dict[str, 
     rows = cat.query(
         "WITH latest AS (SELECT recording_id, stage, verdict, details FROM decisions "
         "  QUALIFY row_number() OVER (PARTITION BY recording_id, stage ORDER BY decision_id DESC) = 1) "
-        "SELECT r.recording_id, r.audio_path, r.duration FROM recordings r "
+        "SELECT r.recording_id, r.content_sha256, r.audio_path, r.duration FROM recordings r "
         "JOIN latest g ON g.recording_id = r.recording_id AND g.stage = 'license_gate' AND g.verdict = 'pass' "
         "LEFT JOIN latest m ON m.recording_id = r.recording_id AND m.stage = ? "
         "WHERE r.source = 'freesound' AND r.audio_path IS NOT NULL "
@@ -233,18 +233,18 @@ def pending_screen(cat: Catalog, signature: str, audio_store) -> list[dict[str, 
     return rows
 
 
-def run_music_screen(cat: Catalog, lm: LoadedModel, cfg: ScreenConfig, *, audio_store, config_hash: str
-                     ) -> dict[str, Any]:
-    sig = cfg.signature(lm.checkpoint_sha256)
-    items = pending_screen(cat, sig, audio_store)
-    results, stats = screen_audio(items, lm, cfg)
+def screen_decisions(results: dict[str, dict[str, Any]], cfg: ScreenConfig, *, checkpoint_sha256: str | None,
+                     uncalibrated: bool, config_hash: str) -> tuple[list[Decision], dict[str, int]]:
+    """The catalogue decisions for ``screen_audio`` results (pure: the music rule's verdicts as
+    records naming the model, checkpoint checksum, threshold and rule that made them)."""
+    sig = cfg.signature(checkpoint_sha256)
     rule = cfg.rule
     mode = "contiguous" if rule.contiguous else "cumulative"
     base = {"signature": sig, "rule": rule.describe(), "classes": "custom" if cfg.classes else "audioset-music",
-            "n_classes": len(cfg.classes), "uncalibrated": lm.uncalibrated}
-    tag = " [UNCALIBRATED: random weights]" if lm.uncalibrated else ""
+            "n_classes": len(cfg.classes), "uncalibrated": uncalibrated}
+    tag = " [UNCALIBRATED: random weights]" if uncalibrated else ""
     decisions, counts = [], {"music": 0, "not_music": 0, "too_short": 0, "errors": 0}
-    for rid, res in results.items():
+    for rid, res in sorted(results.items()):
         if res["kind"] == "error":
             counts["errors"] += 1
             decisions.append(Decision(rid, "decode", "reject", f"audio-corrupt: {res['error']}", config_hash=config_hash))
@@ -268,13 +268,32 @@ def run_music_screen(cat: Catalog, lm: LoadedModel, cfg: ScreenConfig, *, audio_
                 verdict, reason = "pass", (f"not-music: {measured:.1f} s ({mode}) of music classes >= "
                                            f"{rule.threshold:g} (rule {rule.min_seconds:g} s){tag}")
         decisions.append(Decision(rid, STAGE, verdict, reason, config_hash=config_hash, model_name=MODEL_NAME,
-                                  checkpoint_sha256=lm.checkpoint_sha256, threshold=rule.threshold,
-                                  uncalibrated=lm.uncalibrated, details={**base, **details}))
-    cat.add_decisions(decisions)
-    wall = stats["wall_seconds"]
-    return {**counts, "screened": len(results), "uncalibrated": lm.uncalibrated,
-            "checkpoint_sha256": lm.checkpoint_sha256 or "none (random weights)",
+                                  checkpoint_sha256=checkpoint_sha256, threshold=rule.threshold,
+                                  uncalibrated=uncalibrated, details={**base, **details}))
+    return decisions, counts
+
+
+def screen_summary(counts: dict[str, int], n: int, cfg: ScreenConfig, *, checkpoint_sha256: str | None,
+                   uncalibrated: bool, audio_seconds: float, wall_seconds: float, model_seconds: float,
+                   early_stops: int) -> dict[str, Any]:
+    rule = cfg.rule
+    mode = "contiguous" if rule.contiguous else "cumulative"
+    return {**counts, "screened": n, "uncalibrated": uncalibrated,
+            "checkpoint_sha256": checkpoint_sha256 or "none (random weights)",
             "rule": f"{rule.min_seconds:g} s {mode} at threshold {rule.threshold:g}, "
                     f"{len(cfg.classes)} AudioSet music classes",
-            "audio_s_per_s": round(stats["audio_seconds"] / wall, 1) if wall else 0.0,
-            "model_audio_seconds": round(stats["model_seconds"], 1), "early_stops": stats["early_stops"]}
+            "audio_s_per_s": round(audio_seconds / wall_seconds, 1) if wall_seconds else 0.0,
+            "model_audio_seconds": round(model_seconds, 1), "early_stops": early_stops}
+
+
+def run_music_screen(cat: Catalog, lm: LoadedModel, cfg: ScreenConfig, *, audio_store, config_hash: str
+                     ) -> dict[str, Any]:
+    items = pending_screen(cat, cfg.signature(lm.checkpoint_sha256), audio_store)
+    results, stats = screen_audio(items, lm, cfg)
+    decisions, counts = screen_decisions(results, cfg, checkpoint_sha256=lm.checkpoint_sha256,
+                                         uncalibrated=lm.uncalibrated, config_hash=config_hash)
+    cat.add_decisions(decisions)
+    return screen_summary(counts, len(results), cfg, checkpoint_sha256=lm.checkpoint_sha256,
+                          uncalibrated=lm.uncalibrated, audio_seconds=stats["audio_seconds"],
+                          wall_seconds=stats["wall_seconds"], model_seconds=stats["model_seconds"],
+                          early_stops=stats["early_stops"])

@@ -166,6 +166,21 @@ CREATE TABLE release_exclusions (
     PRIMARY KEY (release_name, recording_id)
 );
 """),
+    (7, "catalogue identity and richer flow-run summaries", """
+-- one random id per catalogue: cached task results are keyed by it, so a fresh catalogue
+-- never inherits results computed for another one
+CREATE TABLE catalog_meta (
+    key               VARCHAR PRIMARY KEY,
+    value             VARCHAR NOT NULL
+);
+INSERT INTO catalog_meta VALUES ('instance_id', md5(CAST(uuid() AS VARCHAR) || CAST(now() AS VARCHAR)));
+ALTER TABLE runs ADD COLUMN flow_run_id VARCHAR;    -- the Prefect flow run, when one ran it
+ALTER TABLE runs ADD COLUMN task_runner VARCHAR;    -- thread, dask or ray (and its workers)
+ALTER TABLE runs ADD COLUMN duration_s DOUBLE;
+ALTER TABLE runs ADD COLUMN stages JSON;            -- {stage: its stats}
+ALTER TABLE runs ADD COLUMN cache_hits INTEGER;     -- task runs answered from the persisted cache
+ALTER TABLE runs ADD COLUMN error VARCHAR;          -- why a failed run failed (no secrets: see sao.runs)
+"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -24,7 +24,8 @@ from .migrations import MIGRATIONS, SCHEMA_VERSION
 log = logging.getLogger(__name__)
 
 TABLES = ("recordings", "decisions", "takedowns", "releases", "release_items", "crawl_cursors", "runs",
-          "review_queue", "copyright_catalogue", "duplicate_groups", "release_exclusions", "schema_migrations")
+          "review_queue", "copyright_catalogue", "duplicate_groups", "release_exclusions", "catalog_meta",
+          "schema_migrations")
 VERDICTS = ("pass", "reject", "review", "flag")
 
 _REC_COLUMNS = ("recording_id", "source", "source_id", "title", "author", "description", "tags", "duration",
@@ -140,6 +141,10 @@ class Catalog:
             log.info("catalogue %s: applied migration %d (%s)", self.path, version, name)
             applied.append(version)
         return applied
+
+    def instance_id(self) -> str:
+        """A random id made when this catalogue was created (cached results are keyed by it)."""
+        return self.con.execute("SELECT value FROM catalog_meta WHERE key = 'instance_id'").fetchall()[0][0]
 
     # -- recordings ------------------------------------------------------------------------------
     @staticmethod

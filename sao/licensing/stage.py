@@ -23,6 +23,9 @@ class GateStats:
     takedowns: int = 0
     kept: Counter = dataclasses.field(default_factory=Counter)       # (source, canonical) -> n
     rejected: Counter = dataclasses.field(default_factory=Counter)   # (source, category) -> n
+    # the decisions this run wrote (new items, changed licenses or policy): what a run summary reports
+    new_pass: int = 0
+    new_rejected: Counter = dataclasses.field(default_factory=Counter)  # (source, category) -> n
 
 
 def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -> GateStats:
@@ -51,6 +54,10 @@ def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -
             continue
         decisions.append(Decision(rid, STAGE, result.verdict, result.reason, config_hash=config_hash,
                                   details={"inputs": inputs, "canonical": result.canonical}))
+        if result.verdict == "pass":
+            stats.new_pass += 1
+        else:
+            stats.new_rejected[(source, result.category)] += 1
         if prev and prev["verdict"] == "pass" and result.verdict == "reject" and rid not in taken:
             new_takedowns.append((rid, f"{result.category}-after-admission: {result.reason}"))
     with cat.transaction():

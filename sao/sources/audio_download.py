@@ -45,13 +45,14 @@ def pending_downloads(cat: Catalog, source: str = "freesound") -> list[dict]:
         "ORDER BY r.recording_id", [source])
 
 
-def download_audio(cat: Catalog, client: FreesoundClient, store: str | os.PathLike, *, originals: bool = False,
-                   limit: int | None = None) -> DownloadStats:
-    stats = DownloadStats()
+def download_items(client: FreesoundClient, items: list[dict], store: str | os.PathLike, *,
+                   originals: bool = False, show_progress: bool = True) -> tuple[list[dict], DownloadStats]:
+    """Fetch the audio of ``pending_downloads`` items into the store; touches no catalogue, so
+    batches can run on any worker. Returns ({recording_id, sha256, audio_path, variant}, stats)."""
+    stats = DownloadStats(candidates=len(items))
     t0 = time.perf_counter()
-    todo = pending_downloads(cat)[:limit]
-    stats.candidates = len(todo)
-    for item in progress(todo, desc="download", unit="file"):
+    done = []
+    for item in progress(items, desc="download", unit="file", disable=not show_progress):
         rid = item["recording_id"]
         try:
             if originals:
@@ -68,9 +69,33 @@ def download_audio(cat: Catalog, client: FreesoundClient, store: str | os.PathLi
             stats.failed += 1
             log.warning("%s: download failed, will retry next run: %s", rid, exc)
             continue
-        cat.set_audio(rid, sha, os.path.relpath(path, store), "original" if originals else "preview-hq-mp3")
+        done.append({"recording_id": rid, "sha256": sha, "audio_path": os.path.relpath(path, store),
+                     "variant": "original" if originals else "preview-hq-mp3"})
         stats.downloaded += 1
         stats.bytes += size
         stats.audio_seconds += item["duration"] or 0.0
+    stats.seconds = time.perf_counter() - t0
+    return done, stats
+
+
+def record_downloads(cat: Catalog, done: list[dict]) -> int:
+    for d in done:
+        cat.set_audio(d["recording_id"], d["sha256"], d["audio_path"], d["variant"])
+    return len(done)
+
+
+def download_audio(cat: Catalog, client: FreesoundClient, store: str | os.PathLike, *, originals: bool = False,
+                   limit: int | None = None) -> DownloadStats:
+    # each file is recorded as soon as it is stored, so an interrupted run keeps what it fetched
+    todo = pending_downloads(cat)[:limit]
+    stats = DownloadStats(candidates=len(todo))
+    t0 = time.perf_counter()
+    for item in progress(todo, desc="download", unit="file"):
+        done, st = download_items(client, [item], store, originals=originals, show_progress=False)
+        record_downloads(cat, done)
+        stats.downloaded += st.downloaded
+        stats.failed += st.failed
+        stats.bytes += st.bytes
+        stats.audio_seconds += st.audio_seconds
     stats.seconds = time.perf_counter() - t0
     return stats

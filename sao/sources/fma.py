@@ -103,6 +103,28 @@ def _store_copy(src: pathlib.Path, store: pathlib.Path, sha: str) -> pathlib.Pat
     return dst
 
 
+def source_digest(root: str | os.PathLike, audio_dir: str = "fma_large") -> str:
+    """sha256 over the metadata files' bytes and the audio folder's listing (path, size, mtime):
+    equal digests mean an ingest would read exactly what the last one read."""
+    import hashlib
+    root = pathlib.Path(root)
+    h = hashlib.sha256()
+    md = root / "fma_metadata"
+    for name in sorted(p.name for p in md.glob("*.csv")) if md.is_dir() else []:
+        h.update(name.encode() + b"\0")
+        with open(md / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    audio = root / audio_dir
+    listing = []
+    for dirpath, _, files in os.walk(audio):
+        for fn in files:
+            st = os.stat(os.path.join(dirpath, fn))
+            listing.append(f"{os.path.relpath(os.path.join(dirpath, fn), audio)}\0{st.st_size}\0{st.st_mtime_ns}")
+    h.update("\n".join(sorted(listing)).encode())
+    return h.hexdigest()
+
+
 def ingest_fma(cat: Catalog, root: str | os.PathLike, *, audio_store: str | os.PathLike, config_hash: str,
                audio_dir: str = "fma_large") -> FmaStats:
     t0 = time.perf_counter()

@@ -31,9 +31,17 @@ SEARCH_FIELDS = ("id", "url", "name", "tags", "description", "license", "usernam
 class FreesoundError(RuntimeError):
     """A request failed for good (4xx other than 429, or retries exhausted)."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, *, transient: bool | None = None):
         super().__init__(message)
         self.status = status
+        self._transient = transient
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying later: no answer at all, 429 or 5xx (unless the error says otherwise)."""
+        if self._transient is not None:
+            return self._transient
+        return self.status is None or self.status == 429 or self.status >= 500
 
 
 class RateLimiter:
@@ -95,7 +103,7 @@ class FreesoundClient:
                  timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep):
         if not token:
             raise FreesoundError("no Freesound API token: set it in the environment variable named by "
-                                 "[freesound].token_env, or in [freesound].token_file")
+                                 "[freesound].token_env, or in [freesound].token_file", transient=False)
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._oauth = oauth_token

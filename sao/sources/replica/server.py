@@ -146,6 +146,11 @@ class ReplicaServer:
         with self._lock:
             self._sounds[sound_id].update(fields)
 
+    def add_sound(self, sound: dict[str, Any]) -> None:
+        """A new upload appears (its ``created`` should be later than what was crawled)."""
+        with self._lock:
+            self._sounds[sound["id"]] = copy.deepcopy(sound)
+
     def delete_sound(self, sound_id: int) -> None:
         with self._lock:
             self._sounds.pop(sound_id, None)

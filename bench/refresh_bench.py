@@ -1,0 +1,101 @@
+"""End-to-end refresh throughput on the shipped sample corpus, side by side in one run: the
+refresh flow on Prefect's thread pool and on a Dask LocalCluster of 2 worker processes.
+
+Each runner gets a fresh catalogue and crawls the loopback Freesound/FMA replica, ingests FMA,
+runs the license gate, downloads, screens for music (PANNs), reviews, embeds (LAION-CLAP) and
+groups repeats; then runs again with nothing new (the incremental rerun). Models carry random
+weights (no checkpoints here): the timings are what they measure, the verdicts mean nothing.
+A local Prefect server on loopback is started for the run (process workers need one).
+
+    python bench/refresh_bench.py [--workers 2] [--batch-files 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("SAO_NO_PROGRESS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TOKEN = "bench-token-0001"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(folder: pathlib.Path, fma_dir: pathlib.Path, runner: str, workers: int, batch: int) -> pathlib.Path:
+    folder.mkdir(parents=True)
+    cfg = folder / "sao.toml"
+    cfg.write_text("\n".join([
+        "[paths]", f'catalog = "{folder / "c.duckdb"}"', f'audio_store = "{folder / "audio"}"',
+        "[fma]", f'metadata_dir = "{fma_dir}"',
+        "[freesound]", "rate_limit_per_minute = 6000",
+        "[music_screen]", "uncalibrated = true",
+        "[dedup]", "uncalibrated = true", f'embeddings_dir = "{folder / "emb"}"',
+        "[orchestration]", f'task_runner = "{runner}"', f"workers = {workers}", f"batch_files = {batch}",
+        f'results_dir = "{folder / "results"}"', ""]))
+    return cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-files", type=int, default=8)
+    a = ap.parse_args()
+    from flows.serve import start_server, stop_server
+    from sao.sources import sample_corpus
+    from sao.sources.replica import ReplicaServer, ReplicaSettings, build_fma_replica, build_freesound_sounds
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="sao-refresh-bench-"))
+    corpus = sample_corpus.load_metadata(REPO / "datasets" / "sample")
+    sounds = build_freesound_sounds(corpus)
+    fma_dir = build_fma_replica(corpus, tmp / "fma")
+    server, api = start_server(port=_free_port(), home=tmp / "prefect-home")
+    os.environ["PREFECT_API_URL"] = api
+    os.environ["FREESOUND_API_TOKEN"] = TOKEN
+    from flows.refresh import run
+    rows = []
+    try:
+        with ReplicaServer(sounds, ReplicaSettings(api_tokens=[TOKEN], rate_limit_per_minute=0)) as srv:
+            for runner in ("thread", "dask"):
+                cfg = _config(tmp / runner, fma_dir, runner, a.workers, a.batch_files)
+                t = time.perf_counter()
+                out = run(str(cfg), base_url=srv.api_url)
+                first = time.perf_counter() - t
+                t = time.perf_counter()
+                again = run(str(cfg), base_url=srv.api_url)
+                rerun = time.perf_counter() - t
+                items = out["freesound"]["items"] + out["fma"].get("tracks", 0)
+                audio = sum(s["duration"] for s in sounds) + sum(e["duration"] for e in corpus if e["replica"] == "fma")
+                rows.append({"runner": f"{runner}:{a.workers}", "items": items, "first_s": round(first, 1),
+                             "items_per_s": round(items / first, 2), "audio_s_per_s": round(audio / first, 1),
+                             "screened": out["music_screen"]["screened"], "embedded": out["embed"]["embedded"],
+                             "rerun_s": round(rerun, 1), "rerun_new": again["freesound"]["new"],
+                             "rerun_cache_hits": again["cache_hits"]})
+    finally:
+        stop_server(server)
+    print(f"\nrefresh flow on the sample corpus ({len(sounds)} Freesound sounds served, "
+          f"{sum(e['replica'] == 'fma' for e in corpus)} FMA tracks), batch_files={a.batch_files}, "
+          f"CPU threads={os.cpu_count()}")
+    head = f"{'runner':10s} {'items':>6s} {'first run s':>12s} {'items/s':>8s} {'audio-s/s':>10s} " \
+           f"{'screened':>8s} {'embedded':>8s} {'rerun s':>8s} {'rerun new':>9s} {'cache hits':>10s}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['runner']:10s} {r['items']:6d} {r['first_s']:12.1f} {r['items_per_s']:8.2f} {r['audio_s_per_s']:10.1f} "
+              f"{r['screened']:8d} {r['embedded']:8d} {r['rerun_s']:8.1f} {r['rerun_new']:9d} {r['rerun_cache_hits']:10d}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""What every flow shares: the task runner chosen by [orchestration], the cross-run result cache,
+the Freesound rate limit held across all workers, and the run summary written to the catalogue.
+
+Task runners: `thread` (Prefect's thread pool, the default), `dask` (prefect-dask: a
+`distributed.LocalCluster` of `workers` processes, or the scheduler at `dask_address`) and `ray`
+(prefect-ray, optional: `pip install prefect-ray`). Process-based runners need a Prefect API
+that all workers reach (`make serve`, Prefect Cloud, or PREFECT_API_URL): on Prefect's ephemeral
+server each worker process would start a private server and the shared rate limit would not be shared.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import os
+import pathlib
+import time
+from typing import Any, Iterator
+
+from prefect import Task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+
+from sao import config as config_mod
+from sao.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+# A batch's inputs name its content (sha256s) and the model/rule signature; the config path
+# only says where to load the model from, so it is left out of the key.
+BATCH_CACHE = (INPUTS - "config_path") + TASK_SOURCE
+
+
+def api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+    return PREFECT_API_URL.value() or None
+
+
+_RUNNER_KINDS = {"ThreadPoolTaskRunner": "thread", "DaskTaskRunner": "dask", "RayTaskRunner": "ray",
+                 "ProcessPoolTaskRunner": "process"}
+
+
+def current_runner() -> str:
+    """'kind:workers' (or 'kind:address') of the running flow's task runner, for the run summary."""
+    from prefect.context import FlowRunContext
+    ctx = FlowRunContext.get()
+    r = getattr(ctx, "task_runner", None)
+    if r is None:
+        return "none"
+    kind = _RUNNER_KINDS.get(type(r).__name__, type(r).__name__)
+    where = (getattr(r, "_max_workers", None) or getattr(r, "address", None) or getattr(r, "_address", None)
+             or (getattr(r, "cluster_kwargs", None) or getattr(r, "_cluster_kwargs", None) or {}).get("n_workers"))
+    return f"{kind}:{where}" if where else kind
+
+
+def task_runner(cfg: Config, kind: str | None = None, workers: int | None = None):
+    """The Prefect task runner [orchestration] asks for (``kind``/``workers`` override it)."""
+    oc = cfg.orchestration
+    kind = kind or oc.task_runner
+    n = workers or oc.workers
+    if kind == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+        return ThreadPoolTaskRunner(max_workers=n)
+    url = api_url()
+    if not url:
+        raise ConfigError(f"[orchestration].task_runner = {kind!r} needs a Prefect server every worker can reach: "
+                          "run `make serve` (or point PREFECT_API_URL at a server or Prefect Cloud)")
+    os.environ["PREFECT_API_URL"] = url          # worker processes inherit it
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+        if oc.dask_address:
+            return DaskTaskRunner(address=oc.dask_address)
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                              cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None, "silence_logs": logging.WARNING})
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as exc:
+            raise ConfigError("[orchestration].task_runner = 'ray' needs prefect-ray: pip install prefect-ray") from exc
+        return RayTaskRunner(address=oc.ray_address or None,
+                             init_kwargs={"num_cpus": n, "include_dashboard": False})
+    raise ConfigError(f"[orchestration].task_runner: {kind!r} is not thread, dask or ray")
+
+
+def cached(t: Task, cfg: Config, refresh: bool = False) -> Task:
+    """``t`` with results persisted under [orchestration].results_dir and looked up by BATCH_CACHE,
+    so a rerun of an unchanged batch costs nothing (or ``t`` uncached when [orchestration].cache is off)."""
+    if not cfg.orchestration.cache:
+        return t.with_options(cache_policy=NO_CACHE)
+    return t.with_options(cache_policy=BATCH_CACHE, persist_result=True, result_storage=result_storage(cfg),
+                          refresh_cache=refresh)
+
+
+_SAVED: dict[tuple[str, str], str] = {}
+
+
+def result_storage(cfg: Config) -> str:
+    """A LocalFileSystem block for the results folder, saved on the Prefect server (workers load it by name)."""
+    from prefect.filesystems import LocalFileSystem
+    base = str(cfg.path(cfg.orchestration.results_dir).resolve())
+    key = (api_url() or "ephemeral", base)
+    if key not in _SAVED:
+        pathlib.Path(base).mkdir(parents=True, exist_ok=True)
+        name = "sao-results-" + hashlib.sha256(base.encode()).hexdigest()[:12]
+        LocalFileSystem(basepath=base).save(name, overwrite=True)
+        _SAVED[key] = f"local-file-system/{name}"
+    return _SAVED[key]
+
+
+# -- the Freesound rate limit, shared by every worker -------------------------------------------
+def rate_limit_shape(per_minute: int) -> tuple[int, float]:
+    """(slots, decay per second) of a Prefect rate limit that never lets more than ``per_minute``
+    calls into any 60 s window: a burst of a quarter, then a steady rate 5 % under the rest."""
+    burst = max(1, per_minute // 4)
+    return burst, max(per_minute - burst, 1) / 60.0 / 1.05
+
+
+def ensure_freesound_limit(cfg: Config) -> str:
+    from prefect.client.orchestration import get_client
+    slots, decay = rate_limit_shape(cfg.freesound.rate_limit_per_minute)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(cfg.orchestration.freesound_rate_limit, slots, decay)
+    return cfg.orchestration.freesound_rate_limit
+
+
+class SharedRateLimiter:
+    """The client's own limiter, then a slot of the Prefect global rate limit every worker shares."""
+
+    def __init__(self, local, name: str):
+        self.local, self.name = local, name
+
+    @property
+    def waited(self) -> float:
+        return self.local.waited
+
+    def acquire(self) -> None:
+        from prefect.concurrency.sync import rate_limit
+        self.local.acquire()
+        rate_limit(self.name, occupy=1, strict=True)
+
+
+def share_rate_limit(client, cfg: Config):
+    client.limiter = SharedRateLimiter(client.limiter, cfg.orchestration.freesound_rate_limit)
+    return client
+
+
+# -- results and cache hits -----------------------------------------------------------------------
+class Tally:
+    """Counts the task runs a flow answered from the cache."""
+
+    def __init__(self):
+        self.cache_hits = 0
+        self.task_runs = 0
+
+    def state(self, state):
+        self.task_runs += 1
+        if state.name == "Cached":
+            self.cache_hits += 1
+        return state
+
+    def result(self, state_or_future):
+        """The result of a future or a state (from ``task(..., return_state=True)``), counted."""
+        if hasattr(state_or_future, "wait"):
+            state_or_future.wait()
+            state_or_future = state_or_future.state
+        return self.state(state_or_future).result()
+
+    def results(self, futures) -> list:
+        return [self.result(f) for f in futures]
+
+
+@contextlib.contextmanager
+def recorded_run(config_path: str | None, flow: str, runner: str, *, catalog: str | None = None
+                 ) -> Iterator[tuple[dict[str, Any], Tally]]:
+    """Yield (stages, tally); on exit write the run summary to the catalogue (the config's, or
+    ``catalog``), failed runs included."""
+    from prefect.runtime import flow_run
+
+    from sao.catalog import Catalog
+    from sao.runs import record_run
+    cfg = config_mod.load(config_path)
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    t0 = time.perf_counter()
+    stages: dict[str, Any] = {}
+    tally = Tally()
+    status, error = "failed", None
+    try:
+        yield stages, tally
+        status = "completed"
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        secrets = [config_mod.freesound_token(cfg), config_mod.freesound_oauth_token(cfg),
+                   os.environ.get(cfg.review.detection_key_env)]
+        try:
+            with Catalog(catalog or cfg.catalog_path) as cat:
+                stages["run_id"] = record_run(
+                    cat, flow=flow, started=started, status=status, stages=stages, seconds=time.perf_counter() - t0,
+                    config_hash=cfg.config_hash(), flow_run_id=str(flow_run.id) if flow_run.id else None,
+                    task_runner=runner, cache_hits=tally.cache_hits, error=error, secrets=secrets)
+        except Exception as exc:  # noqa: BLE001 - never hide the flow's own error behind this one
+            log.error("could not record the %s run summary in %s: %s", flow, cfg.catalog_path, exc)
+            if status == "completed":
+                raise

@@ -1,0 +1,164 @@
+"""Flow-run summaries in the catalogue (`runs` table) and the state `sao status` prints.
+
+``summarize`` is pure: it turns the stats each stage returned into the run's items in, items
+passed, rejections by reason and throughput. ``record_run`` writes one row; error text is
+redacted of every secret first, so a token in an exception never reaches the catalogue.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections import Counter
+from typing import Any, Iterable
+
+from .catalog import Catalog
+
+RUN_STATUSES = ("completed", "failed")
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    return text
+
+
+def summarize(flow: str, stages: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """items_in / passed / rejected {reason: n} / throughput from the stats the stages returned
+    (whichever stages the flow ran: a full rebuild has them all)."""
+    rejected: Counter = Counter()
+    items_in = passed = None
+
+    def st(name: str) -> dict[str, Any]:
+        v = stages.get(name)
+        return v if isinstance(v, dict) else {}
+
+    fs, fma, gate, dl, ms, dd = st("freesound"), st("fma"), st("gate"), st("download"), st("music_screen"), st("dedup")
+    if fs or fma:
+        items_in = int(fs.get("items") or 0) + int(fma.get("tracks") or 0)
+    if gate:
+        # what this run decided (new or changed items), not the whole catalogue's standing
+        passed = gate.get("new_pass", 0)
+        for key, n in (gate.get("new_rejected") or {}).items():
+            rejected[f"license_gate:{key.split(':', 1)[-1]}"] += n
+    bad_fma = int(fma.get("audio_missing") or 0) + int(fma.get("audio_corrupt") or 0)
+    if bad_fma:
+        rejected["fma:audio-missing-or-corrupt"] += bad_fma
+    if dl.get("failed"):
+        rejected["download:failed (retried next run)"] += dl["failed"]
+    if ms.get("music"):
+        rejected["music_screen:music (to copyright review)"] += ms["music"]
+    if ms.get("errors"):
+        rejected["decode:audio-corrupt"] += ms["errors"]
+    for source, n in (dd.get("repeated_excluded") or {}).items():
+        rejected[f"dedup:repeated recording ({source})"] += n
+    if items_in is None and st("embed"):
+        items_in = int(st("embed").get("embedded") or 0) + int(st("embed").get("reused_from_freesound") or 0)
+    sh = st("shards")
+    if sh:
+        samples = sh.get("samples") or {}
+        items_in = sh.get("recordings") if items_in is None else items_in
+        if passed is None and isinstance(samples, dict):
+            passed = sum(samples.values())
+        if sh.get("decode_failures"):
+            rejected["shards:decode-failure"] += len(sh["decode_failures"])
+    rel, rep = st("release"), st("report")
+    if rel or rep:
+        items_in = rel.get("recordings", rep.get("recordings")) if items_in is None else items_in
+        passed = rep.get("recordings", rel.get("recordings")) if passed is None else passed
+        for k, n in (rel.get("excluded") or {}).items() if isinstance(rel.get("excluded"), dict) else []:
+            rejected[f"release:{k}"] += n
+    if flow == "train":
+        items_in = sum(int(v.get("step") or 0) for v in stages.values() if isinstance(v, dict))
+    throughput: dict[str, Any] = {"seconds": round(seconds, 2)}
+    if items_in:
+        throughput["items_per_s"] = round(items_in / seconds, 2) if seconds else 0.0
+    for name, v in stages.items():
+        if isinstance(v, dict):
+            for key in ("audio_s_per_s", "items_per_s", "files_per_s", "tracks_per_s"):
+                if v.get(key) is not None:
+                    throughput[f"{name}.{key}"] = v[key]
+    return {"items_in": items_in, "passed": passed, "rejected": dict(sorted(rejected.items())),
+            "throughput": throughput}
+
+
+def record_run(cat: Catalog, *, flow: str, started: dt.datetime, status: str, stages: dict[str, Any],
+               seconds: float, config_hash: str, flow_run_id: str | None = None, task_runner: str | None = None,
+               cache_hits: int | None = None, error: str | None = None, secrets: Iterable[str | None] = ()) -> str:
+    if status not in RUN_STATUSES:
+        raise ValueError(f"run status {status!r} is not one of {RUN_STATUSES}")
+    s = summarize(flow, stages, seconds)
+    run_id = uuid.uuid4().hex
+    secrets = list(secrets)
+    stages_json = redact(json.dumps(stages, default=str, sort_keys=True), secrets)
+    cat.con.execute(
+        "INSERT INTO runs (run_id, flow, started_at, finished_at, status, items_in, passed, rejected, throughput, "
+        "config_hash, flow_run_id, task_runner, duration_s, stages, cache_hits, error) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [run_id, flow, started, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), status, s["items_in"],
+         s["passed"], json.dumps(s["rejected"]), json.dumps(s["throughput"]), config_hash, flow_run_id,
+         task_runner, round(seconds, 3), stages_json, cache_hits,
+         redact(error, secrets)[:2000] if error else None])
+    return run_id
+
+
+def latest_runs(cat: Catalog, limit: int = 10) -> list[dict[str, Any]]:
+    rows = cat.query("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", [limit])
+    for r in rows:
+        for k in ("rejected", "throughput", "stages"):
+            r[k] = json.loads(r[k]) if r.get(k) else {}
+    return rows
+
+
+def catalogue_state(cat: Catalog) -> dict[str, Any]:
+    """What the catalogue holds now: recordings per source, admitted, pending work, newest release."""
+    q = cat.query
+    gate = ("WITH g AS (SELECT recording_id, verdict FROM decisions WHERE stage = 'license_gate' "
+            "QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1) ")
+    state: dict[str, Any] = {
+        "schema_version": cat.schema_version(),
+        "recordings": {r["source"]: r["n"] for r in q("SELECT source, count(*) AS n FROM recordings GROUP BY 1 ORDER BY 1")},
+        "license_gate": {r["verdict"]: r["n"] for r in q(gate + "SELECT verdict, count(*) AS n FROM g GROUP BY 1 ORDER BY 1")},
+        "with_audio": q("SELECT count(*) AS n FROM recordings WHERE audio_path IS NOT NULL")[0]["n"],
+        "pending_download": q(gate + "SELECT count(*) AS n FROM recordings r JOIN g USING (recording_id) "
+                                     "WHERE g.verdict = 'pass' AND r.source = 'freesound' AND r.audio_path IS NULL")[0]["n"],
+        "review_queue": {r["status"]: r["n"] for r in q("SELECT status, count(*) AS n FROM review_queue GROUP BY 1 ORDER BY 1")},
+        "active_takedowns": q("SELECT count(*) AS n FROM takedowns WHERE status = 'active'")[0]["n"],
+    }
+    rel = q("SELECT name, created_at, n_recordings FROM releases ORDER BY created_at DESC LIMIT 1")
+    state["latest_release"] = rel[0] if rel else None
+    return state
+
+
+def format_status(runs: list[dict[str, Any]], state: dict[str, Any]) -> str:
+    lines = ["catalogue:"]
+    lines.append(f"  recordings      {sum(state['recordings'].values()):7d}  "
+                 + ", ".join(f"{k} {v}" for k, v in state["recordings"].items()))
+    lines.append("  license gate    " + (", ".join(f"{k} {v}" for k, v in state["license_gate"].items()) or "-"))
+    lines.append(f"  with audio      {state['with_audio']:7d}  (pending download {state['pending_download']})")
+    lines.append("  review queue    " + (", ".join(f"{k} {v}" for k, v in state["review_queue"].items()) or "empty"))
+    lines.append(f"  take-downs      {state['active_takedowns']:7d}  active")
+    rel = state["latest_release"]
+    lines.append(f"  latest release  {rel['name']} ({rel['n_recordings']} recordings, {rel['created_at']:%Y-%m-%d %H:%M})"
+                 if rel else "  latest release  none")
+    lines.append("")
+    if not runs:
+        lines.append("no flow runs recorded yet")
+        return "\n".join(lines)
+    lines.append(f"{'started (UTC)':16s}  {'flow':13s} {'status':9s} {'runner':10s} {'seconds':>8s} {'in':>7s} "
+                 f"{'passed':>7s} {'cached':>6s}  rejected (top 3)")
+    for r in runs:
+        top = sorted(r["rejected"].items(), key=lambda kv: -kv[1])[:3]
+        rej = ", ".join(f"{k} {v}" for k, v in top) or "-"
+        dur = r.get("duration_s")
+        lines.append(f"{r['started_at']:%Y-%m-%d %H:%M}  {r['flow']:13s} {r['status']:9s} {(r.get('task_runner') or '-'):10s} "
+                     f"{(f'{dur:.1f}' if dur is not None else '-'):>8s} {_n(r['items_in']):>7s} {_n(r['passed']):>7s} "
+                     f"{_n(r.get('cache_hits')):>6s}  {rej}")
+        if r.get("error"):
+            lines.append(f"{'':18s}error: {r['error'][:160]}")
+    return "\n".join(lines)
+
+
+def _n(v) -> str:
+    return "-" if v is None else str(v)
