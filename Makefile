@@ -90,6 +90,8 @@ bench: $(STAMP)
 	$(PY) bench/music_screen_bench.py
 	$(PY) bench/dedup_bench.py
 	$(PY) bench/clap_embed_bench.py
+	$(PY) bench/refresh_bench.py
+	$(PY) bench/eval_bench.py
 
 corpus: $(STAMP)
 	$(PY) datasets/build_sample_corpus.py

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import logging
 import os
 import signal
@@ -391,6 +392,40 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_eval_autoencoder(args) -> int:
+    from .eval import autoencoder, report
+    cfg = _cfg(args)
+    out = autoencoder.run(args.checkpoint, args.data, model_config=args.model_config, chunk_seconds=args.chunk_seconds,
+                          limit=args.limit, uncalibrated=args.uncalibrated, cfg=cfg)
+    s = out["summary"]
+    out_dir = pathlib.Path(args.out)
+    from .fsutil import atomic_write_text
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "results.json", json.dumps(out, indent=1, default=str))
+    files = report.write_report(out_dir, f"Autoencoder evaluation: {args.data}", report.autoencoder_tables(s, args.dataset))
+    print(f"{s['recordings']} recordings ({s['skipped']} skipped): STFT distance {s['stft_distance']:.3f}, "
+          f"MEL distance {s['mel_distance']:.3f}, SI-SDR {s['si_sdr']:.2f} dB; latent {s['latent_rate_hz']:g} Hz x "
+          f"{s['latent_channels']}; {s['audio_s_per_s']:.1f} audio-s/s" + (" [UNCALIBRATED]" if s["uncalibrated"] else ""))
+    print(f"report: {files['html']} (and report.md, results.json)")
+    return 0
+
+
+def cmd_eval_generate(args) -> int:
+    from .eval import generation
+    res = generation.run(args.checkpoint, args.prompts, args.out, model_config=args.model_config, t5_path=args.t5_path,
+                         uncalibrated=args.uncalibrated, seconds_total=args.seconds, trim_seconds=args.trim or args.seconds,
+                         steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+                         clap_checkpoint=args.clap_checkpoint, clap_model=args.clap_model,
+                         panns_checkpoint=args.panns_checkpoint, limit=args.limit, dataset=args.dataset)
+    m = res["tables"]["main"]
+    print(f"{m['files']} generations: FD {m['fd']}, KL {m['kl']}, CLAP score {m['clap_score']}"
+          + (" [UNCALIBRATED]" if res["uncalibrated"] else ""))
+    for k, v in sorted(res["scores"]["embedders"].items()):
+        print(f"  {k}: {v}")
+    print(f"report: {res['files']['html']} (per prompt: {res['files']['prompts']})")
+    return 0
+
+
 def cmd_tiny_t5(args) -> int:
     from .models.t5_local import build_tiny_t5
     from .sources import sample_corpus
@@ -599,6 +634,37 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--normalize", action="store_true", help="peak-normalise the output")
     ge.add_argument("--out", default="generated.wav")
     ge.set_defaults(func=cmd_generate)
+    ev = sub.add_parser("eval", help="paper-style evaluation tables").add_subparsers(dest="sub", required=True)
+    ea = ev.add_parser("autoencoder", help="reconstruction metrics (STFT, MEL, SI-SDR) as paper tables 3 and 4")
+    ea.add_argument("checkpoint", nargs="?", help="autoencoder .safetensors (sao train vae, or a whole model)")
+    ea.add_argument("--data", required=True, help="a folder of audio files, or a release name")
+    ea.add_argument("--model-config", default="tiny")
+    ea.add_argument("--chunk-seconds", type=float, default=47.55)
+    ea.add_argument("--limit", type=int)
+    ea.add_argument("--dataset", choices=["audiocaps", "songdescriber"], default="audiocaps",
+                    help="which paper table to print beside ours")
+    ea.add_argument("--uncalibrated", action="store_true", help="allow random weights (marked in every table)")
+    ea.add_argument("--out", default="data/eval/autoencoder")
+    ea.set_defaults(func=cmd_eval_autoencoder)
+    eg = ev.add_parser("generate", help="FD, KL and CLAP score as paper tables 1, 2 and 5")
+    eg.add_argument("checkpoint", nargs="?", help="model .safetensors")
+    eg.add_argument("--prompts", required=True, help="CSV/JSONL (id, caption[, audio]) or one caption per line")
+    eg.add_argument("--model-config", default="tiny")
+    eg.add_argument("--t5-path")
+    eg.add_argument("--seconds", type=float, default=10.0, help="seconds_total of each generation")
+    eg.add_argument("--trim", type=float, help="keep this many seconds from the start (default --seconds)")
+    eg.add_argument("--steps", type=int, default=100)
+    eg.add_argument("--cfg-scale", type=float, default=7.0)
+    eg.add_argument("--seed", type=int, default=0)
+    eg.add_argument("--batch-size", type=int, default=4)
+    eg.add_argument("--clap-checkpoint", help="LAION-CLAP checkpoint (audio and roberta text towers)")
+    eg.add_argument("--clap-model", default="HTSAT-tiny")
+    eg.add_argument("--panns-checkpoint", help="Cnn14_DecisionLevelMax checkpoint (the KL tagger)")
+    eg.add_argument("--limit", type=int)
+    eg.add_argument("--dataset", choices=["audiocaps", "songdescriber"], default="audiocaps")
+    eg.add_argument("--uncalibrated", action="store_true", help="allow random weights (marked in every table)")
+    eg.add_argument("--out", default="data/eval/generation")
+    eg.set_defaults(func=cmd_eval_generate)
     tt = sub.add_parser("tiny-t5", help="write a small random T5 encoder + tokenizer folder for CPU smoke runs")
     tt.add_argument("dir")
     tt.add_argument("--d-model", type=int, default=32)

@@ -36,3 +36,13 @@ def sha256_file(path: str | os.PathLike) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def safe_join(root: str | os.PathLike, relative: str) -> pathlib.Path:
+    """``root / relative`` for a path taken from metadata, refused when it would leave ``root``
+    (absolute paths, '..' components, symlinks pointing out)."""
+    base = pathlib.Path(root).resolve()
+    p = (base / relative).resolve()
+    if pathlib.PurePath(relative).is_absolute() or (p != base and base not in p.parents):
+        raise ValueError(f"{relative!r}: path from metadata escapes {base}")
+    return p
