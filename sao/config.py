@@ -57,6 +57,7 @@ class FreesoundConfig:
     commit_every_pages: int = 20             # pages per catalogue transaction (a crash loses at most these)
     timeout_s: int = 60
     max_retries: int = 6
+    retry_base_delay_s: float = 1.0          # backoff: base * 2^attempt (jittered), unless Retry-After says
     download: bool = True                    # download audio for items that pass the gate
     download_originals: bool = False         # originals need OAuth2; HQ previews otherwise
     request_sim_laion_clap: bool = False     # ask for the precomputed LAION-CLAP vectors

@@ -24,7 +24,8 @@ def make_client(cfg: Config, *, base_url: str | None = None, token: str | None =
     client = FreesoundClient(base_url or fs.base_url, token or config_mod.freesound_token(cfg),
                              oauth_token=config_mod.freesound_oauth_token(cfg),
                              rate_limit_per_minute=fs.rate_limit_per_minute, timeout=fs.timeout_s,
-                             retry=RetryPolicy(max_retries=fs.max_retries))
+                             retry=RetryPolicy(max_retries=fs.max_retries,
+                                               base_delay=fs.retry_base_delay_s))
     return wrap(client) if wrap else client
 
 

@@ -23,6 +23,7 @@ import soundfile as sf
 import torch
 
 from ..audio import AudioDecodeError
+from ..audio.io import check_complete
 from ..catalog import Catalog, Decision
 from ..log import progress
 from .music_rule import MusicRule, audioset_labels, longest_run, music_rule
@@ -77,7 +78,7 @@ def stream_windows(path: str, window: int, *, short_pad: int = SAMPLE_RATE) -> I
         sr = f.samplerate
         rs = soxr.ResampleStream(sr, SAMPLE_RATE, 1, dtype="float32") if sr != SAMPLE_RATE else None
         buf = np.zeros(0, np.float32)
-        produced = 0
+        produced, frames_read = 0, 0
         block = max(4096, int(window * sr / SAMPLE_RATE))
         while True:
             try:
@@ -85,6 +86,9 @@ def stream_windows(path: str, window: int, *, short_pad: int = SAMPLE_RATE) -> I
             except Exception as exc:
                 raise AudioDecodeError(f"{path}: cannot decode: {exc}") from exc
             last = len(x) < block
+            frames_read += len(x)
+            if last:
+                check_complete(path, frames_read, f.frames)
             if x.size and not np.isfinite(x).all():
                 raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
             mono = x.mean(axis=1).astype(np.float32) if x.size else np.zeros(0, np.float32)

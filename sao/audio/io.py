@@ -39,7 +39,50 @@ def probe(path: str | os.PathLike) -> AudioInfo:
         i = sf.info(str(p))
     except Exception as exc:  # libsndfile raises RuntimeError/LibsndfileError with its own text
         raise AudioDecodeError(f"{p}: cannot decode: {exc}") from exc
+    declared = wav_declared_frames(p)
+    if declared is not None and declared - int(i.frames) > max(4608, 0.02 * declared):
+        raise AudioDecodeError(f"{p}: truncated: the header declares {declared} frames, the file holds {i.frames}")
     return AudioInfo(str(p), int(i.samplerate), int(i.channels), int(i.frames), i.format, i.subtype)
+
+
+def wav_declared_frames(path) -> int | None:
+    """Frames a RIFF/WAVE header's data chunk declares (libsndfile silently shrinks it to what the
+    file holds, which hides a truncated download); None for other formats or odd headers."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = None
+            while True:
+                ch = f.read(8)
+                if len(ch) < 8:
+                    return None
+                cid, size = ch[:4], struct.unpack("<I", ch[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size + (size & 1))
+                    block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+                elif cid == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    f.seek(size + (size & 1), 1)
+    except OSError:
+        return None
+
+
+def check_complete(path, read: int, announced: int) -> None:
+    """A file that decodes fewer frames than its header announces was cut short (libsndfile reads
+    what is there without complaint). MP3 frame counts are estimates: a couple of MP3 frames or
+    2 % of slack is allowed. A file with no audio frames at all is refused too."""
+    declared = wav_declared_frames(path)
+    announced = max(announced, declared or 0)
+    if read == 0:
+        raise AudioDecodeError(f"{path}: no audio frames decode" + (f" (header announces {announced})" if announced else ""))
+    if announced - read > max(4608, 0.02 * announced):
+        raise AudioDecodeError(f"{path}: truncated: {read} of {announced} announced frames decode")
 
 
 def load(path: str | os.PathLike, *, sample_rate: int | None = None, mono: bool = False,
@@ -57,6 +100,8 @@ def load(path: str | os.PathLike, *, sample_rate: int | None = None, mono: bool 
     except Exception as exc:
         raise AudioDecodeError(f"{path}: cannot decode: {exc}") from exc
     x = data.T
+    if duration is None and a == 0:
+        check_complete(path, x.shape[1], info.frames)
     if not np.isfinite(x).all():
         raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
     if mono and x.shape[0] > 1:

@@ -147,6 +147,11 @@ class Catalog:
         return self.con.execute("SELECT value FROM catalog_meta WHERE key = 'instance_id'").fetchall()[0][0]
 
     # -- recordings ------------------------------------------------------------------------------
+    @classmethod
+    def validate_recording(cls, rec: dict[str, Any]) -> None:
+        """Raise CatalogError (a ValueError naming the recording) when ``rec`` cannot be stored."""
+        cls._normalise_recording(rec)
+
     @staticmethod
     def _normalise_recording(rec: dict[str, Any]) -> tuple:
         missing = [k for k in _REC_REQUIRED if rec.get(k) in (None, "")]

@@ -160,11 +160,29 @@ class FreesoundClient:
             attempt += 1
 
     def get_json(self, url: str, params: dict | None = None) -> dict[str, Any]:
-        resp = self._request(url, params)
-        try:
-            return resp.json()
-        except ValueError as exc:
-            raise FreesoundError(f"GET {url.split('?')[0]}: response is not JSON ({exc})") from exc
+        """A JSON object; a body that is cut short, not JSON or not an object (a proxy's HTML
+        page, a dropped connection) is retried like a 5xx, then fails naming the URL."""
+        attempt = 0
+        while True:
+            resp = self._request(url, params)
+            try:
+                body = resp.json()
+                if isinstance(body, dict):
+                    return body
+                problem = f"JSON {type(body).__name__}, not an object"
+            except (ValueError, requests.RequestException) as exc:
+                kind = resp.headers.get("Content-Type", "?").split(";")[0]
+                problem = f"response is not JSON ({kind}: {str(exc)[:120]})"
+            finally:
+                resp.close()
+            self.stats["bad_bodies"] += 1
+            if attempt >= self.retry.max_retries:
+                raise FreesoundError(f"GET {url.split('?')[0]}: {problem}, {attempt + 1} times")
+            delay = self.retry.delay(attempt, None)
+            log.warning("GET %s: %s; retrying in %.1fs", url.split("?")[0], problem, delay)
+            self.stats["retries"] += 1
+            self.sleep(delay)
+            attempt += 1
 
     def search_pages(self, filter: str, *, fields: tuple[str, ...] = SEARCH_FIELDS, page_size: int = 150,
                      sort: str = "created_asc", query: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
@@ -180,6 +198,16 @@ class FreesoundClient:
                     raise FreesoundError(f"search page {page}: malformed response, no {key!r}")
             yield page, j
             url, params, page = j.get("next"), None, page + 1
+
+    def search_page(self, filter: str, page: int = 1, *, fields: tuple[str, ...] = SEARCH_FIELDS,
+                    page_size: int = 150, sort: str = "created_asc", query: str = "") -> dict[str, Any]:
+        j = self.get_json(f"{self.base_url}/search/", {"query": query, "filter": filter, "sort": sort,
+                                                       "fields": ",".join(fields), "page_size": page_size,
+                                                       "page": page})
+        for key in ("count", "results"):
+            if key not in j or (key == "results" and not isinstance(j[key], list)):
+                raise FreesoundError(f"search page {page}: malformed response, no {key!r} list")
+        return j
 
     def sound(self, sound_id: int, fields: tuple[str, ...] = SEARCH_FIELDS) -> dict[str, Any] | None:
         """One sound, or None when it no longer exists (404)."""

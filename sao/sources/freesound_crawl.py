@@ -131,27 +131,60 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
                     known.add(r["source_id"])
             pending, pending_pages = [], 0
 
-        for page, data in client.search_pages(_filter(name, watermark), page_size=page_size, fields=fields):
+        # Keyset pagination: every request asks for created >= the newest upload time seen so far,
+        # so a sound deleted (or added) between two requests cannot shift later sounds past a page
+        # boundary. Sounds seen twice (the inclusive boundary, a repeated or stale page) are kept once.
+        since, page, asked = watermark, 1, 0
+        seen_pass: set[str] = set()
+        while True:
+            data = client.search_page(_filter(name, since), page, page_size=page_size, fields=fields)
             crawl_time = clock()
+            fresh = []
             for s in data["results"]:
+                sid = str(s.get("id")) if isinstance(s, dict) else None
+                if sid in seen_pass:
+                    continue
                 try:
-                    pending.append(sound_to_record(s, crawl_time=crawl_time, site=client.site))
-                except (KeyError, ValueError, TypeError) as exc:
+                    rec = sound_to_record(s, crawl_time=crawl_time, site=client.site)
+                    Catalog.validate_recording(rec)      # one bad item (a NUL byte...) never sinks its page
+                except (KeyError, ValueError, TypeError, AttributeError) as exc:
                     stats.malformed += 1
                     log.error("freesound search %s page %d: skipping malformed item %r: %s", key, page,
                               s.get("id") if isinstance(s, dict) else s, exc)
+                    continue
+                seen_pass.add(rec["source_id"])
+                fresh.append(rec)
+            pending.extend(fresh)
             pending_pages += 1
             stats.pages += 1
-            stats.items += len(data["results"])
-            n_license += len(data["results"])
-            bar.update(len(data["results"]))
+            stats.items += len(fresh)
+            n_license += len(fresh)
+            bar.update(len(fresh))
             # one transaction per few pages: DuckDB's per-commit cost dominates at 150 rows
             if pending_pages >= commit_every:
-                flush(page + 1)
+                flush(page)
             if on_page:
-                on_page(name, page)
+                on_page(name, stats.pages)
+            if data["results"] and not fresh:
+                # nothing new on a full page: a stale or repeated page (ask again), or more sounds
+                # share one upload time than a page holds (then step to the next page)
+                asked += 1
+                if asked <= 2:
+                    continue
+                if not data.get("next"):
+                    break
+                page, asked = page + 1, 0
+                continue
+            asked = 0
+            if not data.get("next"):
+                break
+            newest = max((r["created_at"] for r in fresh if r["created_at"]), default=None)
+            if newest is not None and (since is None or newest > since):
+                since, page = newest, 1
+            else:
+                page += 1
         if pending or pending_pages:
-            flush(page + 1)
+            flush(page)
         bar.close()
         cat.set_cursor(SOURCE, key, watermark, 1)    # pass complete
         stats.per_license[name] = n_license

@@ -22,7 +22,9 @@ import math
 import mimetypes
 import os
 import pathlib
+import random
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -41,6 +43,10 @@ PUBLIC_FIELDS = ("id", "url", "name", "tags", "description", "category", "subcat
                  "license", "gen_ai_preference", "type", "channels", "filesize", "bitrate", "bitdepth",
                  "duration", "samplerate", "username", "pack", "download", "previews", "num_downloads",
                  "avg_rating", "num_ratings", "num_comments", "is_remix", "was_remixed", "md5", "is_explicit")
+FAULT_KINDS = ("status", "reset", "stall", "truncated-json", "content-type", "truncate", "corrupt", "duplicate-page",
+               "reorder", "delete-next")
+REQUEST_FAULTS = ("status", "reset", "stall", "truncated-json", "content-type", "duplicate-page", "reorder",
+                  "delete-next")
 _PREVIEW = re.compile(r"^/previews/(\d+)-(hq|lq)\.(mp3|ogg)$")
 _SOUND = re.compile(r"^/apiv2/sounds/(\d+)/(download/)?$")
 _TOKEN_IN_QS = re.compile(r"(token=)[^&\s]+")
@@ -55,6 +61,17 @@ class ReplicaSettings:
     default_page_size: int = 15
     rate_window_s: float = 60.0       # freesound.org counts per minute; tests shorten the window
     page_site: str | None = None      # site of the sounds' page URLs (default: this server)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (a timeout, a killed crawler) is routine here, not a traceback."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            log.debug("client %s went away", client_address[0])
+            return
+        super().handle_error(request, client_address)
 
 
 class _Throttle:
@@ -98,12 +115,13 @@ class ReplicaServer:
         self.cache_dir = pathlib.Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.throttle = _Throttle(self.settings.rate_limit_per_minute, self.settings.rate_window_s)
-        self._faults: list[list] = []
-        self._truncations: list[list] = []
+        self._faults: list[dict] = []
+        self.faults_injected: collections.Counter = collections.Counter()
+        self.deleted_by_fault: list[int] = []
         self.throttled = 0
         self.request_counts: collections.Counter = collections.Counter()
         self._preview_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd = _QuietServer((host, port), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.replica = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
@@ -155,30 +173,38 @@ class ReplicaServer:
         with self._lock:
             self._sounds.pop(sound_id, None)
 
+    def inject(self, path_pattern: str, kind: str, *, times: int = 1, **opts: Any) -> None:
+        """Misbehave on the next ``times`` requests whose path matches ``path_pattern``.
+
+        kinds: ``status`` (``status``=500/502/503/429..., optional ``retry_after``), ``reset`` (drop the
+        connection without answering), ``stall`` (wait ``seconds`` first), ``truncated-json`` (a JSON body
+        cut short), ``content-type`` (a 200 HTML page instead of JSON), ``truncate`` (a file body that
+        stops halfway), ``corrupt`` (a file body with flipped bytes: md5 mismatch), ``duplicate-page``
+        (a search page answers with the previous page's results), ``reorder`` (a search page's
+        results shuffled), ``delete-next`` (after this search page, the first sound of the next page
+        is deleted, as if removed between two requests).
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind {kind!r}: one of {', '.join(FAULT_KINDS)}")
+        with self._lock:
+            self._faults.append({"pattern": re.compile(path_pattern), "kind": kind, "times": times, **opts})
+            self.faults_injected[kind] += 0
+
     def inject_fault(self, path_pattern: str, status: int, *, times: int = 1, retry_after: str | None = None,
                      detail: str = "Injected fault") -> None:
         """Answer the next ``times`` requests whose path matches with ``status`` (e.g. 503, 429)."""
-        with self._lock:
-            self._faults.append([re.compile(path_pattern), status, times, retry_after, detail])
+        self.inject(path_pattern, "status", times=times, status=status, retry_after=retry_after, detail=detail)
 
     def inject_truncation(self, path_pattern: str, *, times: int = 1) -> None:
         """The next ``times`` file responses on matching paths announce the full length but stop halfway."""
-        with self._lock:
-            self._truncations.append([re.compile(path_pattern), times])
+        self.inject(path_pattern, "truncate", times=times)
 
-    def _take_truncation(self, path: str) -> bool:
-        with self._lock:
-            for t in self._truncations:
-                if t[1] > 0 and t[0].search(path):
-                    t[1] -= 1
-                    return True
-        return False
-
-    def _take_fault(self, path: str):
+    def _take_fault(self, path: str, kinds: tuple[str, ...] | None = None) -> dict | None:
         with self._lock:
             for f in self._faults:
-                if f[2] > 0 and f[0].search(path):
-                    f[2] -= 1
+                if f["times"] > 0 and (kinds is None or f["kind"] in kinds) and f["pattern"].search(path):
+                    f["times"] -= 1
+                    self.faults_injected[f["kind"]] += 1
                     return f
         return None
 
@@ -246,6 +272,13 @@ class _Handler(BaseHTTPRequestHandler):
     # -- helpers ---------------------------------------------------------------------------------
     def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
+        if status == 200 and getattr(self, "_page_fault", None) and self._page_fault["kind"] == "truncated-json":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data) // 2))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            return
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -264,19 +297,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(size))
         if filename:
             self.send_header("Content-Disposition", f'attachment; filename="{filename}"')
-        truncate = self.replica._take_truncation(urlsplit(self.path).path)
-        if truncate:
+        fault = self.replica._take_fault(urlsplit(self.path).path, ("truncate", "corrupt"))
+        if fault and fault["kind"] == "truncate":
             self.send_header("Connection", "close")
         self.end_headers()
-        if truncate:
+        if fault and fault["kind"] == "truncate":
             with open(path, "rb") as f:
                 self.wfile.write(f.read(size // 2))
             self.wfile.flush()
             self.close_connection = True
             return
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 16):
-                self.wfile.write(chunk)
+            data = f.read()
+        if fault and fault["kind"] == "corrupt":     # same length, other bytes: only a checksum can tell
+            mid = len(data) // 2
+            data = data[:mid] + bytes(b ^ 0x5A for b in data[mid:mid + 64]) + data[mid + 64:]
+        self.wfile.write(data)
 
     def _credential(self, params: dict[str, list[str]]) -> tuple[str, str] | None:
         auth = self.headers.get("Authorization", "")
@@ -295,9 +331,33 @@ class _Handler(BaseHTTPRequestHandler):
         path = url.path
         r = self.replica
         r.request_counts[path] += 1
-        fault = r._take_fault(path)
+        fault = r._take_fault(path, REQUEST_FAULTS)
+        self._page_fault = None
         if fault is not None:
-            return self._error(fault[1], fault[4], {"Retry-After": fault[3]} if fault[3] else None)
+            kind = fault["kind"]
+            if kind == "status":
+                ra = fault.get("retry_after")
+                return self._error(fault["status"], fault.get("detail", "Injected fault"),
+                                   {"Retry-After": ra} if ra else None)
+            if kind == "reset":
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return None
+            if kind == "stall":
+                time.sleep(float(fault.get("seconds", 5.0)))
+            elif kind == "content-type":
+                body = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return None
+            else:
+                self._page_fault = fault      # truncated-json and the search-page kinds act on the answer
         try:
             if path == "/health":
                 return self._json(200, {"status": "ok", "sounds": len(r._sounds)})
@@ -370,6 +430,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             fields = list(DEFAULT_FIELDS)
         chunk = hits[(page - 1) * page_size: page * page_size]
+        pf = getattr(self, "_page_fault", None)
+        if pf and pf["kind"] == "duplicate-page" and page > 1:
+            chunk = hits[(page - 2) * page_size: (page - 1) * page_size]
+        elif pf and pf["kind"] == "reorder":
+            chunk = random.Random(page).sample(chunk, len(chunk))
+        elif pf and pf["kind"] == "delete-next" and page * page_size < len(hits):
+            r.delete_sound(hits[page * page_size]["id"])
+            r.deleted_by_fault.append(hits[page * page_size]["id"])
 
         def link(p: int) -> str:
             # the token (if passed as a parameter) is never echoed back into links
