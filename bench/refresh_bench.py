@@ -76,7 +76,9 @@ def main() -> None:
                 again = run(str(cfg), base_url=srv.api_url)
                 rerun = time.perf_counter() - t
                 items = out["freesound"]["items"] + out["fma"].get("tracks", 0)
-                audio = sum(s["duration"] for s in sounds) + sum(e["duration"] for e in corpus if e["replica"] == "fma")
+                from sao.catalog import Catalog
+                with Catalog(tmp / runner / "c.duckdb", read_only=True) as cat:   # the audio the run stored
+                    audio = cat.query("SELECT sum(duration) AS s FROM recordings WHERE audio_path IS NOT NULL")[0]["s"]
                 rows.append({"runner": f"{runner}:{a.workers}", "items": items, "first_s": round(first, 1),
                              "items_per_s": round(items / first, 2), "audio_s_per_s": round(audio / first, 1),
                              "screened": out["music_screen"]["screened"], "embedded": out["embed"]["embedded"],

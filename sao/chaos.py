@@ -245,7 +245,7 @@ def _analysis_after_kills(root, cfg, env, log, rng, res: ScenarioResult) -> None
     from .dedup.store import load_embeddings
     cli = [sys.executable, "-m", "sao.cli", "--config", str(cfg)]
     for stage in ("screen", "embed"):
-        if not _until_done(cli + [stage, "--uncalibrated"], env, log, rng, 1, res, stage=stage, window=(2.0, 9.0)):
+        if not _until_done(cli + [stage, "--uncalibrated"], env, log, rng, 1, res, stage=stage, window=(1.5, 6.0)):
             res.lost.append(f"sao {stage} never completed")
             return
     with Catalog(root / "catalog.duckdb", read_only=True) as cat:
@@ -292,7 +292,7 @@ def _training_after_kills(root, env, log, rng, res: ScenarioResult) -> None:
 def _shards_after_kills(root, cfg, env, log, rng, res: ScenarioResult) -> None:
     """A shard build killed once and rerun must equal an uninterrupted build of the same catalogue."""
     base = [sys.executable, "-m", "sao.cli", "--config", str(cfg), "shards", "build", "--name"]
-    if not _until_done(base + ["killed"], env, log, rng, 1, res, stage="shards build"):
+    if not _until_done(base + ["killed"], env, log, rng, 1, res, stage="shards build", window=(0.5, 3.0)):
         res.lost.append("shards build never completed")
         return
     if _run(base + ["clean"], env, log, None)[0] != 0:
@@ -309,7 +309,7 @@ def _shards_after_kills(root, cfg, env, log, rng, res: ScenarioResult) -> None:
     res.leaks += [x for x in _leaks(root / "shards", [TOKEN, OAUTH])]
 
 
-def run(scenarios: int, *, faults: int = 12, kills: int = 2, seed: int = 0, shards: bool = True,
+def run(scenarios: int, *, faults: int = 12, kills: int = 3, seed: int = 0, shards: bool = True,
         train_every: int = 4, work: pathlib.Path | None = None, echo=print) -> list[ScenarioResult]:
     from .sources import sample_corpus
     from .sources.replica import build_fma_replica, build_freesound_sounds
@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", type=int, default=20)
     ap.add_argument("--faults", type=int, default=12, help="faults queued per scenario")
-    ap.add_argument("--kills", type=int, default=2, help="SIGKILLs per refresh (plus one per rerun and shard build)")
+    ap.add_argument("--kills", type=int, default=3,
+                    help="SIGKILLs per refresh (plus one each for the reconcile, screen, embed and shard build)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-shards", action="store_true")
     ap.add_argument("--train-every", type=int, default=4, help="kill a tiny training run in every Nth scenario (0: never)")
