@@ -85,6 +85,8 @@ def main() -> None:
                              "rerun_s": round(rerun, 1), "rerun_new": again["freesound"]["new"],
                              "rerun_cache_hits": again["cache_hits"]})
     finally:
+        from prefect.logging.handlers import APILogHandler
+        APILogHandler.flush()                     # send the runs' logs before the server goes
         stop_server(server)
     print(f"\nrefresh flow on the sample corpus ({len(sounds)} Freesound sounds served, "
           f"{sum(e['replica'] == 'fma' for e in corpus)} FMA tracks), batch_files={a.batch_files}, "
