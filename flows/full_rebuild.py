@@ -38,8 +38,7 @@ def rebuild(config_path: str | None = None, release: str | None = None) -> dict[
         rel = tally.result(attribution_flow.release_task(config_path, release, return_state=True))
         built = shards_flow.run(config_path, release=rel["name"])
         report = attribution_flow.attribution(config_path, rel["name"])
-        stages.update(release=rel, shards={k: v for k, v in built.items() if k not in ("shard_sha256", "settings")},
-                      report=report["report"])
+        stages.update(release=rel, shards=shards_flow.summary(built), report=report["report"])
     return {"release": rel, "shards": built, "report": report["report"]}
 
 
@@ -53,9 +52,7 @@ def full_rebuild(config_path: str | None = None, release: str | None = None, bas
         stages.update({k: v for k, v in out.items() if k not in ("run_id", "cache_hits")})
         tally.cache_hits += out.get("cache_hits", 0)
         built = rebuild(config_path, release)
-        stages.update(release=built["release"], shards={k: v for k, v in built["shards"].items()
-                                                        if k not in ("shard_sha256", "settings")},
-                      report=built["report"])
+        stages.update(release=built["release"], shards=shards_flow.summary(built["shards"]), report=built["report"])
         if train:
             from .train import train as train_flow
             out_dir = train_out or str(cfg.path(cfg.paths.checkpoints) / built["release"]["name"])

@@ -10,12 +10,10 @@ server each worker process would start a private server and the shared rate limi
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import logging
 import os
 import pathlib
-import time
 from typing import Any, Iterator
 
 from prefect import Task
@@ -174,33 +172,15 @@ class Tally:
 def recorded_run(config_path: str | None, flow: str, runner: str, *, catalog: str | None = None
                  ) -> Iterator[tuple[dict[str, Any], Tally]]:
     """Yield (stages, tally); on exit write the run summary to the catalogue (the config's, or
-    ``catalog``), failed runs included."""
+    ``catalog``), failed runs included, with the Prefect flow run and its cache hits."""
     from prefect.runtime import flow_run
 
-    from sao.catalog import Catalog
-    from sao.runs import record_run
+    from sao.runs import recording
     cfg = config_mod.load(config_path)
-    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    t0 = time.perf_counter()
-    stages: dict[str, Any] = {}
     tally = Tally()
-    status, error = "failed", None
-    try:
-        yield stages, tally
-        status = "completed"
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        secrets = [config_mod.freesound_token(cfg), config_mod.freesound_oauth_token(cfg),
-                   os.environ.get(cfg.review.detection_key_env)]
+    with recording(catalog or cfg.catalog_path, flow=flow, config_hash=cfg.config_hash(), task_runner=runner,
+                   secrets=config_mod.secrets(cfg), flow_run_id=str(flow_run.id) if flow_run.id else None) as rec:
         try:
-            with Catalog(catalog or cfg.catalog_path) as cat:
-                stages["run_id"] = record_run(
-                    cat, flow=flow, started=started, status=status, stages=stages, seconds=time.perf_counter() - t0,
-                    config_hash=cfg.config_hash(), flow_run_id=str(flow_run.id) if flow_run.id else None,
-                    task_runner=runner, cache_hits=tally.cache_hits, error=error, secrets=secrets)
-        except Exception as exc:  # noqa: BLE001 - never hide the flow's own error behind this one
-            log.error("could not record the %s run summary in %s: %s", flow, cfg.catalog_path, exc)
-            if status == "completed":
-                raise
+            yield rec.stages, tally
+        finally:
+            rec.cache_hits = tally.cache_hits

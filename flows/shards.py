@@ -63,9 +63,14 @@ def shards(config_path: str | None = None, name: str | None = None, release: str
         futures = write_shard_task.map(plan.specs, ctx=unmapped(plan.ctx)) if plan.specs else []
         results = tally.results(futures)
         out = tally.result(finalize(config_path, plan, results, time.perf_counter() - t0, return_state=True))
-        stages["shards"] = {k: v for k, v in out.items() if k not in ("shard_sha256", "settings")}
+        stages["shards"] = summary(out)
         print(f"shards {out['name']}: {out['shards']} shard(s), {out['bytes'] / 1e6:.1f} MB at {out['location']}")
     return out
+
+
+def summary(out: dict[str, Any]) -> dict[str, Any]:
+    """A build's result without its per-shard checksums and settings (what a run summary keeps)."""
+    return {k: v for k, v in out.items() if k not in ("shard_sha256", "settings")}
 
 
 def shards_runner(cfg, kind: str | None = None, workers: int | None = None):

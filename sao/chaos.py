@@ -130,11 +130,8 @@ def _no_pending_downloads(db: pathlib.Path):
 
 
 def _sha_name_ok(path: pathlib.Path) -> bool:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return path.name.split(".")[0] == h.hexdigest()
+    from .fsutil import sha256_file
+    return path.name.split(".")[0] == sha256_file(path)
 
 
 def _leaks(root: pathlib.Path, secrets: list[str]) -> list[str]:
@@ -298,13 +295,14 @@ def _shards_after_kills(root, cfg, env, log, rng, res: ScenarioResult) -> None:
     if _run(base + ["clean"], env, log, None)[0] != 0:
         res.lost.append("uninterrupted shards build failed")
         return
+    from .fsutil import sha256_file
     a = json.loads((root / "shards" / "killed" / "plan.json").read_text())
     b = json.loads((root / "shards" / "clean" / "plan.json").read_text())
     if a["shard_sha256"] != b["shard_sha256"]:
         res.duplicates.append("shard build after a kill differs from an uninterrupted build")
     for p in (root / "shards").rglob("*.tar"):
         want = a["shard_sha256"].get(p.name) or b["shard_sha256"].get(p.name)
-        if want and hashlib.sha256(p.read_bytes()).hexdigest() != want:
+        if want and sha256_file(p) != want:
             res.duplicates.append(f"{p.relative_to(root)}: a partial shard under its final name")
     res.leaks += [x for x in _leaks(root / "shards", [TOKEN, OAUTH])]
 

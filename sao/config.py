@@ -275,6 +275,13 @@ def freesound_oauth_token(cfg: Config) -> str | None:
     return os.environ.get(cfg.freesound.oauth_token_env, "").strip() or None
 
 
+def secrets(cfg: Config) -> list[str]:
+    """Every credential this config can reach (to redact from anything stored or printed)."""
+    return [x for x in (freesound_token(cfg), freesound_oauth_token(cfg),
+                        os.environ.get(cfg.review.detection_key_env), *cfg.replica.api_tokens,
+                        *cfg.replica.oauth_tokens) if x]
+
+
 def shards_root(cfg: Config) -> str:
     """The shards root as a URL or absolute path (relative paths resolve against the config)."""
     return cfg.shards.root if "://" in cfg.shards.root else str(cfg.path(cfg.shards.root))

@@ -214,44 +214,26 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
 
 
 def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> DemoContext:
-    import datetime as dt
+    from .config import secrets
+    from .runs import recording
     ctx = DemoContext(cfg)
     t0 = time.perf_counter()
-    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    done: dict[str, Any] = {}
-    status, error = "failed", None
-    try:
-        for i, (name, fn) in enumerate(STEPS, 1):
-            t = time.perf_counter()
-            stats = fn(ctx)
-            done[name] = stats
-            echo(f"[{i}/{len(STEPS)}] {name} ({time.perf_counter() - t:.2f}s)")
-            for k, v in stats.items():
-                echo(f"      {k}: {v}")
-        status = "completed"
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        if ctx.replica is not None:
-            ctx.replica.stop()
-        _record_demo_run(ctx, started, time.perf_counter() - t0, status, done, error)
+    # the demo's run summary, like a flow run's (once its catalogue exists)
+    with recording(cfg.catalog_path, flow="demo", config_hash=cfg.config_hash(), task_runner="inline",
+                   secrets=secrets(cfg), only_if_exists=True) as rec:
+        try:
+            for i, (name, fn) in enumerate(STEPS, 1):
+                t = time.perf_counter()
+                stats = fn(ctx)
+                rec.stages[name] = stats
+                echo(f"[{i}/{len(STEPS)}] {name} ({time.perf_counter() - t:.2f}s)")
+                for k, v in stats.items():
+                    echo(f"      {k}: {v}")
+        finally:
+            if ctx.replica is not None:
+                ctx.replica.stop()
     echo(f"\ndemo finished in {time.perf_counter() - t0:.1f}s (`sao status` lists the runs). Outputs:")
     for k, v in ctx.outputs.items():
         echo(f"  {k:18s} {pathlib.Path(v).resolve()}")
     return ctx
 
-
-def _record_demo_run(ctx: DemoContext, started, seconds: float, status: str, stages: dict, error: str | None) -> None:
-    """The demo's run summary in the catalogue, like a flow run's (once the catalogue exists)."""
-    from .catalog import Catalog
-    from .runs import record_run
-    if not ctx.cfg.catalog_path.exists():
-        return
-    try:
-        with Catalog(ctx.cfg.catalog_path) as cat:
-            record_run(cat, flow="demo", started=started, status=status, stages=stages, seconds=seconds,
-                       config_hash=ctx.cfg.config_hash(), task_runner="inline", error=error,
-                       secrets=list(ctx.cfg.replica.api_tokens) + list(ctx.cfg.replica.oauth_tokens))
-    except Exception as exc:  # noqa: BLE001 - a failed summary must not hide the demo's own outcome
-        log.error("could not record the demo run in %s: %s", ctx.cfg.catalog_path, exc)

@@ -3,10 +3,8 @@ license gate, download audio. The CLI, the demo and the Prefect flow (flows/refr
 call these; each opens the catalogue itself so it can run as an independent task."""
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import pathlib
-import time
 from typing import Any
 
 from . import config as config_mod
@@ -92,29 +90,18 @@ def refresh(cfg: Config, *, full: bool = False, reconcile: bool = False, fma_dir
             base_url: str | None = None, token: str | None = None) -> dict[str, Any]:
     """Run the metadata refresh (crawl, FMA, gate, download) and record a run summary in the catalogue.
     The scheduled Prefect flow (flows/refresh.py) runs these and the screens, review and dedup."""
-    from .runs import record_run
-    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    t0 = time.perf_counter()
+    from .runs import recording
     out: dict[str, Any] = {}
-    status, error = "failed", None
-    try:
-        out["freesound"] = stage_crawl_freesound(cfg, full=full, reconcile=reconcile, base_url=base_url, token=token)
-        out["fma"] = stage_ingest_fma(cfg, fma_dir)
+    with recording(cfg.catalog_path, flow="refresh", config_hash=cfg.config_hash(), task_runner="inline",
+                   secrets=[token, *config_mod.secrets(cfg)]) as rec:
+        rec.stages["freesound"] = out["freesound"] = stage_crawl_freesound(
+            cfg, full=full, reconcile=reconcile, base_url=base_url, token=token)
+        rec.stages["fma"] = out["fma"] = stage_ingest_fma(cfg, fma_dir)
         out["gate"] = stage_license_gate(cfg)
-        out["download"] = stage_download(cfg, base_url=base_url, token=token)
-        status = "completed"
-        return out
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        stages = {k: (gate_summary(v) if k == "gate" else v) for k, v in out.items()}
-        with Catalog(cfg.catalog_path) as cat:
-            out["run_id"] = record_run(cat, flow="refresh", started=started, status=status, stages=stages,
-                                       seconds=time.perf_counter() - t0, config_hash=cfg.config_hash(),
-                                       task_runner="inline", error=error,
-                                       secrets=[token, config_mod.freesound_token(cfg),
-                                                config_mod.freesound_oauth_token(cfg)])
+        rec.stages["gate"] = gate_summary(out["gate"])
+        rec.stages["download"] = out["download"] = stage_download(cfg, base_url=base_url, token=token)
+    out["run_id"] = rec.run_id
+    return out
 
 
 def gate_summary(st) -> dict[str, Any]:

@@ -6,15 +6,21 @@ redacted of every secret first, so a token in an exception never reaches the cat
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import json
+import logging
+import pathlib
+import time
 import uuid
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .catalog import Catalog
 
 RUN_STATUSES = ("completed", "failed")
+log = logging.getLogger(__name__)
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
@@ -101,6 +107,44 @@ def record_run(cat: Catalog, *, flow: str, started: dt.datetime, status: str, st
          task_runner, round(seconds, 3), stages_json, cache_hits,
          redact(error, secrets)[:2000] if error else None])
     return run_id
+
+
+@dataclasses.dataclass
+class RunRecording:
+    stages: dict[str, Any] = dataclasses.field(default_factory=dict)   # filled by the run as it goes
+    cache_hits: int | None = None
+    run_id: str | None = None
+
+
+@contextlib.contextmanager
+def recording(catalog_path: str | pathlib.Path, *, flow: str, config_hash: str, task_runner: str | None,
+              secrets: Iterable[str | None] = (), flow_run_id: str | None = None, only_if_exists: bool = False
+              ) -> Iterator[RunRecording]:
+    """Time a run and, when it ends (failed runs included), write its summary from the stages it
+    filled in. A summary that cannot be written never hides the run's own error."""
+    rec = RunRecording()
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    t0 = time.perf_counter()
+    status, error = "failed", None
+    try:
+        yield rec
+        status = "completed"
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if not (only_if_exists and not pathlib.Path(catalog_path).exists()):
+            try:
+                with Catalog(catalog_path) as cat:
+                    rec.run_id = record_run(cat, flow=flow, started=started, status=status, stages=rec.stages,
+                                            seconds=time.perf_counter() - t0, config_hash=config_hash,
+                                            flow_run_id=flow_run_id, task_runner=task_runner,
+                                            cache_hits=rec.cache_hits, error=error, secrets=secrets)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                log.error("could not record the %s run summary in %s: %s", flow, catalog_path, exc)
+                if status == "completed":
+                    raise
+            rec.stages["run_id"] = rec.run_id
 
 
 def latest_runs(cat: Catalog, limit: int = 10) -> list[dict[str, Any]]:

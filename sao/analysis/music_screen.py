@@ -23,7 +23,7 @@ import soundfile as sf
 import torch
 
 from ..audio import AudioDecodeError
-from ..audio.io import check_complete
+from ..audio.io import check_complete, probe
 from ..catalog import Catalog, Decision
 from ..log import progress
 from .music_rule import MusicRule, audioset_labels, longest_run, music_rule
@@ -70,6 +70,7 @@ def stream_windows(path: str, window: int, *, short_pad: int = SAMPLE_RATE) -> I
     A file shorter than one window yields a single window padded only to whole multiples of
     ``short_pad`` samples (1 s), so short sounds do not cost a full window of compute."""
     import soxr
+    probe(path)                       # empty, unreadable and truncated-WAV files fail here, named
     try:
         f = sf.SoundFile(path)
     except Exception as exc:

@@ -76,9 +76,8 @@ def wav_declared_frames(path) -> int | None:
 def check_complete(path, read: int, announced: int) -> None:
     """A file that decodes fewer frames than its header announces was cut short (libsndfile reads
     what is there without complaint). MP3 frame counts are estimates: a couple of MP3 frames or
-    2 % of slack is allowed. A file with no audio frames at all is refused too."""
-    declared = wav_declared_frames(path)
-    announced = max(announced, declared or 0)
+    2 % of slack is allowed. A file with no audio frames at all is refused too. (A WAV's own
+    header is checked by ``probe``: libsndfile's frame count already hides its truncation.)"""
     if read == 0:
         raise AudioDecodeError(f"{path}: no audio frames decode" + (f" (header announces {announced})" if announced else ""))
     if announced - read > max(4608, 0.02 * announced):

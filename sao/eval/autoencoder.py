@@ -31,27 +31,19 @@ class EvalError(ValueError):
 def load_autoencoder(checkpoint: str | pathlib.Path | None, model_config: str = "tiny", *,
                      uncalibrated: bool = False, device: str | None = None):
     """The configured autoencoder with weights from a `sao train vae` checkpoint or a whole-model
-    checkpoint (its ``pretransform.model.`` part). Returns (autoencoder, checkpoint sha256 or None)."""
-    from safetensors.torch import load_file
-
+    checkpoint (its ``pretransform.model.`` part), read safely by the model factory. Returns
+    (autoencoder, checkpoint sha256 or None)."""
     from ..fsutil import sha256_file
-    from ..models.factory import create_autoencoder, load_config
+    from ..models.factory import CheckpointMismatch, create_autoencoder, load_checkpoint, load_config
     cfg = load_config(model_config)
     ae = create_autoencoder(cfg["model"]["pretransform"]["config"], cfg["sample_rate"])
     sha = None
     if checkpoint:
-        p = pathlib.Path(checkpoint)
-        if p.suffix != ".safetensors":
-            raise EvalError(f"{p}: autoencoder checkpoints are read from .safetensors only")
-        state = load_file(str(p))
-        prefix = "pretransform.model."
-        if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         try:
-            ae.load_state_dict(state)
-        except RuntimeError as exc:
-            raise EvalError(f"{p}: does not fit the {model_config} autoencoder: {str(exc)[:300]}") from None
-        sha = sha256_file(p)
+            load_checkpoint(ae, checkpoint, prefix="pretransform.model.")
+        except CheckpointMismatch as exc:
+            raise EvalError(f"{checkpoint}: does not fit the {model_config} autoencoder: {str(exc)[:300]}") from None
+        sha = sha256_file(checkpoint)
     elif not uncalibrated:
         raise EvalError("no autoencoder checkpoint: pass one, or --uncalibrated to score random weights (marked so)")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

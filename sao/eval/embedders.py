@@ -14,7 +14,7 @@ Every audio input is peak-normalised to -1 dBFS first, as stable-audio-metrics d
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class ClapAudio:
     def name(self) -> str:
         return f"LAION-CLAP {self.cm.amodel} audio ({weights_tag(self.cm.checkpoint_sha256)})"
 
-    def embed(self, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    def embed(self, clips: Iterable[tuple[np.ndarray, int]]) -> np.ndarray:
         out = []
         for audio, sr in clips:
             wins = windows(to_mono(audio, sr, self.sample_rate), 10 * self.sample_rate, 10 * self.sample_rate)
@@ -83,7 +83,7 @@ class PannsTagger:
     def name(self) -> str:
         return f"PANNs Cnn14_DecisionLevelMax logits ({weights_tag(self.lm.checkpoint_sha256)})"
 
-    def logits(self, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    def logits(self, clips: Iterable[tuple[np.ndarray, int]]) -> np.ndarray:
         out = []
         for audio, sr in clips:
             wins = windows(to_mono(audio, sr, self.sample_rate), 10 * self.sample_rate, 5 * self.sample_rate)

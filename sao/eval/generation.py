@@ -90,32 +90,39 @@ def score(prompts: list[dict[str, Any]], generated: Sequence[str], *, fd_embedde
     """FD (reference vs generated embedding sets), KL per caption and CLAP score per caption.
     ``clap`` is (ClapAudio, ClapText). A metric whose model or references are missing is left out."""
     from ..audio import load
+
+    def clips(paths):                  # decoded one at a time: thousands of clips never sit in memory
+        return (load(x) for x in paths)
+
     captions = [p["caption"] for p in prompts]
-    gen = [load(g) for g in generated]
-    refs = [load(p["reference"]) if p["reference"] else None for p in prompts]
+    paired = [i for i, p in enumerate(prompts) if p["reference"]]
+    refs = [prompts[i]["reference"] for i in paired]
     per = [{"id": p["id"], "caption": p["caption"], "speech": metrics.has_speech(p["caption"]),
             "connector": metrics.has_connector(p["caption"])} for p in prompts]
     out: dict[str, Any] = {"embedders": {}, "seconds": {}}
+    gen_audio = None
     if clap is not None:
         audio_e, text_e = clap
         t = time.perf_counter()
-        sims = metrics.cosine(audio_e.embed(gen), text_e.embed(captions))
+        gen_audio = audio_e.embed(clips(generated))
+        sims = metrics.cosine(gen_audio, text_e.embed(captions))
         out["seconds"]["clap_score"] = time.perf_counter() - t
         out["embedders"]["clap_score"] = text_e.name
         for row, s in zip(per, sims):
             row["clap_score"] = float(s)
-    paired = [i for i, r in enumerate(refs) if r is not None]
     if tagger is not None and paired:
         t = time.perf_counter()
-        kl = metrics.kl_generated_vs_reference(tagger.logits([gen[i] for i in paired]),
-                                               tagger.logits([refs[i] for i in paired]))
+        kl = metrics.kl_generated_vs_reference(tagger.logits(clips(generated[i] for i in paired)),
+                                               tagger.logits(clips(refs)))
         out["seconds"]["kl"] = time.perf_counter() - t
         out["embedders"]["kl"] = tagger.name
         for i, v in zip(paired, kl):
             per[i]["kl"] = float(v)
     if fd_embedder is not None and len(paired) >= 2:
         t = time.perf_counter()
-        out["fd"] = metrics.fd(fd_embedder.embed([refs[i] for i in paired]), fd_embedder.embed(gen))
+        # the CLAP score's audio embeddings serve FD too when the same embedder is named for both
+        gen_fd = gen_audio if clap is not None and fd_embedder is clap[0] else fd_embedder.embed(clips(generated))
+        out["fd"] = metrics.fd(fd_embedder.embed(clips(refs)), gen_fd)
         out["seconds"]["fd"] = time.perf_counter() - t
         out["embedders"]["fd"] = fd_embedder.name
     out["prompts"] = per

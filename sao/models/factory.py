@@ -111,9 +111,10 @@ def create_model(config: dict[str, Any] | str, *, t5_path: str | None = None, de
         return ConditionedDiffusionModel(cfg, t5_path=t5_path, checkpointing=checkpointing)
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, prefix: str = "") -> None:
     """Load ``model.safetensors`` (safetensors) or ``model.ckpt`` ({"state_dict": ...}, weights_only);
-    any missing or unexpected key is an error that names them."""
+    any missing or unexpected key is an error that names them. With ``prefix``, a checkpoint of a
+    larger model holding keys under it (e.g. a whole model's ``pretransform.model.``) gives just that part."""
     p = pathlib.Path(path)
     if not p.is_file():
         raise CheckpointMismatch(f"checkpoint {p} does not exist")
@@ -128,6 +129,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         raise CheckpointMismatch(f"checkpoint {p} cannot be read safely: {exc}") from exc
     if not isinstance(state, dict):
         raise CheckpointMismatch(f"checkpoint {p}: no state dict inside")
+    if prefix and any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
