@@ -46,9 +46,11 @@ def pending_downloads(cat: Catalog, source: str = "freesound") -> list[dict]:
 
 
 def download_items(client: FreesoundClient, items: list[dict], store: str | os.PathLike, *,
-                   originals: bool = False, show_progress: bool = True) -> tuple[list[dict], DownloadStats]:
+                   originals: bool = False, show_progress: bool = True, on_stored=None
+                   ) -> tuple[list[dict], DownloadStats]:
     """Fetch the audio of ``pending_downloads`` items into the store; touches no catalogue, so
-    batches can run on any worker. Returns ({recording_id, sha256, audio_path, variant}, stats)."""
+    batches can run on any worker. Returns ({recording_id, sha256, audio_path, variant}, stats);
+    ``on_stored(entry)`` is called as each file lands (to record it at once)."""
     stats = DownloadStats(candidates=len(items))
     t0 = time.perf_counter()
     done = []
@@ -71,6 +73,8 @@ def download_items(client: FreesoundClient, items: list[dict], store: str | os.P
             continue
         done.append({"recording_id": rid, "sha256": sha, "audio_path": os.path.relpath(path, store),
                      "variant": "original" if originals else "preview-hq-mp3"})
+        if on_stored:
+            on_stored(done[-1])
         stats.downloaded += 1
         stats.bytes += size
         stats.audio_seconds += item["duration"] or 0.0
@@ -87,15 +91,6 @@ def record_downloads(cat: Catalog, done: list[dict]) -> int:
 def download_audio(cat: Catalog, client: FreesoundClient, store: str | os.PathLike, *, originals: bool = False,
                    limit: int | None = None) -> DownloadStats:
     # each file is recorded as soon as it is stored, so an interrupted run keeps what it fetched
-    todo = pending_downloads(cat)[:limit]
-    stats = DownloadStats(candidates=len(todo))
-    t0 = time.perf_counter()
-    for item in progress(todo, desc="download", unit="file"):
-        done, st = download_items(client, [item], store, originals=originals, show_progress=False)
-        record_downloads(cat, done)
-        stats.downloaded += st.downloaded
-        stats.failed += st.failed
-        stats.bytes += st.bytes
-        stats.audio_seconds += st.audio_seconds
-    stats.seconds = time.perf_counter() - t0
+    _, stats = download_items(client, pending_downloads(cat)[:limit], store, originals=originals,
+                              on_stored=lambda d: record_downloads(cat, [d]))
     return stats
