@@ -11,7 +11,7 @@ from sao.licensing import canonical_license, deed_url
     ("http://creativecommons.org/licenses/sampling+/1.0/", "cc-sampling+-1.0"),
     ("http://creativecommons.org/licenses/by-nc/4.0/", "cc-by-nc-4.0"),
     ("http://creativecommons.org/licenses/by-nc-sa/3.0/us/", "cc-by-nc-sa-3.0"),
-    ("http://i.creativecommons.org/l/by-nc-sa/3.0/us/88x31.png", "cc-by-nc-sa-3.0"),
+    ("http://i.creativecommons.org/l/by-nc-sa/3.0/us/88x31.png", "unknown"),   # a badge image, not a deed URL
     ("http://creativecommons.org/publicdomain/mark/1.0/", "pdm-1.0"),
     ("https://evil.example/licenses/by/4.0/", "unknown"),
     ("Creative Commons 0", "cc0-1.0"),

@@ -1,8 +1,9 @@
 """License identification, the license gate and attribution fields (pure, no I/O)."""
 from .attribution import freesound_attribution_line, license_name_with_version, tasl
 from .canonical import CANONICAL_URLS, UNKNOWN, canonical_license, deed_url
-from .gate import ALLOWED_LICENSES, GateResult, LicensePolicy, license_gate, resolve_license
+from .gate import GateResult, LicensePolicy, license_gate, resolve_license
+from .table import ALLOWED_LICENSES, LICENSES, license_name
 
-__all__ = ["ALLOWED_LICENSES", "CANONICAL_URLS", "GateResult", "LicensePolicy", "UNKNOWN", "canonical_license",
-           "deed_url", "freesound_attribution_line", "license_gate", "license_name_with_version", "resolve_license",
-           "tasl"]
+__all__ = ["ALLOWED_LICENSES", "CANONICAL_URLS", "GateResult", "LICENSES", "LicensePolicy", "UNKNOWN",
+           "canonical_license", "deed_url", "freesound_attribution_line", "license_gate", "license_name",
+           "license_name_with_version", "resolve_license", "tasl"]

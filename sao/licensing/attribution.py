@@ -2,13 +2,13 @@
 attribution line. Pure functions over a crawled record."""
 from __future__ import annotations
 
-_NAMES = {
-    "cc0-1.0": "Creative Commons 0", "cc-by-3.0": "Attribution 3.0", "cc-by-4.0": "Attribution 4.0",
-    "cc-sampling+-1.0": "Sampling+", "cc-by-nc-3.0": "Attribution NonCommercial 3.0",
-    "cc-by-nc-4.0": "Attribution NonCommercial 4.0",
-}
-_SPDX = {"cc0-1.0": "CC0-1.0", "cc-by-3.0": "CC-BY-3.0", "cc-by-4.0": "CC-BY-4.0",
-         "cc-sampling+-1.0": "CC-Sampling+-1.0"}
+from .table import LICENSES
+
+# Freesound's "name with version" of the admitted licenses (the table), and of the NonCommercial
+# ones Freesound also offers: the crawl writes a line for every sound, admitted or not.
+_NAMES = {row.canonical: row.freesound_name for row in LICENSES}
+_NAMES.update({"cc-by-nc-3.0": "Attribution NonCommercial 3.0", "cc-by-nc-4.0": "Attribution NonCommercial 4.0"})
+_SPDX = {row.canonical: row.spdx for row in LICENSES}
 
 
 def license_name_with_version(canonical: str) -> str:

@@ -1,128 +1,150 @@
-"""Canonical license ids from license URLs, Freesound names and FMA license titles.
+"""Canonical license ids from license URLs, Freesound names and FMA license titles, by exact tables.
 
-Freesound returns the deed URL (http or https, 3.0 and 4.0 coexist); FMA's raw_tracks.csv
-has a title and a URL; Debian copyright files use SPDX-like names. Everything maps to ids
-such as ``cc0-1.0``, ``cc-by-4.0``, ``cc-sampling+-1.0``, ``cc-by-nc-sa-3.0``. Matching is exact:
-"Attribution" is a prefix of every NC/ND/SA variant, so nothing here matches by prefix, and
-anything not recognised is ``unknown`` (never silently allowed).
+Freesound returns the deed URL (http or https, 3.0 and 4.0 coexist) and its search filter
+uses four exact names; FMA's raw_tracks.csv has a title and a URL; the sample corpus
+(Debian copyright files) uses SPDX ids. Everything maps to ids such as ``cc0-1.0``,
+``cc-by-4.0``, ``cc-sampling+-1.0``, ``cc-by-nc-sa-3.0``.
+
+Nothing here parses or guesses: a URL must be one of the known deed URLs up to the
+variations CC itself serves (scheme, ``www.``, case, trailing slash, ``deed.xx`` and
+``legalcode`` pages, and for the licenses whose jurisdiction ports keep their terms a
+two-letter port), with no query, fragment, userinfo, port or other host; a name must be one
+of the known titles exactly as the source writes it. "Attribution" is a prefix of every
+NC/ND/SA variant and "Attribution 4.0 NonCommercial" is not a jurisdiction, so anything not in
+a table is ``unknown`` (which the gate rejects, showing the raw value).
 """
 from __future__ import annotations
 
 import re
-from urllib.parse import urlparse
+
+from .table import BY_ID, LICENSES
 
 UNKNOWN = "unknown"
 
-# Canonical id -> deed URL written back out (attribution files, replicas).
-CANONICAL_URLS = {
-    "cc0-1.0": "http://creativecommons.org/publicdomain/zero/1.0/",
-    "cc-by-3.0": "http://creativecommons.org/licenses/by/3.0/",
-    "cc-by-4.0": "https://creativecommons.org/licenses/by/4.0/",
-    "cc-sampling+-1.0": "http://creativecommons.org/licenses/sampling+/1.0/",
-    "cc-by-nc-3.0": "http://creativecommons.org/licenses/by-nc/3.0/",
-    "cc-by-nc-4.0": "https://creativecommons.org/licenses/by-nc/4.0/",
-    "cc-by-sa-2.0": "http://creativecommons.org/licenses/by-sa/2.0/",
-    "cc-by-sa-3.0": "http://creativecommons.org/licenses/by-sa/3.0/",
-    "cc-by-sa-4.0": "https://creativecommons.org/licenses/by-sa/4.0/",
-    "cc-by-nd-4.0": "https://creativecommons.org/licenses/by-nd/4.0/",
-    "pdm-1.0": "http://creativecommons.org/publicdomain/mark/1.0/",
+# Creative Commons licenses the gate may meet, admitted or not: recognised so that a rejection
+# names the license ("license-not-allowed: cc-by-nc-4.0") instead of "unknown".
+_CC_VERSIONS = ("1.0", "2.0", "2.5", "3.0", "4.0")
+_CC_KINDS = {kind: _CC_VERSIONS for kind in ("by", "by-sa", "by-nd", "by-nc", "by-nc-sa", "by-nc-nd")}
+_CC_KINDS.update({"sampling": ("1.0",), "sampling+": ("1.0",), "nc-sampling+": ("1.0",)})
+
+
+def _known() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(canonical -> deed URL, URL path -> canonical, canonical -> family) for every known license."""
+    urls, paths, family = {}, {}, {}
+    for kind, versions in _CC_KINDS.items():
+        for ver in versions:
+            cid = f"cc-{kind}-{ver}"
+            urls[cid] = f"{'https' if ver == '4.0' else 'http'}://creativecommons.org/licenses/{kind}/{ver}/"
+            paths[f"licenses/{kind}/{ver}"] = cid
+            family[cid] = f"cc-{kind}"
+    for kind, cid, fam in (("zero", "cc0-1.0", "cc0"), ("mark", "pdm-1.0", "pdm")):
+        urls[cid] = f"http://creativecommons.org/publicdomain/{kind}/1.0/"
+        paths[f"publicdomain/{kind}/1.0"] = cid
+        family[cid] = fam
+    for row in LICENSES:                          # the admitted ones are written out as the table says
+        urls[row.canonical] = row.deed_url
+        family[row.canonical] = row.family
+    return urls, paths, family
+
+
+CANONICAL_URLS, _URL_PATHS, _FAMILY = _known()
+assert set(BY_ID) <= set(_URL_PATHS.values()), "every admitted license needs its deed URL recognised"
+
+# Jurisdiction ports (/licenses/by/3.0/de/) carry the terms of the license they port. Admitted:
+# only CC BY 3.0 (its ports are still CC BY 3.0 terms; 4.0 and CC0 have no ports, and ports of
+# Sampling+ are not kept). Not admitted: ports of 2.x/3.0 licenses, recognised only to name them.
+_PORTED = frozenset({"cc-by-3.0"} | {c for c in CANONICAL_URLS
+                                     if c not in BY_ID and c.endswith(("-2.0", "-2.5", "-3.0"))})
+
+# The whole URL, lower-cased; fullmatch, so nothing may follow (no query, fragment, params,
+# a second URL after a newline), and the host is spelled out so userinfo, ports and lookalike
+# hosts never match. The language of a deed or legal-code page does not change the license.
+_LANG = r"[a-z]{2}(?:[-_][a-z0-9]{2,4})?"
+_URL = re.compile(
+    r"https?://(?:www\.)?creativecommons\.org/"
+    r"(?P<path>(?:licenses|publicdomain)/[a-z+-]+/\d\.\d)"
+    r"(?:/(?P<port>[a-z]{2}))?"
+    rf"(?:/|/deed\.{_LANG}|/legalcode(?:\.{_LANG})?)?")
+
+# Freesound's license names, exactly (its search matches them case-sensitively). "Attribution"
+# covers 3.0 and 4.0 alike: only the family, the version must come from the deed URL.
+FREESOUND_NAMES = {
+    "Creative Commons 0": "cc0-1.0",
+    "Attribution": "cc-by",
+    "Attribution NonCommercial": "cc-by-nc",
+    "Sampling+": "cc-sampling+-1.0",
 }
 
-_CC_PATH = re.compile(
-    r"^/licenses/(?P<kind>by(?:-nc)?(?:-sa|-nd)?|sampling\+|nc-sampling\+)/(?P<ver>\d\.\d)(?:/(?P<port>[a-z]{2}))?/?"
-    r"(?:deed(?:\.[a-zA-Z-]+)?|legalcode)?$")
-_PD_PATH = re.compile(r"^/publicdomain/(?P<kind>zero|mark)/(?P<ver>\d\.\d)/?(?:deed(?:\.[a-z-]+)?|legalcode)?$")
-
-# Exact names (lower-cased, whitespace-collapsed) -> canonical id.
-_NAMES = {
-    # Freesound filter names; "Attribution" has no version, so it maps to the family only.
-    "creative commons 0": "cc0-1.0",
-    "sampling+": "cc-sampling+-1.0",
-    "attribution": "cc-by",
-    "attribution noncommercial": "cc-by-nc",
-    # SPDX ids and the names used in Debian copyright files
-    "cc0-1.0": "cc0-1.0", "cc0 1.0 universal": "cc0-1.0", "cc0": "cc0-1.0",
-    "cc-by-3.0": "cc-by-3.0", "cc-by-4.0": "cc-by-4.0",
-    "cc-by-sa-2.0": "cc-by-sa-2.0", "cc-by-sa-3.0": "cc-by-sa-3.0", "cc-by-sa-4.0": "cc-by-sa-4.0",
-    "cc-by-nd-4.0": "cc-by-nd-4.0", "cc-by-nc-3.0": "cc-by-nc-3.0", "cc-by-nc-4.0": "cc-by-nc-4.0",
-    "cc-sampling+-1.0": "cc-sampling+-1.0", "cc-sampling-plus-1.0": "cc-sampling+-1.0",
-    # FMA license titles
-    "attribution 3.0 international": "cc-by-3.0", "attribution 3.0 united states": "cc-by-3.0",
-    "attribution 4.0 international": "cc-by-4.0", "creative commons attribution": "cc-by",
-    "attribution-sharealike": "cc-by-sa", "attribution-share alike 3.0 united states": "cc-by-sa-3.0",
-    "attribution-noncommercial": "cc-by-nc", "attribution-noncommercial 3.0 international": "cc-by-nc-3.0",
-    "public domain mark 1.0": "pdm-1.0",
-    "gpl-2.0-only": "gpl-2.0", "gpl-2.0-or-later": "gpl-2.0+", "gpl-3.0-or-later": "gpl-3.0+",
-    "free-art-1.2": "free-art-1.2", "public-domain": "public-domain",
+# FMA license titles, exactly as raw_tracks.csv / tracks.csv write them (the top titles of the
+# fma_metadata dump and those seen in real FMA metadata; shared/reference/data_pipeline.md).
+# Version-less titles map to the family only. A title not listed here is unknown.
+FMA_TITLES = {
+    "Attribution": "cc-by",
+    "Creative Commons Attribution": "cc-by",
+    "Attribution 3.0 United States": "cc-by-3.0",
+    "Attribution 3.0 International": "cc-by-3.0",
+    "Attribution 4.0 International": "cc-by-4.0",
+    "CC0 1.0 Universal": "cc0-1.0",
+    "Public Domain Mark 1.0": "pdm-1.0",
+    "Attribution-ShareAlike": "cc-by-sa",
+    "Attribution-Share Alike 3.0 United States": "cc-by-sa-3.0",
+    "Attribution-NoDerivatives 3.0 International": "cc-by-nd-3.0",
+    "Attribution-NoDerivatives 4.0 International": "cc-by-nd-4.0",
+    "Attribution-NonCommercial": "cc-by-nc",
+    "Attribution-NonCommercial 3.0 International": "cc-by-nc-3.0",
+    "Attribution-Noncommercial 3.0 United States": "cc-by-nc-3.0",
+    "Attribution-NonCommercial-ShareAlike": "cc-by-nc-sa",
+    "Attribution-NonCommercial-ShareAlike 3.0 International": "cc-by-nc-sa-3.0",
+    "Attribution-Noncommercial-Share Alike 3.0 United States": "cc-by-nc-sa-3.0",
+    "Attribution-NonCommercial-NoDerivatives (aka Music Sharing) 3.0 International": "cc-by-nc-nd-3.0",
+    "Attribution-Noncommercial-No Derivative Works 3.0 United States": "cc-by-nc-nd-3.0",
+    "Attribution-Noncommercial-No Derivative Works 3.0 Germany": "cc-by-nc-nd-3.0",
+    "Creative Commons Attribution-NonCommercial-NoDerivatives 4.0": "cc-by-nc-nd-4.0",
 }
 
+# SPDX ids (SPDX matches them case-insensitively, so the key is lower-cased), as the sample
+# corpus and Debian copyright files write them.
+_SPDX = {c: c for c in CANONICAL_URLS if c.startswith("cc")}
+_SPDX.update({"cc-sampling-plus-1.0": "cc-sampling+-1.0", "gpl-2.0-only": "gpl-2.0", "gpl-2.0-or-later": "gpl-2.0+",
+              "gpl-3.0-or-later": "gpl-3.0+", "free-art-1.2": "free-art-1.2", "public-domain": "public-domain"})
 
-def canonical_license(raw: str | None) -> str:
-    """Map a license URL or name to a canonical id; ``unknown`` when it cannot be identified.
+_NAMES = {**FMA_TITLES, **FREESOUND_NAMES}
+assert all(FMA_TITLES.get(k, v) == v for k, v in FREESOUND_NAMES.items()), "a name means one license"
+_FAMILY.update({c: c for c in _NAMES.values() if c not in _FAMILY})      # version-less ids are families
+
+
+def canonical_license(raw: object) -> str:
+    """Map a license URL or name to a canonical id; ``unknown`` when it is not exactly a known form.
 
     A bare family (``cc-by``) is returned when the source gives no version (Freesound's
-    "Attribution" filter name, some FMA titles): callers that need the version must read it
-    from a URL.
+    "Attribution" name, some FMA titles): callers that need the version must read it from a URL.
+    Surrounding whitespace is ignored (CSV cells, JSON strings); nothing inside is normalised.
     """
-    if raw is None:
+    if not isinstance(raw, str):
         return UNKNOWN
-    text = " ".join(str(raw).split())
+    text = raw.strip()
     if not text:
         return UNKNOWN
     if "://" in text or text.startswith("//"):
-        u = urlparse(text)
-        host = (u.hostname or "").lower()
-        if host not in ("creativecommons.org", "www.creativecommons.org", "i.creativecommons.org"):
-            return UNKNOWN
-        path = u.path
-        if host == "i.creativecommons.org":    # image URLs: /l/by-nc-sa/3.0/us/88x31.png
-            m = re.match(r"^/l/([a-z+-]+)/(\d\.\d)/", path)
-            path = f"/licenses/{m.group(1)}/{m.group(2)}/" if m else ""
-        m = _CC_PATH.match(path)
-        if m:
-            return f"cc-{m.group('kind')}-{m.group('ver')}"
-        m = _PD_PATH.match(path)
-        if m:
-            return f"{'cc0' if m.group('kind') == 'zero' else 'pdm'}-{m.group('ver')}"
+        return _from_url(text)
+    return _NAMES.get(text) or _SPDX.get(text.lower(), UNKNOWN)
+
+
+def _from_url(text: str) -> str:
+    if not text.isascii():                       # lookalike letters, zero-width spaces
         return UNKNOWN
-    known = _NAMES.get(text.lower())
-    if known:
-        return known
-    return _parse_cc_title(text)
-
-
-_TITLE = re.compile(r"^(?:creative commons\s+)?attribution(?P<rest>.*)$", re.IGNORECASE)
-
-
-def _parse_cc_title(text: str) -> str:
-    """Parse CC license titles as FMA writes them, e.g. 'Attribution-Noncommercial-Share Alike
-    3.0 United States' -> cc-by-nc-sa-3.0. Anything with leftover words is ``unknown``."""
-    m = _TITLE.match(text.strip())
+    m = _URL.fullmatch(text.lower())
     if not m:
         return UNKNOWN
-    rest = m.group("rest").lower()
-    rest = re.sub(r"\(aka music sharing\)", " ", rest)
-    version = None
-    vm = re.search(r"\b(\d\.\d)\b", rest)
-    if vm:
-        version = vm.group(1)
-        tail = rest[vm.end():].strip()
-        # jurisdiction ports ("United States", "Germany", "International") do not change the terms
-        if tail and not re.fullmatch(r"[a-z ]+", tail):
-            return UNKNOWN
-        rest = rest[:vm.start()]
-    parts = []
-    for pat, tag in ((r"non-?commercial", "nc"), (r"no ?derivatives|no derivative works|no ?derivs", "nd"),
-                     (r"share ?alike", "sa")):
-        if re.search(pat, rest):
-            parts.append(tag)
-            rest = re.sub(pat, " ", rest)
-    if re.sub(r"[\s,-]+", "", rest):
-        return UNKNOWN          # words we do not understand: never guess
-    if "nd" in parts and "sa" in parts:
+    canonical = _URL_PATHS.get(m.group("path"), UNKNOWN)
+    if m.group("port") and canonical not in _PORTED:
         return UNKNOWN
-    kind = "-".join(["cc-by", *parts])
-    return f"{kind}-{version}" if version else kind
+    return canonical
+
+
+def family(canonical: str) -> str:
+    """cc-by-4.0 -> cc-by, cc-sampling+-1.0 -> cc-sampling+, cc-by -> cc-by; ``unknown`` for an id no table knows."""
+    return _FAMILY.get(canonical, UNKNOWN)
 
 
 def deed_url(canonical: str) -> str:

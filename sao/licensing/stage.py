@@ -35,11 +35,14 @@ def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -
     rows = cat.con.execute(
         "SELECT recording_id, source, license_raw, license_url, "
         "json_extract_string(extra, '$.license_title') AS license_title, "
-        "json_extract_string(extra, '$.gen_ai_preference') AS gen_ai FROM recordings").fetchall()
+        # the preference as JSON, decoded below: json_extract_string would turn a list or a number
+        # into text that could look like a value; the gate refuses anything not a known string
+        "json_extract(extra, '$.gen_ai_preference') AS gen_ai FROM recordings").fetchall()
     decisions, new_takedowns = [], []
     policy_desc = policy.describe()
-    for rid, source, raw, url, title, gen_ai in rows:
+    for rid, source, raw, url, title, gen_ai_json in rows:
         stats.evaluated += 1
+        gen_ai = json.loads(gen_ai_json) if gen_ai_json is not None else None
         if source == "fma":
             result = license_gate(url, title, gen_ai_preference=gen_ai, policy=policy)
         else:
