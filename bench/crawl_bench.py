@@ -122,7 +122,7 @@ def main(n: int = 486_492) -> None:
         subset = 3000
         now = dt.datetime.now()
         first = json.loads((pages_dir / "page-00001.json").read_text())["results"]
-        recs = [sound_to_record(s, crawl_time=now, site="https://freesound.org") for s in first]
+        recs = [sound_to_record(s, crawl_time=now, site="https://freesound.org")[0] for s in first]
         recs = [dict(recs[i % len(recs)], source_id=str(10_000_000 + i)) for i in range(subset)]
         naive = naive_baseline(recs, d / "naive.duckdb")
 

@@ -10,18 +10,28 @@ Cursor rule: for each license search the catalogue keeps ``last_created``, the n
 ``created_asc``; the boundary item is fetched again and upserted in place. Resuming from the
 watermark (not from a page number) cannot skip items when the server's pages shift between
 the crash and the rerun; ``next_page`` records where the interrupted pass was, for reports.
+
+Every item is checked field by field (sao.sources.record_checks): a bad field is stored NULL
+with a ``record`` reject, an item whose id is unusable is counted and skipped, and the rest of
+its page is committed. ``updated`` counts only known items whose stored values changed (the
+boundary item fetched again on every rerun is not an update).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import logging
+import math
 import time
 from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
 
-from ..catalog import Catalog
-from ..licensing import canonical_license, freesound_attribution_line, tasl
+from ..catalog import Catalog, CatalogError
+from ..licensing import UNKNOWN, canonical_license, freesound_attribution_line, tasl
 from ..log import progress
+from . import record_checks as rc
 from .freesound import ALLOWED_LICENSE_NAMES, SEARCH_FIELDS, FreesoundClient
 
 log = logging.getLogger(__name__)
@@ -33,8 +43,10 @@ class CrawlStats:
     pages: int = 0
     items: int = 0
     new: int = 0
-    updated: int = 0
-    malformed: int = 0
+    updated: int = 0          # known items whose stored values changed (an unchanged re-fetch is not counted)
+    malformed: int = 0        # items that could not be stored (unusable id, NUL byte), once each per run
+    malformed_fields: int = 0  # items stored with bad fields left NULL and a ``record`` reject
+    malformed_reasons: list = dataclasses.field(default_factory=list)
     per_license: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     seen_ids: set = dataclasses.field(default_factory=set, repr=False)
@@ -44,47 +56,105 @@ class CrawlStats:
         return self.items / self.seconds if self.seconds else 0.0
 
 
-def parse_created(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.rstrip("Z")).replace(tzinfo=None)
-    except ValueError:
-        return None
+def parse_created(value: object) -> dt.datetime | None:
+    """A Freesound ``created`` value as naive UTC, or None when it is not an ISO 8601 string."""
+    t, _ = rc.timestamp(value) if value is not None else (None, None)
+    return t
 
 
-def sound_to_record(s: dict[str, Any], *, crawl_time: dt.datetime, site: str) -> dict[str, Any]:
-    """Freesound sound JSON -> catalogue recording (raises KeyError/ValueError on malformed input)."""
-    sid = int(s["id"])
-    name, user = str(s.get("name") or ""), str(s.get("username") or "")
-    lic = s.get("license")
-    canonical = canonical_license(lic)
+# Freesound's documented ``type`` values (APIv2 docs, Sound instance). What may become a stored
+# file's extension is a narrower list (sao.fsutil.AUDIO_EXTENSIONS), checked at download time.
+FREESOUND_TYPES = frozenset({"wav", "aif", "aiff", "ogg", "mp3", "m4a", "flac"})
+_EXTRA_RULES: dict[str, rc.Rule] = {
+    "type": rc.one_of(FREESOUND_TYPES), "filesize": rc.int_in(0, rc.MAX_BYTES), "bitdepth": rc.int_in(0, 64),
+    "is_remix": rc.boolean, "gen_ai_preference": rc.text,
+}
+
+
+def _sim_vector(v: object) -> tuple[object, str | None]:
+    if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                          and math.isfinite(x) for x in v):
+        return None, "expected a list of finite numbers"
+    return v, None
+
+
+def sound_to_record(s: object, *, crawl_time: dt.datetime, site: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Freesound sound JSON -> (catalogue recording, {field: why} for each field that failed its
+    check; that field is None in the record). Raises ``UnusableItem`` when the item is not a JSON
+    object or its id is unusable: then it cannot be stored at all."""
+    if not isinstance(s, dict):
+        raise rc.UnusableItem(f"expected a JSON object, got {type(s).__name__}")
+    sid = rc.item_id(s.get("id"))
+    f = rc.Fields(s)
+    name, user = f.get("name", rc.text), f.get("username", rc.text)
+    lic = f.get("license", rc.text)
+    license_raw = lic
+    if "license" in f.problems:
+        # the raw value as JSON text: the gate sees an unrecognisable license, never a guessed one
+        license_raw = rc.raw_text(s["license"])
+    canonical = canonical_license(lic) if lic is not None else UNKNOWN
     # the API's own page URL when it gives one (freesound.org does), else one built on the site
-    page_url = str(s.get("url") or f"{site.rstrip('/')}/people/{user}/sounds/{sid}/")
-    if s.get("url"):
-        from urllib.parse import urlsplit
+    page_url = f.get("url", rc.http_url)
+    if page_url:
         parts = urlsplit(page_url)
         site = f"{parts.scheme}://{parts.netloc}"
-    previews = s.get("previews") or {}
-    extra = {k: s.get(k) for k in ("type", "filesize", "bitdepth", "is_remix", "gen_ai_preference") if k in s}
-    extra["attribution"] = tasl(title=name, author=user, source_url=page_url, license_canonical=canonical,
-                                license_url=lic or "")
+    else:
+        page_url = f"{site.rstrip('/')}/people/{user or ''}/sounds/{sid}/"
+    previews, preview = s.get("previews"), None
+    if isinstance(previews, dict):
+        preview = f.check("previews.preview-hq-mp3", previews.get("preview-hq-mp3"), rc.http_url)
+    elif previews is not None:
+        f.add("previews", f"expected an object, got {type(previews).__name__}")
+    extra = {k: f.get(k, rule) for k, rule in _EXTRA_RULES.items() if k in s}
+    if "gen_ai_preference" in f.problems:
+        # kept as text that is no known value, so the gate refuses it (None would read as consent)
+        extra["gen_ai_preference"] = rc.raw_text(s["gen_ai_preference"])
+    extra["attribution"] = tasl(title=name or "", author=user or "", source_url=page_url,
+                                license_canonical=canonical, license_url=lic or "")
     extra["attribution"]["freesound_line"] = freesound_attribution_line(
-        name=name, username=user, sound_id=sid, license_canonical=canonical, site=site)
+        name=name or "", username=user or "", sound_id=sid, license_canonical=canonical, site=site)
     if "sim_laion_clap" in s:
-        extra["sim_laion_clap"] = s["sim_laion_clap"]
-    tags = s.get("tags") or []
-    return {
+        extra["sim_laion_clap"] = f.get("sim_laion_clap", _sim_vector)
+    rec = {
         "source": SOURCE, "source_id": str(sid), "title": name, "author": user,
-        "description": s.get("description"), "tags": [str(t) for t in tags],
-        "duration": float(s["duration"]) if s.get("duration") is not None else None,
-        "sample_rate": int(s["samplerate"]) if s.get("samplerate") else None,
-        "channels": int(s["channels"]) if s.get("channels") else None,
-        "license_raw": lic, "license_canonical": canonical, "license_url": lic,
-        "page_url": page_url, "audio_url": s.get("download"), "preview_url": previews.get("preview-hq-mp3"),
-        "md5": s.get("md5"), "created_at": parse_created(s.get("created")), "crawl_time": crawl_time,
+        "description": f.get("description", rc.text), "tags": f.get("tags", rc.text_list),
+        "duration": f.get("duration", rc.number_in(0.0, rc.MAX_DURATION_S)),
+        "sample_rate": f.get("samplerate", rc.int_in(1, rc.MAX_SAMPLE_RATE, integral_float=True)),
+        "channels": f.get("channels", rc.int_in(1, rc.MAX_CHANNELS)),
+        "license_raw": license_raw, "license_canonical": canonical, "license_url": lic,
+        "page_url": page_url, "audio_url": f.get("download", rc.http_url), "preview_url": preview,
+        "md5": f.get("md5", rc.md5_hex), "created_at": f.get("created", rc.timestamp), "crawl_time": crawl_time,
         "extra": extra,
     }
+    return rec, f.problems
+
+
+# the columns an upsert would change; crawl_time and first_seen say when, not what
+_COMPARED = ("title", "author", "description", "tags", "duration", "sample_rate", "channels", "license_raw",
+             "license_canonical", "license_url", "page_url", "audio_url", "preview_url", "md5", "created_at", "extra")
+
+
+def _as_stored(rec: dict[str, Any]) -> tuple:
+    extra = rec.get("extra")
+    return tuple(json.loads(json.dumps(extra, sort_keys=True)) if c == "extra" and extra is not None
+                 else rec.get(c) for c in _COMPARED)
+
+
+def changed_ids(cat: Catalog, records: list[dict[str, Any]]) -> set[str]:
+    """source_ids of ``records`` whose stored values differ from the record (new ones included)."""
+    ids = [r["source_id"] for r in records]
+    cols = ", ".join(_COMPARED)
+    stored = {}
+    for row in cat.query(f"SELECT source_id, {cols} FROM recordings WHERE source = ? "  # noqa: S608 (fixed names)
+                         "AND source_id IN (SELECT unnest(?::VARCHAR[]))", [SOURCE, ids]):
+        row["extra"] = json.loads(row["extra"]) if row["extra"] is not None else None
+        stored[row["source_id"]] = tuple(row[c] for c in _COMPARED)
+    return {r["source_id"] for r in records if stored.get(r["source_id"]) != _as_stored(r)}
+
+
+def _digest(item: object) -> str:
+    """A key for an item that has no usable id (to count it once per run)."""
+    return hashlib.sha256(json.dumps(item, sort_keys=True, default=repr).encode()).hexdigest()
 
 
 def _filter(name: str, since: dt.datetime | None) -> str:
@@ -98,13 +168,30 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
                     page_size: int = 150, full: bool = False, fields: tuple[str, ...] = SEARCH_FIELDS,
                     commit_every: int = 20,
                     clock: Callable[[], dt.datetime] | None = None,
-                    on_page: Callable[[str, int], None] | None = None) -> CrawlStats:
+                    on_page: Callable[[str, int], None] | None = None,
+                    config_hash: str = rc.RULES_VERSION) -> CrawlStats:
     """Crawl every allowed license search into the catalogue. ``full`` ignores the cursors
-    (a full listing, used to reconcile deletions and re-licensing)."""
+    (a full listing, used to reconcile deletions and re-licensing).
+
+    Every item is checked field by field (``sound_to_record``): one bad item never sinks its
+    page; a bad field is stored NULL with a ``record`` reject; an item that cannot be stored
+    at all is counted in ``malformed`` with its reason and logged once per run."""
     clock = clock or (lambda: dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
     stats = CrawlStats()
     t0 = time.perf_counter()
     known = {r["source_id"] for r in cat.query("SELECT source_id FROM recordings WHERE source = ?", [SOURCE])}
+    record_prev = cat.latest_decision_map(rc.STAGE)
+    problems_of: dict[str, dict[str, str]] = {}
+    refused: set[str] = set()
+
+    def refuse(key: str, where: str, what: object, why: str) -> None:
+        if key in refused:           # a page asked again shows it again: count and log it once
+            return
+        refused.add(key)
+        stats.malformed += 1
+        stats.malformed_reasons.append(f"{rc.short(what)}: {why}")
+        log.error("freesound %s: skipping malformed item %s: %s", where, rc.short(what), why)
+
     for name in license_names:
         key = f'license:"{name}"'
         cursor = cat.get_cursor(SOURCE, key)
@@ -119,13 +206,17 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
             newest = max((r["created_at"] for r in pending if r["created_at"]), default=None)
             if newest is not None and (watermark is None or newest > watermark):
                 watermark = newest
-            with cat.transaction():          # these pages and the cursor commit together
+            changed = changed_ids(cat, pending)
+            decisions = rc.record_decisions({f"{SOURCE}:{r['source_id']}": problems_of.pop(r["source_id"], {})
+                                             for r in pending}, record_prev, config_hash=config_hash)
+            with cat.transaction():          # these pages, their record decisions and the cursor commit together
                 cat.upsert_recordings(pending)
+                cat.add_decisions(decisions)
                 cat.set_cursor(SOURCE, key, watermark, next_page)
             for r in pending:
                 stats.seen_ids.add(r["source_id"])
                 if r["source_id"] in known:
-                    stats.updated += 1
+                    stats.updated += r["source_id"] in changed
                 else:
                     stats.new += 1
                     known.add(r["source_id"])
@@ -140,19 +231,24 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
             data = client.search_page(_filter(name, since), page, page_size=page_size, fields=fields)
             crawl_time = clock()
             fresh = []
+            where = f"search {key} page {page}"
             for s in data["results"]:
-                sid = str(s.get("id")) if isinstance(s, dict) else None
+                try:
+                    rec, problems = sound_to_record(s, crawl_time=crawl_time, site=client.site)
+                except rc.UnusableItem as exc:
+                    refuse(_digest(s), where, s.get("id") if isinstance(s, dict) else s, str(exc))
+                    continue
+                sid = rec["source_id"]
                 if sid in seen_pass:
                     continue
                 try:
-                    rec = sound_to_record(s, crawl_time=crawl_time, site=client.site)
-                    Catalog.validate_recording(rec)      # one bad item (a NUL byte...) never sinks its page
-                except (KeyError, ValueError, TypeError, AttributeError) as exc:
-                    stats.malformed += 1
-                    log.error("freesound search %s page %d: skipping malformed item %r: %s", key, page,
-                              s.get("id") if isinstance(s, dict) else s, exc)
+                    Catalog.validate_recording(rec)      # what the catalogue refuses (a NUL byte...) per item
+                except CatalogError as exc:
+                    refuse(f"id:{sid}", where, int(sid), str(exc))
                     continue
-                seen_pass.add(rec["source_id"])
+                seen_pass.add(sid)
+                problems_of[sid] = problems
+                stats.malformed_fields += bool(problems)
                 fresh.append(rec)
             pending.extend(fresh)
             pending_pages += 1
@@ -194,7 +290,7 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
 
 
 def reconcile_freesound(cat: Catalog, client: FreesoundClient, seen_ids: set[str], *,
-                        fields: tuple[str, ...] = SEARCH_FIELDS) -> dict[str, int]:
+                        fields: tuple[str, ...] = SEARCH_FIELDS, config_hash: str = rc.RULES_VERSION) -> dict[str, int]:
     """After a full crawl: an item in the catalogue that no allowed-license search returned was
     deleted at the source (take-down) or re-licensed (updated; the gate then rejects it and
     writes the take-down)."""
@@ -202,6 +298,7 @@ def reconcile_freesound(cat: Catalog, client: FreesoundClient, seen_ids: set[str
     missing = [r["source_id"] for r in cat.query("SELECT source_id FROM recordings WHERE source = ?", [SOURCE])
                if r["source_id"] not in seen_ids]
     taken = cat.active_takedowns()
+    record_prev = cat.latest_decision_map(rc.STAGE)
     for sid in missing:
         rid = f"{SOURCE}:{sid}"
         if rid in taken:
@@ -212,7 +309,18 @@ def reconcile_freesound(cat: Catalog, client: FreesoundClient, seen_ids: set[str
             out["deleted"] += 1
             log.warning("%s: deleted at the source; take-down recorded", rid)
         else:
-            cat.upsert_recordings([sound_to_record(s, crawl_time=dt.datetime.utcnow(), site=client.site)])
+            try:
+                rec, problems = sound_to_record(s, crawl_time=dt.datetime.utcnow(), site=client.site)
+                if rec["source_id"] != sid:
+                    raise rc.UnusableItem(f"id: asked for {sid}, the API answered {rec['source_id']}")
+                Catalog.validate_recording(rec)
+            except (rc.UnusableItem, CatalogError) as exc:
+                log.error("%s: re-fetched item is malformed, left as it was: %s", rid, exc)
+                continue
+            decisions = rc.record_decisions({rid: problems}, record_prev, config_hash=config_hash)
+            with cat.transaction():
+                cat.upsert_recordings([rec])
+                cat.add_decisions(decisions)
             out["relicensed"] += 1
             log.warning("%s: no longer under an allowed license name (now %s)", rid, s.get("license"))
     return out

@@ -104,9 +104,11 @@ def build_freesound_sounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]
     return sounds
 
 
-def fma_audio_relpath(track_id: int) -> str:
+def fma_audio_relpath(track_id: int, suffix: str = ".mp3") -> str:
+    """``NNN/NNNNNN.mp3`` as in mdeff/fma; a file that is not MP3 keeps its own extension (a MIDI
+    or FLAC file renamed .mp3 would be a lie the ingest then reports as a missing file)."""
     tid = f"{track_id:06d}"
-    return f"{tid[:3]}/{tid}.mp3"
+    return f"{tid[:3]}/{tid}{suffix}"
 
 
 def build_fma_replica(entries: list[dict[str, Any]], out_dir: str | os.PathLike) -> pathlib.Path:
@@ -134,13 +136,16 @@ def build_fma_replica(entries: list[dict[str, Any]], out_dir: str | os.PathLike)
         genres = [genre_ids[g] for g in meta.get("genres", [])]
         # only the year the corpus documents; no invented dates (they would end up in prompts)
         created = f"{e['year']}-01-01 00:00:00" if e.get("year") else ""
-        audio_rel = fma_audio_relpath(tid)
-        dst = out / "fma_large" / audio_rel
         src = pathlib.Path(e["path"])
+        audio_rel = fma_audio_relpath(tid, src.suffix.lower() or ".bin")
+        dst = out / "fma_large" / audio_rel
         if not dst.exists() or dst.stat().st_size != src.stat().st_size:
             dst.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
+        for stale in dst.parent.glob(f"{dst.stem}.*"):     # an earlier build's file under another extension
+            if stale.name != dst.name and stale.suffix:
+                stale.unlink()
         checksums.append(f"{hashlib.sha1(src.read_bytes()).hexdigest()}  fma_large/{audio_rel}")
         license_title = _FMA_TITLES.get(canonical, "")
         license_url = e["license_url"] if license_title else ""
@@ -185,5 +190,6 @@ def build_fma_replica(entries: list[dict[str, Any]], out_dir: str | os.PathLike)
     atomic_write_text(md / "genres.csv", genres_df.to_csv())
     atomic_write_text(md / "checksums", "\n".join(checksums) + "\n")
     atomic_write_text(md / "README.txt", "Loopback FMA replica built by sao from datasets/sample.\n"
-                  "Each .mp3 is licensed by its artist; see raw_tracks.csv license_title/license_url.\n")
+                  "Each audio file (.mp3, or its real format's extension) is licensed by its artist; "
+                  "see raw_tracks.csv license_title/license_url.\n")
     return out
