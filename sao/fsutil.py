@@ -38,11 +38,70 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def safe_join(root: str | os.PathLike, relative: str) -> pathlib.Path:
-    """``root / relative`` for a path taken from metadata, refused when it would leave ``root``
-    (absolute paths, '..' components, symlinks pointing out)."""
+class UnsafePathError(ValueError):
+    """A value from metadata (a type, an id, a name, a stored path) that cannot safely become a path."""
+
+
+# What soundfile (bundled libsndfile) decodes, as Freesound spells its ``type`` field. m4a/AAC is
+# not decodable, so an original of that type is refused rather than stored unreadable.
+AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "aiff", "aif")
+MAX_NAME_CHARS = 128
+
+
+def audio_ext(value: object, *, what: str = "type") -> str:
+    """A file extension from an exact allow-list (no case folding, no prefix or tail match)."""
+    if not isinstance(value, str) or value not in AUDIO_EXTENSIONS:
+        raise UnsafePathError(f"{what} {value!r}: not an audio type we store (one of {', '.join(AUDIO_EXTENSIONS)})")
+    return value
+
+
+def safe_name(value: object, *, what: str = "name", max_chars: int = MAX_NAME_CHARS) -> str:
+    """One path component from an external value: a non-empty string of at most ``max_chars``
+    characters, without separators, NUL or control characters, '..' or a leading dot (hidden
+    files and our own temporaries start with one)."""
+    problem = None
+    if not isinstance(value, str):
+        problem = f"is a {type(value).__name__}, not a string"
+    elif not value:
+        problem = "is empty"
+    elif len(value) > max_chars:
+        problem = f"is longer than {max_chars} characters"
+    elif "/" in value or "\\" in value:
+        problem = "contains a path separator"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        problem = "contains NUL or a control character"
+    elif value.startswith("."):
+        problem = "starts with '.'"
+    elif ".." in value:
+        problem = "contains '..'"
+    if problem:
+        raise UnsafePathError(f"{what} {value!r} {problem}: it cannot be a file name")
+    return value
+
+
+def safe_join(root: str | os.PathLike, *relative: str, what: str = "path") -> pathlib.Path:
+    """``root / relative...`` for paths built from external values (metadata, the catalogue, a
+    prompts file, a command-line name): the one place such paths are made. Each part may hold
+    several '/'-separated components, each checked by ``safe_name``; absolute paths and '..'
+    are refused, and the result must still lie under ``root`` once symlinks are resolved.
+    Returns the joined path (not resolved, so relative paths to ``root`` stay meaningful)."""
+    components: list[str] = []
+    for part in relative:
+        if not isinstance(part, str):
+            raise UnsafePathError(f"{what} {part!r}: is a {type(part).__name__}, not a string")
+        if part.startswith("/") or pathlib.PurePath(part).is_absolute():
+            raise UnsafePathError(f"{what} {part!r}: absolute path escapes {root}")
+        if ".." in part.split("/"):
+            raise UnsafePathError(f"{what} {part!r}: '..' escapes {root}")
+        names = [c for c in part.split("/") if c not in ("", ".")]
+        if not names:
+            raise UnsafePathError(f"{what} {part!r}: is empty")
+        components += [safe_name(c, what=f"{what} {part!r}: component") for c in names]
+    if not components:
+        raise UnsafePathError(f"{what}: nothing to join to {root}")
+    joined = pathlib.Path(root).joinpath(*components)
     base = pathlib.Path(root).resolve()
-    p = (base / relative).resolve()
-    if pathlib.PurePath(relative).is_absolute() or (p != base and base not in p.parents):
-        raise ValueError(f"{relative!r}: path from metadata escapes {base}")
-    return p
+    real = joined.resolve()
+    if real == base or base not in real.parents:
+        raise UnsafePathError(f"{what} {'/'.join(components)!r}: escapes {base} (through a symlink)")
+    return joined

@@ -1,11 +1,48 @@
-"""Logging set-up and progress bars shared by every stage."""
+"""Logging set-up, progress bars and secret redaction shared by every stage.
+
+``redact`` is the one redaction rule: every credential a process has seen (registered with
+``register_secrets`` by the config loader and the API clients) is replaced by ``***`` in log
+lines, exception messages, CLI error output and run summaries before they are written.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import threading
+import traceback
+from typing import Iterable
 
 from tqdm.auto import tqdm
+
+MIN_SECRET_CHARS = 4          # shorter values would blank out ordinary words
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Remember credentials so that every later ``redact`` (and log line) hides them."""
+    with _SECRETS_LOCK:
+        _SECRETS.update(v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_CHARS)
+
+
+def redact(text: object, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` with every registered secret, and each of ``secrets``, replaced by ``***``."""
+    text = str(text)
+    with _SECRETS_LOCK:
+        known = set(_SECRETS)
+    known.update(s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET_CHARS)
+    for s in sorted(known, key=len, reverse=True):   # longest first: one secret may contain another
+        if s in text:
+            text = text.replace(s, "***")
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats as usual, then redacts the whole line (message, arguments and traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -23,10 +60,36 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _LibraryChatter(logging.Filter):
+    """Drops other libraries' INFO/DEBUG lines (faiss's loader, laion_clap's model-config lines on
+    the root logger): the CLI's and the demo's output is sao's; their warnings still show."""
+
+    _PATHS = ("laion_clap", "faiss", "torchlibrosa", "panns_inference")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not (record.name.startswith("faiss") or any(p in record.pathname for p in self._PATHS))
+
+
 def setup_logging(level: str = "INFO") -> None:
+    import warnings
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    handler.addFilter(_LibraryChatter())
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
+    # laion_clap's HTSAT calls torch.meshgrid the old way on every forward pass
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
+
+
+def _redacting_excepthook(kind, value, tb) -> None:
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+
+def install_excepthook() -> None:
+    """An uncaught exception's traceback is printed redacted too (the CLI installs this)."""
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _redacting_excepthook
 
 
 def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", disable: bool = False):

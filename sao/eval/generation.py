@@ -26,7 +26,7 @@ class PromptsError(ValueError):
 
 
 def read_prompts(path: str | pathlib.Path) -> list[dict[str, Any]]:
-    from ..fsutil import safe_join
+    from ..fsutil import UnsafePathError, safe_join, safe_name
     p = pathlib.Path(path)
     if not p.is_file():
         raise PromptsError(f"{p}: prompts file not found")
@@ -51,6 +51,10 @@ def read_prompts(path: str | pathlib.Path) -> list[dict[str, Any]]:
         pid = str(r.get("id") or f"{n:05d}")
         if not pid.replace("-", "").replace("_", "").replace(".", "").isalnum() or pid in seen:
             raise PromptsError(f"{p}: prompt {n}: id {pid!r} must be unique and use letters, digits, '.', '_', '-'")
+        try:                              # the id names the output file <id>.wav
+            safe_name(pid, what=f"prompt {n} id")
+        except UnsafePathError as exc:
+            raise PromptsError(f"{p}: {exc}") from None
         seen.add(pid)
         ref = r.get("audio")
         out.append({"id": pid, "caption": caption,
@@ -69,7 +73,8 @@ def generate_clips(model, prompts: list[dict[str, Any]], out_dir: pathlib.Path, 
     from ..fsutil import atomic_path
     from ..models.sampling import generate
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{p['id']}.wav" for p in prompts]
+    from ..fsutil import safe_join
+    paths = [safe_join(out_dir, f"{p['id']}.wav", what="prompt id") for p in prompts]
     todo = [i for i, path in enumerate(paths) if not path.is_file()]
     t0 = time.perf_counter()
     n = int(round(trim_seconds * model.sample_rate))

@@ -6,7 +6,8 @@ Output layout under ``<shards root>/<name>/``:
     autoencoder/shard-000000.tar        5 s chunks
     diffusion/shard-000000.tar          2,097,152-sample windows
     index.parquet                       one row per sample: shard, shard sha256, recording, license, ...
-``name`` defaults to ``snap-<plan hash>``; reusing a name for a different plan is refused.
+``name`` defaults to ``snap-<plan hash>``; reusing a name for a different plan is refused. A
+given name is one folder name (``sao.fsutil.safe_name``): it can never point outside the root.
 """
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ def _json_write(fs, path: str, obj: Any) -> None:
 def prepare_build(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.Path, required_stages: list[str],
                   plan_cfg: PlanConfig, name: str | None = None, storage_options: dict | None = None,
                   flac_subtype: str = "PCM_16", release: str | None = None) -> BuildPlan:
+    from ..fsutil import safe_join, safe_name
+    if name is not None:                  # checked before anything is read or written
+        safe_name(name, what="shard build name")
+        if "://" not in shards_root:      # a local root: no symlink under it may lead out either
+            safe_join(shards_root, name, what="shard build name")
     recs = eligible_recordings(cat, required_stages, audio_store)
     release_info = None
     if release:                     # only the release's items (those taken down since it was made drop out)
@@ -123,7 +129,11 @@ def finalize_build(cat: Catalog, plan: BuildPlan, results: Iterable[ShardResult]
     for r in results:
         failures.update(r.failures)
     previous = cat.latest_decision_map("decode")
-    cat.add_decisions([Decision(rid, "decode", "reject", reason, config_hash=config_hash)
+    content = {r[0]: r[1] for r in cat.con.execute("SELECT recording_id, content_sha256 FROM recordings "
+                                                   "WHERE list_contains(?, recording_id)",
+                                                   [sorted(failures)]).fetchall()} if failures else {}
+    cat.add_decisions([Decision(rid, "decode", "reject", reason, config_hash=config_hash,
+                                details={"content_sha256": content.get(rid)})
                        for rid, reason in sorted(failures.items()) if (previous.get(rid) or {}).get("reason") != reason])
     rows = []
     for r in results:

@@ -1,18 +1,22 @@
 """Download the audio of Freesound items that passed the license gate into the
 content-addressed store (``ab/cd/<sha256>.<ext>``): HQ MP3 previews by default, originals
 (md5 and size checked) when OAuth2 credentials are configured. A failed download leaves
-nothing behind and the item is tried again on the next run."""
+nothing behind, is recorded with the item and the reason (``DownloadStats.failures``), and the
+item is tried again on the next run. An original's file type comes from the API, so it must be
+one of ``sao.fsutil.AUDIO_EXTENSIONS`` before it may name a file."""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import pathlib
 import time
 
 import requests
 
 from ..catalog import Catalog
-from ..log import progress
+from ..fsutil import UnsafePathError, audio_ext
+from ..log import progress, redact
 from .freesound import FreesoundClient, FreesoundError
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,7 @@ class DownloadStats:
     bytes: int = 0
     audio_seconds: float = 0.0
     seconds: float = 0.0
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)   # recording_id -> why (redacted)
 
     @property
     def audio_s_per_s(self) -> float:
@@ -35,14 +40,11 @@ class DownloadStats:
 def pending_downloads(cat: Catalog, source: str = "freesound") -> list[dict]:
     """Items that passed the gate, are not taken down and have no stored audio yet."""
     return cat.query(
-        "WITH gate AS (SELECT recording_id, verdict FROM decisions WHERE stage = 'license_gate' "
-        "  QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1) "
         "SELECT r.recording_id, r.audio_url, r.preview_url, r.md5, r.duration, "
-        "json_extract(r.extra, '$.filesize')::BIGINT AS filesize, json_extract_string(r.extra, '$.type') AS type "
-        "FROM recordings r JOIN gate g USING (recording_id) "
-        "WHERE r.source = ? AND g.verdict = 'pass' AND r.content_sha256 IS NULL "
-        "AND r.recording_id NOT IN (SELECT recording_id FROM takedowns WHERE status = 'active') "
-        "ORDER BY r.recording_id", [source])
+        "TRY_CAST(json_extract(r.extra, '$.filesize') AS BIGINT) AS filesize, "
+        "json_extract_string(r.extra, '$.type') AS type "
+        "FROM gate_admitted g JOIN recordings r USING (recording_id) "
+        "WHERE r.source = ? AND r.content_sha256 IS NULL ORDER BY r.recording_id", [source])
 
 
 def download_items(client: FreesoundClient, items: list[dict], store: str | os.PathLike, *,
@@ -60,18 +62,20 @@ def download_items(client: FreesoundClient, items: list[dict], store: str | os.P
             if originals:
                 if not item["audio_url"]:
                     raise FreesoundError("no download URL")
-                path, sha, size = client.download(item["audio_url"], store, ext=item["type"] or "bin",
+                path, sha, size = client.download(item["audio_url"], store, ext=audio_ext(item["type"]),
                                                   expected_md5=item["md5"], expected_size=item["filesize"],
                                                   original=True)
             else:
                 if not item["preview_url"]:
                     raise FreesoundError("no preview URL")
                 path, sha, size = client.download(item["preview_url"], store, ext="mp3")
-        except (FreesoundError, requests.RequestException, OSError) as exc:
+        except (FreesoundError, UnsafePathError, requests.RequestException, OSError) as exc:
             stats.failed += 1
-            log.warning("%s: download failed, will retry next run: %s", rid, exc)
+            stats.failures[rid] = redact(exc)[:300]
+            log.warning("%s: download failed, will retry next run: %s", rid, stats.failures[rid])
             continue
-        done.append({"recording_id": rid, "sha256": sha, "audio_path": os.path.relpath(path, store),
+        rel = pathlib.Path(path).relative_to(store).as_posix()     # the client built it with safe_join
+        done.append({"recording_id": rid, "sha256": sha, "audio_path": rel,
                      "variant": "original" if originals else "preview-hq-mp3"})
         if on_stored:
             on_stored(done[-1])

@@ -1,13 +1,20 @@
 """A Freesound APIv2 client on `requests`: token auth by header, a client-side rate limiter
 so a crawl never earns a 429, and retries with back-off for 429/5xx/connection errors.
 
-The token is held only in the session's Authorization header. It is never put in a URL,
-a log line, an exception message or a return value; ``repr(client)`` hides it too.
+Credentials go only to the API host: the exact scheme, host and port of ``base_url``. Previews
+(a CDN), ``next`` links and redirects that point elsewhere get no Authorization header; redirects
+are followed here, hop by hop, so that rule holds on every hop (not only where requests strips it).
+The token is never put in a URL, and every message built from a server's answer is redacted
+(``sao.log.redact``) before it is raised or logged; ``repr(client)`` hides it too.
+
+Downloads are bounded: at most ``max_download_bytes`` and ``download_deadline_s`` seconds per
+file overall, checked while streaming (a server that trickles bytes cannot hold a worker).
 """
 from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -17,8 +24,13 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
+
+from ..fsutil import audio_ext, safe_join
+from ..log import redact, register_secrets
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +38,23 @@ ALLOWED_LICENSE_NAMES = ("Creative Commons 0", "Attribution", "Sampling+")
 SEARCH_FIELDS = ("id", "url", "name", "tags", "description", "license", "username", "duration", "samplerate", "channels",
                  "bitdepth", "type", "filesize", "created", "md5", "is_remix", "previews", "download",
                  "gen_ai_preference")
+
+
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 10
+DEFAULT_MAX_DOWNLOAD_BYTES = 2048 * 1024 * 1024
+DEFAULT_DOWNLOAD_DEADLINE_S = 600.0
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in: what "the same host" means."""
+    u = urlsplit(url)
+    scheme = (u.scheme or "").lower()
+    try:
+        port = u.port
+    except ValueError:                    # a malformed port: never the API host
+        return scheme, "", -1
+    return scheme, (u.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
 
 
 class FreesoundError(RuntimeError):
@@ -90,30 +119,45 @@ class RetryPolicy:
         return min(self.max_delay, self.base_delay * 2 ** attempt) * (0.5 + random.random() / 2)
 
 
-def _detail(resp: requests.Response) -> str:
+def _detail(resp: requests.Response, streamed: bool = False) -> str:
+    """The server's explanation, redacted (a server may echo the credential it refused); at most
+    8 KiB of an error body is read, so a streamed error page cannot be endless."""
     try:
-        return str(resp.json().get("detail", ""))[:300]
+        data = resp.raw.read(8192, decode_content=True) if streamed else resp.content[:8192]
+    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError):
+        data = b""
+    try:
+        body = json.loads(data)
+        text = str(body.get("detail", "")) if isinstance(body, dict) else str(body)
     except ValueError:
-        return resp.text[:200].replace("\n", " ")
+        text = data[:200].decode("utf-8", "replace").replace("\n", " ")
+    return redact(text)[:300]
 
 
 class FreesoundClient:
     def __init__(self, base_url: str, token: str, *, oauth_token: str | None = None,
                  rate_limit_per_minute: int = 60, rate_period: float = 60.0, retry: RetryPolicy | None = None,
-                 timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep):
+                 timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep,
+                 max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+                 download_deadline_s: float = DEFAULT_DOWNLOAD_DEADLINE_S):
         if not token:
             raise FreesoundError("no Freesound API token: set it in the environment variable named by "
                                  "[freesound].token_env, or in [freesound].token_file", transient=False)
+        if max_download_bytes < 1 or download_deadline_s <= 0:
+            raise ValueError("max_download_bytes and download_deadline_s must be positive")
         self.base_url = base_url.rstrip("/")
+        self.api_origin = origin(self.base_url)
         self._token = token
         self._oauth = oauth_token
+        register_secrets([token, oauth_token])     # every log line and CLI message hides them from now on
         self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
-        self.session.headers["User-Agent"] = "sao-crawler/0.1"
+        self.session.headers["User-Agent"] = "sao-crawler/0.1"   # no credential here: see _auth_headers
         self.limiter = RateLimiter(rate_limit_per_minute, rate_period, sleep=sleep)
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.sleep = sleep
+        self.max_download_bytes = int(max_download_bytes)
+        self.download_deadline_s = float(download_deadline_s)
         self.stats = collections.Counter()
 
     def __repr__(self) -> str:
@@ -128,32 +172,61 @@ class FreesoundClient:
         self.session.close()
 
     # -- requests --------------------------------------------------------------------------------
-    def _request(self, url: str, params: dict | None = None, *, stream: bool = False,
-                 headers: dict | None = None, limited: bool = True) -> requests.Response:
+    def _auth_headers(self, url: str, bearer: bool) -> dict[str, str]:
+        """The credential for ``url``: only when it is on the API host (scheme, host and port)."""
+        if origin(url) != self.api_origin:
+            return {}
+        if bearer:
+            return {"Authorization": f"Bearer {self._oauth}"}
+        return {"Authorization": f"Token {self._token}"}
+
+    def _get(self, url: str, params: dict | None, *, stream: bool, bearer: bool, timeout: float) -> requests.Response:
+        """One GET, following redirects here so each hop gets only the credential its host may see."""
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self.session.get(url, params=params, stream=stream, timeout=timeout,
+                                    headers=self._auth_headers(url, bearer), allow_redirects=False)
+            location = resp.headers.get("Location")
+            if resp.status_code not in REDIRECTS or not location:
+                return resp
+            resp.close()
+            url, params = urljoin(resp.url, location), None
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise FreesoundError(f"redirect to a {urlsplit(url).scheme!r} URL refused", transient=False)
+            self.stats["redirects"] += 1
+        raise FreesoundError(f"GET {url.split('?')[0]}: more than {MAX_REDIRECTS} redirects", transient=False)
+
+    def _request(self, url: str, params: dict | None = None, *, stream: bool = False, bearer: bool = False,
+                 limited: bool = True, deadline: float | None = None) -> requests.Response:
         attempt = 0
+        where = url.split("?")[0]
         while True:
             if limited:
                 self.limiter.acquire()
             self.stats["requests"] += 1
+            timeout = self.timeout
+            if deadline is not None:
+                timeout = max(0.05, min(timeout, deadline - time.monotonic()))
             try:
-                resp = self.session.get(url, params=params, stream=stream, timeout=self.timeout, headers=headers)
+                resp = self._get(url, params, stream=stream, bearer=bearer, timeout=timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 problem, retry_after = f"{type(exc).__name__}", None
             else:
                 if resp.status_code < 400:
                     return resp
+                detail = _detail(resp, stream)
                 if resp.status_code != 429 and resp.status_code < 500:
-                    detail = _detail(resp)
                     resp.close()
-                    raise FreesoundError(f"GET {url.split('?')[0]} failed with HTTP {resp.status_code}: {detail}",
+                    raise FreesoundError(f"GET {where} failed with HTTP {resp.status_code}: {detail}",
                                          resp.status_code)
-                problem, retry_after = f"HTTP {resp.status_code}", resp.headers.get("Retry-After")
+                problem, retry_after = f"HTTP {resp.status_code}: {detail}", resp.headers.get("Retry-After")
                 self.stats[f"http_{resp.status_code}"] += 1
                 resp.close()
             if attempt >= self.retry.max_retries:
-                raise FreesoundError(f"GET {url.split('?')[0]} failed after {attempt + 1} attempts: {problem}")
+                raise FreesoundError(f"GET {where} failed after {attempt + 1} attempts: {problem}")
             delay = self.retry.delay(attempt, retry_after)
-            log.warning("GET %s: %s; retrying in %.1fs (attempt %d/%d)", url.split("?")[0], problem, delay,
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise FreesoundError(f"GET {where}: {problem}; no time left before the download deadline")
+            log.warning("GET %s: %s; retrying in %.1fs (attempt %d/%d)", where, problem, delay,
                         attempt + 1, self.retry.max_retries)
             self.stats["retries"] += 1
             self.sleep(delay)
@@ -223,36 +296,59 @@ class FreesoundClient:
                  expected_size: int | None = None, original: bool = False) -> tuple[pathlib.Path, str, int]:
         """Stream ``url`` into a content-addressed store: ``dest_dir/ab/cd/<sha256>.<ext>``.
 
-        The bytes go to a temporary file first; size and md5 are checked when known; only a
-        complete, verified file is renamed into place. Returns (path, sha256, size).
+        ``ext`` must be one of ``sao.fsutil.AUDIO_EXTENSIONS`` (it comes from the API's ``type``).
+        The bytes go to a temporary file first; the size cap and the overall deadline are checked
+        as bytes arrive; size and md5 are checked when known; only a complete, verified file is
+        renamed into place. Returns (path, sha256, size).
         """
-        headers = None
-        if original:
-            if not self._oauth:
-                raise FreesoundError("original downloads need OAuth2 credentials ([freesound].oauth_token_env)")
-            headers = {"Authorization": f"Bearer {self._oauth}"}
+        ext = audio_ext(ext)                 # before any request: a bad type never touches the disk
+        if original and not self._oauth:
+            raise FreesoundError("original downloads need OAuth2 credentials ([freesound].oauth_token_env)")
+        where = url.split("?")[0]
+        cap, deadline = self.max_download_bytes, time.monotonic() + self.download_deadline_s
         dest = pathlib.Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
         # previews come from a CDN that the API throttle does not cover
-        resp = self._request(url, stream=True, headers=headers, limited=original)
+        resp = self._request(url, stream=True, bearer=original, limited=original, deadline=deadline)
+        announced = resp.headers.get("Content-Length")
+        encoded = bool(resp.headers.get("Content-Encoding"))
         fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=dest)
         sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
         try:
+            if announced is not None and announced.isdigit() and int(announced) > cap:
+                raise FreesoundError(f"download {where}: {announced} bytes announced, exceeds the cap of "
+                                     f"{cap} bytes ([freesound].max_download_mb)", transient=False)
+            raw = resp.raw
+            # read1 returns what has arrived instead of waiting for a full block, so a server that
+            # trickles bytes meets the deadline check below (read waits until 64 KiB are in)
+            read = raw.read1 if hasattr(raw, "read1") else raw.read
             with os.fdopen(fd, "wb") as f:
-                for chunk in resp.iter_content(1 << 16):
+                while True:
+                    if time.monotonic() > deadline:
+                        raise FreesoundError(f"download {where}: deadline of {self.download_deadline_s:g} s "
+                                             f"([freesound].download_deadline_s) passed after {size} bytes")
+                    try:
+                        chunk = read(1 << 16, decode_content=True)
+                    except (urllib3.exceptions.HTTPError, requests.RequestException) as exc:
+                        raise FreesoundError(f"download {where} failed after {size} bytes: "
+                                             f"{redact(type(exc).__name__)}") from None
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > cap:
+                        raise FreesoundError(f"download {where}: exceeds the cap of {cap} bytes "
+                                             "([freesound].max_download_mb); stopped reading", transient=False)
                     f.write(chunk)
                     sha.update(chunk)
                     md5.update(chunk)
-                    size += len(chunk)
-            announced = resp.headers.get("Content-Length")
-            if announced is not None and int(announced) != size:
-                raise FreesoundError(f"download {url.split('?')[0]} truncated: {size} of {announced} bytes")
+            if announced is not None and not encoded and announced != str(size):
+                raise FreesoundError(f"download {where} truncated: {size} of {announced} bytes")
             if expected_size is not None and size != expected_size:
-                raise FreesoundError(f"download {url.split('?')[0]}: {size} bytes, expected {expected_size}")
+                raise FreesoundError(f"download {where}: {size} bytes, expected {expected_size}")
             if expected_md5 and md5.hexdigest() != expected_md5:
-                raise FreesoundError(f"download {url.split('?')[0]}: md5 {md5.hexdigest()} != expected {expected_md5}")
+                raise FreesoundError(f"download {where}: md5 {md5.hexdigest()} != expected {expected_md5}")
             digest = sha.hexdigest()
-            final = dest / digest[:2] / digest[2:4] / f"{digest}.{ext.lstrip('.')}"
+            final = safe_join(dest, digest[:2], digest[2:4], f"{digest}.{ext}")
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
             return final, digest, size
