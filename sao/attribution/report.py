@@ -20,29 +20,64 @@ import pathlib
 import shutil
 import tempfile
 import time
+import urllib.parse
 from typing import Any
 
 from ..catalog import Catalog
 from ..licensing.attribution import license_name_with_version
+from ..licensing.table import BY_ID, license_name
 from . import policy
 from .release import check_name, get_release
 
-LICENSE_ORDER = {"freesound": ["cc0", "cc-by", "cc-sampling+"], "fma": ["cc-by", "cc0"]}    # paper section 3
+LINK_SCHEMES = ("http", "https")        # the only URLs that become links; everything else is shown as text
+# what a browser drops from a URL before reading its scheme: tab/CR/LF anywhere, C0 controls and
+# spaces at either end (so "java\tscript:" and " javascript:" are javascript: to it)
+_URL_DROPPED = str.maketrans("", "", "\t\r\n")
+_URL_ENDS = "".join(map(chr, range(0x21)))
+_SCRIPT_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                      "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def link_url(url: Any) -> str | None:
+    """The URL to put in an href, or None when it must stay text: only an absolute http(s) URL with
+    a host, read the way a browser reads it (exact scheme allow-list, case-insensitive)."""
+    if not isinstance(url, str):
+        return None
+    cleaned = url.translate(_URL_DROPPED).strip(_URL_ENDS)
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in cleaned):
+        return None
+    try:
+        parts = urllib.parse.urlsplit(cleaned)
+        host = parts.hostname
+    except ValueError:                  # e.g. an unbalanced [IPv6] host
+        return None
+    if parts.scheme.lower() not in LINK_SCHEMES or not host:
+        return None
+    return cleaned
+
+
+def script_json(value: Any) -> str:
+    """JSON safe inside a <script> element: no "<", ">" or "&" (so no </script>, <!-- or <script
+    can end the element or switch the HTML parser's script states) and no U+2028/2029."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_SCRIPT_JSON_ESCAPES)
+
+
+
+def license_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per source and license, by the license table's human name ("CC BY 4.0"): the version is
+    part of the attribution, so 3.0 and 4.0 stay apart. Within a source, rows follow the table's rank."""
+    def rank(c: str) -> int:
+        return BY_ID[c].rank if c in BY_ID else len(BY_ID)
+    rows = sorted(rows, key=lambda r: (r["source"], rank(r["license_canonical"]), r["license_canonical"]))
+    return [{"source": r["source"], "license": license_name(r["license_canonical"]), "recordings": r["n"],
+             "hours": round(r["seconds"] / 3600, 2)} for r in rows]
 
 
 def summary(cat: Catalog, name: str) -> dict[str, Any]:
     rel = get_release(cat, name)
     q = lambda sql, extra=(): cat.query(sql, [name, *extra])  # noqa: E731
-    per_family: dict[tuple[str, str], list[float]] = {}
-    for r in q("SELECT source, license_canonical, count(*) AS n, coalesce(sum(duration), 0) AS seconds "
-               "FROM release_items WHERE release_name = ? GROUP BY ALL"):
-        acc = per_family.setdefault((r["source"], policy.license_family(r["license_canonical"])), [0, 0.0])
-        acc[0] += r["n"]
-        acc[1] += r["seconds"]
-    table = [{"source": s, "license": lic, "recordings": n, "hours": round(secs / 3600, 2)}
-             for (s, lic), (n, secs) in per_family.items()]
-    order = {(s, lic): i for s, lics in LICENSE_ORDER.items() for i, lic in enumerate(lics)}
-    table.sort(key=lambda r: (r["source"], order.get((r["source"], r["license"]), 99), r["license"]))
+    table = license_table(q("SELECT source, license_canonical, count(*) AS n, coalesce(sum(duration), 0) AS seconds "
+                            "FROM release_items WHERE release_name = ? GROUP BY ALL"))
     by_source = q("SELECT source, count(*) AS recordings, round(coalesce(sum(duration), 0) / 3600, 2) AS hours "
                   "FROM release_items WHERE release_name = ? GROUP BY ALL ORDER BY source")
     total = q("SELECT count(*) AS recordings, round(coalesce(sum(duration), 0) / 3600, 2) AS hours "
@@ -193,7 +228,7 @@ function render(q) {{
   const body = document.querySelector('#works tbody');
   body.innerHTML = hits.slice(0, LIMIT).map(r =>
     `<tr data-id="${{esc(r[0])}}"><td>${{esc(r[0])}}</td><td>${{esc(r[1])}}</td><td>${{esc(r[2])}}</td>` +
-    `<td>${{esc(r[3])}}</td><td><a href="${{esc(r[4])}}">link</a></td></tr>`).join('');
+    `<td>${{esc(r[3])}}</td><td>${{r[5] ? `<a href="${{esc(r[5])}}">link</a>` : esc(r[4])}}</td></tr>`).join('');
   document.getElementById('shown').textContent =
     `${{hits.length}} of ${{ROWS.length}} works match` + (hits.length > LIMIT ? ` (first ${{LIMIT}} shown)` : '');
   document.body.dataset.matches = hits.length;
@@ -220,11 +255,12 @@ def _html(cat: Catalog, name: str, s: dict[str, Any], plots: dict[str, bytes]) -
     excl = "".join(f"<tr><td>{e(k)}</td><td class=n>{v}</td></tr>" for k, v in s["exclusions"].items())
     imgs = "".join(f'<img alt="{k}" src="data:image/png;base64,{base64.b64encode(v).decode()}">'
                    for k, v in plots.items())
-    rows = [[rid, title, author, license_name_with_version(lic), url] for rid, title, author, lic, url in cat.con.execute(
-        "SELECT recording_id, title, author, license_canonical, url FROM release_items WHERE release_name = ? "
-        "ORDER BY recording_id", [name]).fetchall()]
-    # inside <script type=application/json> only "</" could end the element early
-    data = json.dumps(rows, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    # the last field is the only one the page script turns into a link: an allowed URL or null
+    rows = [[rid, title, author, license_name_with_version(lic), url, link_url(url)]
+            for rid, title, author, lic, url in cat.con.execute(
+                "SELECT recording_id, title, author, license_canonical, url FROM release_items "
+                "WHERE release_name = ? ORDER BY recording_id", [name]).fetchall()]
+    data = script_json(rows)
     return _PAGE.format(name=e(name), version=rel["version"], sha=e(rel["content_sha256"]), created=e(rel["created_at"]),
                         total=s["total"]["recordings"], hours=s["total"]["hours"], table=table, excl=excl, plots=imgs,
                         rows=data)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..attribution.report import link_url
 from ..fsutil import atomic_write_text
 
 AUDIO_EXT = (".wav", ".flac", ".ogg", ".oga", ".mp3")
@@ -39,11 +40,16 @@ def write_report(out_dir: pathlib.Path, candidates: list[dict[str, Any]], *, mod
         for j, m in enumerate(c["neighbours"]):
             a = m["attribution"]
             src = copy(m["path"], f"gen{rank:03d}-train{j}")
+            url = a.get("source_url")
+            href = link_url(url)            # only http(s) becomes a link; anything else is shown as text
+            source = (f"<a href='{html.escape(href)}'>source</a>" if href
+                      else f"source: {html.escape(url)}" if isinstance(url, str) and url else "")
             cells.append(
                 f"<div class='nb'><audio controls preload='none' src='{src}'></audio>"
                 f"<div><b>{m['similarity']:.3f}</b> &middot; {html.escape(m['recording_id'])}</div>"
-                f"<div>&ldquo;{html.escape(a.get('title', ''))}&rdquo; by {html.escape(a.get('author', ''))}, "
-                f"{html.escape(a.get('license', ''))} <a href='{html.escape(a.get('source_url', ''))}'>source</a></div></div>")
+                f"<div>&ldquo;{html.escape(str(a.get('title') or ''))}&rdquo; by "
+                f"{html.escape(str(a.get('author') or ''))}, "
+                f"{html.escape(str(a.get('license') or ''))} {source}</div></div>")
         rows.append(f"<tr><td>{rank}</td><td><div>{html.escape(pathlib.Path(c['path']).name)}</div>"
                     f"<audio controls preload='none' src='{gen}'></audio></td><td>{c['score']:.3f}</td>"
                     f"<td>{''.join(cells)}</td></tr>")

@@ -17,24 +17,25 @@ from typing import Any
 import numpy as np
 
 from ..catalog import Catalog, Decision
+from ..fsutil import UnsafePathError, safe_join
 from .grouping import exact_edges, group_components, near_duplicate_edges
 from .keep import pick_kept
 from .store import append_embeddings, load_embeddings
 
 log = logging.getLogger(__name__)
 STAGE = "dedup"
+NO_MODEL = "none (exact copies only)"      # the model_name of decisions made without any CLAP model
 
 
 def admitted(cat: Catalog) -> list[dict[str, Any]]:
+    """Recordings the catalogue's ``playable`` view offers (gate-admitted, well-formed, decoded
+    stored audio, not taken down), with the probed sample rate, channels and duration."""
     return cat.query(
-        "WITH gate AS (SELECT recording_id, verdict FROM decisions WHERE stage = 'license_gate' "
-        "  QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1) "
-        "SELECT r.recording_id, r.source, r.title, r.author, r.page_url, r.license_canonical, r.sample_rate, "
-        "  r.channels, r.duration, r.created_at, r.first_seen, r.md5, r.content_sha256, r.audio_path, "
+        "SELECT r.recording_id, r.source, r.title, r.author, r.page_url, r.license_canonical, "
+        "  r.audio_sample_rate AS sample_rate, r.audio_channels AS channels, r.audio_duration AS duration, "
+        "  r.created_at, r.first_seen, r.md5, r.content_sha256, r.audio_path, "
         "  json_extract(r.extra, '$.sim_laion_clap') AS sim, json_extract(r.extra, '$.attribution') AS attribution "
-        "FROM recordings r JOIN gate g USING (recording_id) WHERE g.verdict = 'pass' AND r.audio_path IS NOT NULL "
-        "AND r.recording_id NOT IN (SELECT recording_id FROM takedowns WHERE status = 'active') "
-        "ORDER BY r.recording_id")
+        "FROM playable p JOIN recordings r USING (recording_id) ORDER BY r.recording_id")
 
 
 def plan_embed(cat: Catalog, signature: str, *, embeddings_dir, audio_store, reuse_freesound_sim: bool = False
@@ -53,12 +54,37 @@ def plan_embed(cat: Catalog, signature: str, *, embeddings_dir, audio_store, reu
                 reused[sha] = v / max(np.linalg.norm(v), 1e-12)
                 origin[sha] = "freesound-sim_laion_clap"
                 continue
-        todo[str(pathlib.Path(audio_store) / r["audio_path"])] = sha
+        try:                              # a stored path is still checked: it must stay in the store
+            todo[str(safe_join(audio_store, r["audio_path"], what=f"{r['recording_id']} audio_path"))] = sha
+        except UnsafePathError as exc:
+            log.error("%s: not embedded: %s", r["recording_id"], exc)
     return todo, reused, origin, len(have)
 
 
+def record_undecodable(cat: Catalog, failures: dict[str, tuple[str, str]], *, config_hash: str
+                       ) -> tuple[list[dict[str, Any]], int]:
+    """{path: (content sha256, error)} of files the embedder could not decode -> one entry per
+    recording holding that content (named, with the reason) and a ``decode`` reject for each, so
+    the admission rule leaves it out. A recording whose latest decode decision already rejects
+    this content gets no second one. Returns (entries, decisions written)."""
+    from ..audio.stage import decode_decisions
+    latest = cat.latest_decision_map("decode")
+    named, results = [], []
+    for path, (sha, error) in sorted(failures.items()):
+        for (rid,) in cat.con.execute("SELECT recording_id FROM recordings WHERE content_sha256 = ? "
+                                      "AND audio_path IS NOT NULL ORDER BY recording_id", [sha]).fetchall():
+            named.append({"recording_id": rid, "path": path, "error": error})
+            prev = latest.get(rid) or {}
+            if prev.get("verdict") == "reject" and (prev.get("details") or {}).get("content_sha256") in (sha, None):
+                continue
+            results.append({"recording_id": rid, "content_sha256": sha, "ok": False,
+                            "error": f"{error} (while embedding)"})
+    decisions = decode_decisions(results, config_hash=config_hash)
+    return named, cat.add_decisions(decisions) if decisions else 0
+
+
 def run_embed(cat: Catalog, cm, *, embeddings_dir, audio_store, batch_size: int = 8, max_windows: int = 4,
-              reuse_freesound_sim: bool = False) -> dict[str, Any]:
+              reuse_freesound_sim: bool = False, config_hash: str = "") -> dict[str, Any]:
     import time
 
     from ..analysis.clap import MODEL_NAME, embed_files
@@ -66,14 +92,17 @@ def run_embed(cat: Catalog, cm, *, embeddings_dir, audio_store, batch_size: int 
     todo, new, origin, stored = plan_embed(cat, cm.signature, embeddings_dir=embeddings_dir, audio_store=audio_store,
                                            reuse_freesound_sim=reuse_freesound_sim)
     reused = len(new)
-    errors = {}
+    failures: dict[str, tuple[str, str]] = {}
     emb = embed_files(cm, list(todo), batch_size=batch_size, max_windows=max_windows,
-                      on_error=lambda p, e: errors.__setitem__(todo[p], e))
+                      on_error=lambda p, e: failures.__setitem__(p, (todo[p], e)))
     for p, v in emb.items():
         new[todo[p]] = v
     append_embeddings(embeddings_dir, cm.signature, new, origin, f"{MODEL_NAME} {cm.amodel}", cm.checkpoint_sha256)
+    # an undecodable file is named and rejected, so it can never be admitted unseen
+    undecodable, written = record_undecodable(cat, failures, config_hash=config_hash)
     return {"embedded": len(emb), "reused_from_freesound": reused, "already_stored": stored,
-            "decode_errors": len(errors), "uncalibrated": cm.uncalibrated, "signature": cm.signature,
+            "decode_errors": len(failures), "undecodable": undecodable, "decode_rejects_written": written,
+            "uncalibrated": cm.uncalibrated, "signature": cm.signature,
             "files_per_s": round(len(emb) / (time.perf_counter() - t0), 2)}
 
 
@@ -95,17 +124,28 @@ def run_dedup(cat: Catalog, *, embeddings_dir, signature: str | None, threshold:
         vectors = {i: x[k] for k, i in enumerate(idx)}
     exact_set = {tuple(sorted(e)) for e in np.concatenate([e_sha, e_md5]).tolist()}
     near_found = len(near)
-    if uncalibrated:
+    # near replicas count only from a calibrated model: a named checkpoint, not random weights
+    calibrated = bool(signature) and bool(checkpoint_sha256) and not uncalibrated
+    if not calibrated:
         # random-weight embeddings put everything close together: their links are reported,
         # never used to exclude anything
         near = np.zeros((0, 2), np.int64)
+    unchecked = None if calibrated else ("CLAP uncalibrated" if signature else "no CLAP model")
+    # every decision names what made it: the model, its checkpoint (or uncalibrated) and the threshold
+    made_by = {"model_name": model_name or NO_MODEL, "checkpoint_sha256": checkpoint_sha256 if calibrated else None,
+               "threshold": float(threshold), "uncalibrated": not calibrated}
+
+    def unchanged(rid: str, verdict: str, reason: str) -> bool:
+        p = previous.get(rid)
+        return p is not None and (p["verdict"], p["reason"]) == (verdict, reason) and all(
+            p[k] == v for k, v in made_by.items())
     res = group_components(n, e_sha, e_md5, near)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     rows, decisions = [], []
-    previous = cat.latest_decision_map(STAGE)
+    previous = {r["recording_id"]: r for r in cat.latest_decisions(STAGE)}
     grouped = set()
     per_source = collections.Counter()
-    tag = ""
+    tag = f" (near-replicas unchecked: {unchecked})" if unchecked else ""
     for members in res.groups:
         group = [recs[i] for i in members]
         kept = pick_kept(group)
@@ -122,20 +162,19 @@ def run_dedup(cat: Catalog, *, embeddings_dir, signature: str | None, threshold:
             else:
                 per_source[r["source"]] += 1
                 what = "identical audio" if link == "exact" else f"cosine {sim:.3f} >= {threshold:g}"
-                reason = f"duplicate-of: {kept['recording_id']} ({what}){tag}"
+                reason = f"duplicate-of: {kept['recording_id']} ({what})"    # a fact, whatever the model
                 verdict = "reject"
-            if (previous.get(r["recording_id"]) or {}).get("reason") != reason:
+            if not unchanged(r["recording_id"], verdict, reason):
                 decisions.append(Decision(r["recording_id"], STAGE, verdict, reason, config_hash=config_hash,
-                                          model_name=model_name if link == "near" else None,
-                                          checkpoint_sha256=checkpoint_sha256 if link == "near" else None,
-                                          threshold=threshold, uncalibrated=uncalibrated and link == "near",
-                                          details={"group": kept["recording_id"], "size": len(members)}))
+                                          **made_by, details={"group": kept["recording_id"], "size": len(members)}))
     for i, r in enumerate(recs):
         if i not in grouped:
-            reason = "unique: no repeated recording found" + ("" if r["content_sha256"] in emb_store
-                                                              else " (exact copies only: not embedded)")
-            if (previous.get(r["recording_id"]) or {}).get("reason") != reason:
-                decisions.append(Decision(r["recording_id"], STAGE, "pass", reason, config_hash=config_hash))
+            why = unchecked or (None if r["content_sha256"] in emb_store else "not embedded")
+            reason = f"unique-exact-only (near-replicas unchecked: {why})" if why \
+                else "unique: no repeated recording found"
+            if not unchanged(r["recording_id"], "pass", reason):
+                decisions.append(Decision(r["recording_id"], STAGE, "pass", reason, config_hash=config_hash,
+                                          **made_by))
     import pyarrow as pa
     cols = ["group_id", "recording_id", "kept", "link", "similarity", "run_at"]
     groups = pa.table({c: pa.array([r[i] for r in rows], t) for i, (c, t) in enumerate(zip(cols, [
@@ -151,5 +190,6 @@ def run_dedup(cat: Catalog, *, embeddings_dir, signature: str | None, threshold:
         cat.add_decisions(decisions)
     return {"recordings": n, "embedded": len(idx), "groups": len(res.groups),
             "repeated_excluded": dict(per_source), "exact_links": len(e_sha) + len(e_md5), "near_links": len(near),
-            "near_links_not_applied_uncalibrated": near_found if uncalibrated else 0,
+            "near_links_not_applied_uncalibrated": near_found if not calibrated else 0,
+            "near_replicas_unchecked": unchecked or "", "model_name": made_by["model_name"],
             "threshold": threshold, "decisions_written": len(decisions)}

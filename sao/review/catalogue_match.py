@@ -63,6 +63,15 @@ def load_catalogue(cat: Catalog, path: str | pathlib.Path) -> int:
     return len(rows)
 
 
+def require_catalogue(catalogue_rows: int, waiting: int) -> None:
+    """An empty catalogue would pass every track unchecked ("no match against 0 recordings"):
+    refuse instead when any track waits to be matched. There is no built-in default catalogue."""
+    if waiting and not catalogue_rows:
+        raise CatalogError(f"no copyright catalogue loaded: {waiting} FMA track(s) cannot be matched and stay "
+                           "pending; set [review].copyright_catalogue to a CSV/Parquet of copyrighted recordings "
+                           "(artist,title[,album,year]) or run `sao review load-catalogue FILE`")
+
+
 def find_matches(title: str, artist: str, catalogue: list[dict[str, Any]], titles: list[str], *,
                  title_min: float = 90.0, limit: int = 5) -> list[dict[str, Any]]:
     """Catalogue rows whose normalised title scores >= ``title_min`` (rapidfuzz ratio);

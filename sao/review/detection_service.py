@@ -5,11 +5,14 @@ against a folder of reference tracks declared copyrighted, asynchronously.
     POST /v1/identify            body: audio file bytes      -> 202 {"id", "status": "processing"}
     GET  /v1/identify/<id>                                    -> {"id", "status": "processing" | "done",
                                                                   "verdict": "clear" | "match", "matches": [...]}
-Auth: ``Authorization: Bearer <key>``. Faults can be injected (HTTP errors, stalls) for tests.
+Auth: ``Authorization: Bearer <key>``, required (there is no default key), compared in constant
+time and checked before any of the body is read; the body must announce its Content-Length, at
+most ``max_bytes``. Faults can be injected (HTTP errors, stalls) for tests.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hmac
 import io
 import json
 import logging
@@ -29,11 +32,16 @@ AUDIO_EXT = (".wav", ".flac", ".ogg", ".oga", ".mp3")
 
 
 class DetectionService:
-    def __init__(self, reference_dir: str | pathlib.Path | None, *, api_key: str = "sao-demo-detection",
+    def __init__(self, reference_dir: str | pathlib.Path | None, *, api_key: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, min_score: int = 20, max_bytes: int = 512 * 1024 * 1024):
         if not (host.startswith("127.") or host in ("localhost", "::1")):
             raise ValueError("the detection service only listens on loopback")
-        self.api_key, self.min_score, self.max_bytes = api_key, min_score, max_bytes
+        # no default key: a service anyone can call with a published demo key is no gate at all
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ValueError("the detection service needs an API key (none given): set the variable named by "
+                             "[review].detection_key_env, e.g. SAO_DETECTION_API_KEY")
+        self._expected = f"Bearer {api_key}".encode()
+        self.min_score, self.max_bytes = min_score, max_bytes
         self.index = FingerprintIndex()
         self.jobs: dict[str, dict] = {}
         self.lock = threading.Lock()
@@ -100,6 +108,7 @@ class DetectionService:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+    timeout = 60                       # a client that announces a body and stalls cannot hold a thread forever
 
     def log_message(self, fmt, *args):
         log.debug("detection %s", fmt % args)
@@ -108,35 +117,46 @@ class _Handler(BaseHTTPRequestHandler):
     def svc(self) -> DetectionService:
         return self.server.service  # type: ignore[attr-defined]
 
-    def _json(self, status: int, body: dict) -> None:
+    def _json(self, status: int, body: dict, *, close: bool = False) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:                      # an unread body must not be parsed as the next request
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
-    def _guard(self, key: str) -> bool:
+    def _guard(self, key: str, *, close: bool = False) -> bool:
+        """Faults, then the key; before any body is read (``close``: a body may be waiting unread)."""
         fault = self.svc.take_fault(key)
         if fault == "stall":
             time.sleep(30)
         elif fault is not None:
-            self._json(int(fault), {"detail": "injected fault"})
+            self._json(int(fault), {"detail": "injected fault"}, close=close)
             return False
-        if self.headers.get("Authorization", "") != f"Bearer {self.svc.api_key}":
-            self._json(401, {"detail": "invalid API key"})
+        got = self.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(got, self.svc._expected):
+            self._json(401, {"detail": "invalid API key"}, close=close)
             return False
         return True
 
     def do_POST(self):  # noqa: N802
         if self.path.rstrip("/") != "/v1/identify":
-            return self._json(404, {"detail": "not found"})
-        length = int(self.headers.get("Content-Length") or 0)
-        data = self.rfile.read(length) if 0 < length <= self.svc.max_bytes else b""
-        if not self._guard("POST"):
+            return self._json(404, {"detail": "not found"}, close=True)
+        if not self._guard("POST", close=True):
             return None
-        if not data:
-            return self._json(400, {"detail": "empty or oversized body"})
+        raw = self.headers.get("Content-Length")
+        if raw is None or not re.fullmatch(r"[0-9]{1,15}", raw.strip()):
+            return self._json(411, {"detail": "a Content-Length is required"}, close=True)
+        length = int(raw)
+        if length > self.svc.max_bytes:
+            return self._json(413, {"detail": f"body of {length} bytes is over the limit of {self.svc.max_bytes}"},
+                              close=True)
+        data = self.rfile.read(length) if length else b""
+        if len(data) < length or not data:
+            return self._json(400, {"detail": "empty or truncated body"}, close=True)
         job_id = uuid.uuid4().hex
         with self.svc.lock:
             self.svc.jobs[job_id] = {"id": job_id, "status": "processing"}

@@ -16,9 +16,10 @@ import time
 from typing import Any
 
 from ..catalog import Catalog, Decision
+from ..fsutil import UnsafePathError, safe_join
 from ..log import progress
 from . import queue
-from .catalogue_match import find_matches
+from .catalogue_match import find_matches, require_catalogue
 from .detection_client import DetectionClient, DetectionError
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,13 @@ def _latest(cat: Catalog, stage: str) -> dict[str, dict]:
     return cat.latest_decision_map(stage)
 
 
-def _admitted(cat: Catalog, source: str) -> list[str]:
-    gate = _latest(cat, "license_gate")
-    taken = cat.active_takedowns()
-    ids = [r["recording_id"] for r in cat.query("SELECT recording_id FROM recordings WHERE source = ?", [source])]
-    return [rid for rid in ids if (gate.get(rid) or {}).get("verdict") == "pass" and rid not in taken]
+def _admitted(cat: Catalog, source: str, view: str = "gate_admitted") -> list[str]:
+    """Ids of ``source`` in one of the catalogue's admission views (``gate_admitted``: the
+    metadata review; ``playable``: the content review, which needs decoded audio)."""
+    if view not in ("gate_admitted", "playable"):
+        raise ValueError(f"unknown admission view {view!r}")
+    return [r[0] for r in cat.con.execute(f"SELECT recording_id FROM {view} WHERE source = ? "  # noqa: S608
+                                          "ORDER BY recording_id", [source]).fetchall()]
 
 
 def run_content_review(cat: Catalog, client: DetectionClient | None, *, audio_store: str | pathlib.Path,
@@ -41,7 +44,7 @@ def run_content_review(cat: Catalog, client: DetectionClient | None, *, audio_st
     review = _latest(cat, queue.STAGE)
     out = {"not_music_passed": 0, "queued": 0, "submitted": 0, "cleared": 0, "flagged": 0, "pending": 0, "errors": 0}
     passes = []
-    for rid in _admitted(cat, "freesound"):
+    for rid in _admitted(cat, "freesound", "playable"):
         s = screen.get(rid)
         if s is None:
             continue                                   # not screened yet: no review decision either
@@ -65,8 +68,8 @@ def run_content_review(cat: Catalog, client: DetectionClient | None, *, audio_st
         "SELECT recording_id, audio_path FROM recordings WHERE source = 'freesound'")}
     for item in progress(queue.items(cat, "pending", "content-detection"), desc="submit", unit="file"):
         try:
-            ref = client.submit(pathlib.Path(audio_store) / paths[item["recording_id"]])
-        except (DetectionError, OSError, KeyError) as exc:
+            ref = client.submit(safe_join(audio_store, paths[item["recording_id"]], what="audio_path"))
+        except (DetectionError, OSError, KeyError, UnsafePathError) as exc:
             queue.mark_error(cat, item["review_id"], str(exc))
             out["errors"] += 1
             log.warning("%s: content detection submit failed, stays pending: %s", item["recording_id"], exc)
@@ -112,9 +115,9 @@ def run_fma_review(cat: Catalog, *, config_hash: str, title_min: float = 90.0) -
         "WHERE source = 'fma'")}
     out = {"checked": 0, "no_match": 0, "to_human_review": 0, "catalogue_rows": len(catalogue)}
     decisions = []
-    for rid in _admitted(cat, "fma"):
-        if rid in review:
-            continue                                    # already matched (or decided by a human)
+    todo = [rid for rid in _admitted(cat, "fma") if rid not in review]   # not yet matched or decided by a human
+    require_catalogue(len(catalogue), len(todo))
+    for rid in todo:
         rec = recs[rid]
         out["checked"] += 1
         matches = find_matches(rec["title"] or "", rec["author"] or "", catalogue, titles, title_min=title_min)
