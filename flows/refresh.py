@@ -48,9 +48,12 @@ def is_transient(exc: BaseException) -> bool:
     from sao.review.detection_client import DetectionError
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError, DetectionError)):
         return True
+    from sao.catalog import CatalogInUse
+    if isinstance(exc, CatalogInUse):                 # the catalogue is locked by another writer
+        return True
     try:
         import duckdb
-        if isinstance(exc, duckdb.IOException):       # e.g. the catalogue is locked by another writer
+        if isinstance(exc, duckdb.IOException):
             return True
     except ImportError:  # pragma: no cover
         pass
@@ -150,6 +153,11 @@ def record_downloads(config_path: str | None, done: list[dict]) -> int:
 
 
 @functools.lru_cache(maxsize=2)
+@task(name="decode-audio", timeout_seconds=6 * 3600, **_RETRY)
+def decode_audio(config_path: str | None) -> dict[str, Any]:
+    return stages.stage_decode(_cfg(config_path))
+
+
 def _panns(config_path: str | None):
     return stages.load_panns_for(_cfg(config_path))
 
@@ -227,9 +235,14 @@ def embed_batch(config_path: str | None, signature: str, files: list[tuple[str, 
         raise ValueError(f"embedding: the configured CLAP model changed during the run ({signature} planned)")
     sha = dict(files)
     errors: dict[str, str] = {}
+    failed: dict[str, tuple[str, str]] = {}          # by path: store_embeddings names and rejects them
+
+    def on_error(p: str, e: str) -> None:
+        errors[sha[p]] = e
+        failed[p] = (sha[p], e)
     vectors = embed_files(cm, list(sha), batch_size=cfg.dedup.batch_size, max_windows=cfg.dedup.max_windows,
-                          on_error=lambda p, e: errors.__setitem__(sha[p], e))
-    return {"vectors": {sha[p]: v for p, v in vectors.items()}, "errors": errors}
+                          on_error=on_error)
+    return {"vectors": {sha[p]: v for p, v in vectors.items()}, "errors": errors, "failed_files": failed}
 
 
 @task(name="store-embeddings", timeout_seconds=1800, **_RETRY)
@@ -243,8 +256,13 @@ def store_embeddings(config_path: str | None, plan: dict, batches: list[dict], s
     rows.update(plan["reused"])
     append_embeddings(cfg.path(cfg.dedup.embeddings_dir), plan["signature"], rows, plan["origin"],
                       f"{MODEL_NAME} {cm.amodel}", cm.checkpoint_sha256)
+    from sao.dedup.stage import record_undecodable     # named and rejected, as `sao embed` does
+    failed = {p: tuple(f) for b in batches for p, f in b.get("failed_files", {}).items()}
+    with Catalog(cfg.catalog_path) as cat:
+        undecodable, written = record_undecodable(cat, failed, config_hash=cfg.config_hash())
     return {"embedded": n, "reused_from_freesound": len(plan["reused"]), "already_stored": plan["stored"],
-            "decode_errors": sum(len(b["errors"]) for b in batches), "uncalibrated": cm.uncalibrated,
+            "decode_errors": sum(len(b["errors"]) for b in batches), "undecodable": undecodable,
+            "decode_rejects_written": written, "uncalibrated": cm.uncalibrated,
             "signature": plan["signature"], "files_per_s": round(n / seconds, 2) if seconds else 0.0}
 
 
@@ -288,6 +306,7 @@ def refresh(config_path: str | None = None, full: bool = False, reconcile: bool 
         done = [d for g in got for d in g["done"]]
         tally.result(record_downloads(config_path, done, return_state=True))
         secs = time.perf_counter() - t0
+        out["decode"] = tally.result(decode_audio(config_path, return_state=True))
         audio = sum(g["stats"]["audio_seconds"] for g in got)
         out["download"] = {"candidates": len(todo), "downloaded": len(done),
                            "failed": sum(g["stats"]["failed"] for g in got),

@@ -34,7 +34,6 @@ from typing import Any
 
 TOKEN = "chaos-api-token-7f3a9c"
 OAUTH = "chaos-oauth-token-2b8e41"
-ALLOWED = ("publicdomain/zero", "/licenses/by/", "sampling+")
 SEARCH = r"/apiv2/search/"
 DOWNLOAD = r"/apiv2/sounds/\d+/download/"
 # (kind, path, options): what a scenario draws its faults from
@@ -64,7 +63,8 @@ class ScenarioResult:
 
 
 def allowed(sound: dict[str, Any]) -> bool:
-    return any(k in sound["license"] for k in ALLOWED)
+    from .licensing import ALLOWED_LICENSES, canonical_license   # exact, never a substring of the URL
+    return canonical_license(sound["license"]) in ALLOWED_LICENSES
 
 
 def _config(root: pathlib.Path, fma_dir: pathlib.Path) -> pathlib.Path:
@@ -149,10 +149,8 @@ def check(root: pathlib.Path, replica, deleted: set[int], relicensed: set[int], 
     with Catalog(root / "catalog.duckdb", read_only=True) as cat:
         rows = cat.query("SELECT source_id, audio_path, content_sha256 FROM recordings WHERE source = 'freesound'")
         n_dupe = cat.query("SELECT count(*) - count(DISTINCT recording_id) AS n FROM recordings")[0]["n"]
-        taken = {r["recording_id"] for r in cat.query("SELECT recording_id FROM takedowns WHERE status = 'active'")}
-        gate = {r["recording_id"]: r["verdict"] for r in cat.query(
-            "SELECT recording_id, verdict FROM decisions WHERE stage = 'license_gate' "
-            "QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1")}
+        taken = cat.active_takedowns()
+        gate = {rid: d["verdict"] for rid, d in cat.latest_decision_map("license_gate").items()}
         dup_decisions = cat.query(
             "SELECT recording_id, count(*) AS n FROM decisions WHERE stage = 'license_gate' "
             "GROUP BY recording_id, verdict, reason HAVING count(*) > 1")

@@ -23,7 +23,9 @@ def make_client(cfg: Config, *, base_url: str | None = None, token: str | None =
                              oauth_token=config_mod.freesound_oauth_token(cfg),
                              rate_limit_per_minute=fs.rate_limit_per_minute, timeout=fs.timeout_s,
                              retry=RetryPolicy(max_retries=fs.max_retries,
-                                               base_delay=fs.retry_base_delay_s))
+                                               base_delay=fs.retry_base_delay_s),
+                             max_download_bytes=fs.max_download_mb * 1024 * 1024,
+                             download_deadline_s=fs.download_deadline_s)
     return wrap(client) if wrap else client
 
 
@@ -42,7 +44,8 @@ def stage_crawl_freesound(cfg: Config, *, full: bool = False, reconcile: bool = 
             st = crawl_freesound(cat, client, page_size=cfg.freesound.page_size, full=full or reconcile,
                                  fields=fields, commit_every=cfg.freesound.commit_every_pages)
             out = {"pages": st.pages, "items": st.items, "new": st.new, "updated": st.updated,
-                   "malformed": st.malformed, "per_license": st.per_license, "items_per_s": round(st.items_per_s, 1),
+                   "malformed": st.malformed, "malformed_fields": st.malformed_fields,
+                   "per_license": st.per_license, "items_per_s": round(st.items_per_s, 1),
                    "requests": client.stats["requests"], "retries": client.stats["retries"]}
             if reconcile:
                 out["reconcile"] = reconcile_freesound(cat, client, st.seen_ids, fields=fields)
@@ -58,9 +61,11 @@ def stage_ingest_fma(cfg: Config, fma_dir: str | None = None) -> dict[str, Any]:
         return {"skipped": "no [fma].metadata_dir configured"}
     with Catalog(cfg.catalog_path) as cat:
         st = ingest_fma(cat, cfg.path(root) if not pathlib.Path(root).is_absolute() else root,
-                        audio_store=cfg.path(cfg.paths.audio_store), config_hash=cfg.config_hash())
-    return {"tracks": st.tracks, "with_audio": st.with_audio, "audio_missing": st.audio_missing,
-            "audio_corrupt": st.audio_corrupt, "removed": st.removed,
+                        audio_store=cfg.path(cfg.paths.audio_store), config_hash=cfg.config_hash(),
+                        policy=config_mod.license_policy(cfg))     # audio only for what the gate admits
+    return {"tracks": st.tracks, "with_audio": st.with_audio, "withheld": st.withheld,
+            "audio_missing": st.audio_missing, "audio_corrupt": st.audio_corrupt, "malformed": st.malformed,
+            "malformed_fields": st.malformed_fields, "removed": st.removed,
             "tracks_per_s": round(st.tracks / st.seconds, 1) if st.seconds else 0.0}
 
 
@@ -83,12 +88,24 @@ def stage_download(cfg: Config, *, base_url: str | None = None, token: str | Non
     finally:
         client.close()
     return {"candidates": st.candidates, "downloaded": st.downloaded, "failed": st.failed,
-            "megabytes": round(st.bytes / 1e6, 2), "audio_s_per_s": round(st.audio_s_per_s, 1)}
+            "megabytes": round(st.bytes / 1e6, 2), "audio_s_per_s": round(st.audio_s_per_s, 1),
+            # which items failed and why (the first 50: a summary, the log has every one)
+            "failures": dict(list(st.failures.items())[:50])}
+
+
+def stage_decode(cfg: Config) -> dict[str, Any]:
+    """Read every newly stored file (sao.audio.stage): the facts every later decision uses, or a reject."""
+    from .audio.stage import run_decode
+    with Catalog(cfg.catalog_path) as cat:
+        out = run_decode(cat, audio_store=cfg.path(cfg.paths.audio_store), config_hash=cfg.config_hash())
+    for rid, why in sorted(out["errors"].items()):
+        log.warning("%s: does not decode, rejected: %s", rid, why)
+    return out
 
 
 def refresh(cfg: Config, *, full: bool = False, reconcile: bool = False, fma_dir: str | None = None,
             base_url: str | None = None, token: str | None = None) -> dict[str, Any]:
-    """Run the metadata refresh (crawl, FMA, gate, download) and record a run summary in the catalogue.
+    """Run the metadata refresh (crawl, FMA, gate, download, decode) and record a run summary in the catalogue.
     The scheduled Prefect flow (flows/refresh.py) runs these and the screens, review and dedup."""
     from .runs import recording
     out: dict[str, Any] = {}
@@ -100,6 +117,7 @@ def refresh(cfg: Config, *, full: bool = False, reconcile: bool = False, fma_dir
         out["gate"] = stage_license_gate(cfg)
         rec.stages["gate"] = gate_summary(out["gate"])
         rec.stages["download"] = out["download"] = stage_download(cfg, base_url=base_url, token=token)
+        rec.stages["decode"] = out["decode"] = stage_decode(cfg)
     out["run_id"] = rec.run_id
     return out
 
@@ -126,12 +144,17 @@ def stage_shards(cfg: Config, *, name: str | None = None, workers: int | None = 
                             release=release)
 
 
-def stage_release(cfg: Config, name: str | None, *, notes: str | None = None) -> dict[str, Any]:
-    """Freeze the admitted recordings (the shards' required stages admit them) into release NAME."""
+def stage_release(cfg: Config, name: str | None, *, notes: str | None = None, key_file: str | None = None,
+                  signing_key=None) -> dict[str, Any]:
+    """Freeze the admitted recordings (the shards' required stages admit them) into release NAME, signed
+    under [paths].releases with SIGNING_KEY, else the configured key (sao.signing), else unsigned."""
     from .attribution.release import create_release
+    from .signing import key_file_for, load_signing_key
+    key = signing_key or load_signing_key(key_file_for(cfg, key_file))
     with Catalog(cfg.catalog_path) as cat:
         return create_release(cat, name, required_stages=list(cfg.shards.required_stages),
-                              config_hash=cfg.config_hash(), notes=notes)
+                              config_hash=cfg.config_hash(), notes=notes,
+                              signatures_dir=cfg.path(cfg.paths.releases), signing_key=key)
 
 
 def stage_attribution(cfg: Config, name: str | None = None) -> dict[str, Any]:
@@ -221,7 +244,8 @@ def stage_embed(cfg: Config, *, uncalibrated: bool | None = None) -> dict[str, A
     with Catalog(cfg.catalog_path) as cat:
         return run_embed(cat, cm, embeddings_dir=cfg.path(cfg.dedup.embeddings_dir),
                          audio_store=cfg.path(cfg.paths.audio_store), batch_size=cfg.dedup.batch_size,
-                         max_windows=cfg.dedup.max_windows, reuse_freesound_sim=cfg.dedup.reuse_freesound_sim)
+                         max_windows=cfg.dedup.max_windows, reuse_freesound_sim=cfg.dedup.reuse_freesound_sim,
+                         config_hash=cfg.config_hash())
 
 
 def _clap_signature(cfg: Config, uncalibrated: bool) -> tuple[str, str | None]:
@@ -254,12 +278,13 @@ def stage_memorization(cfg: Config, generated_dir: str, out_dir: str, *, top: in
     from .dedup.memorization import memorization_report
     from .dedup.stage import admitted
     from .dedup.store import load_embeddings
+    from .fsutil import safe_join
     cm = load_clap_for(cfg, uncalibrated)
     train = load_embeddings(cfg.path(cfg.dedup.embeddings_dir), cm.signature)
     store = cfg.path(cfg.paths.audio_store)
     with Catalog(cfg.catalog_path) as cat:
         recs = {r["content_sha256"]: {
-            "recording_id": r["recording_id"], "path": str(store / r["audio_path"]),
+            "recording_id": r["recording_id"], "path": str(safe_join(store, r["audio_path"], what="audio_path")),
             "attribution": _json.loads(r["attribution"]) if r["attribution"] else {
                 "title": r["title"] or "", "author": r["author"] or "", "license": r["license_canonical"],
                 "source_url": r["page_url"] or ""}} for r in admitted(cat)}

@@ -17,17 +17,11 @@ import uuid
 from collections import Counter
 from typing import Any, Iterable, Iterator
 
-from .catalog import Catalog
+from .catalog import Catalog, CatalogInUse
+from .log import redact  # noqa: F401 - the one redaction rule (sao.log), used here and by callers of sao.runs
 
 RUN_STATUSES = ("completed", "failed")
 log = logging.getLogger(__name__)
-
-
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
 
 
 def summarize(flow: str, stages: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -141,7 +135,10 @@ def recording(catalog_path: str | pathlib.Path, *, flow: str, config_hash: str, 
                                             flow_run_id=flow_run_id, task_runner=task_runner,
                                             cache_hits=rec.cache_hits, error=error, secrets=secrets)
             except Exception as exc:  # noqa: BLE001 - see the docstring
-                log.error("could not record the %s run summary in %s: %s", flow, catalog_path, exc)
+                # a run that failed on a busy catalogue says so itself: the same cause once, not twice
+                quiet = status == "failed" and isinstance(exc, CatalogInUse)
+                (log.debug if quiet else log.error)("could not record the %s run summary in %s: %s", flow,
+                                                    catalog_path, exc)
                 if status == "completed":
                     raise
             rec.stages["run_id"] = rec.run_id
@@ -158,17 +155,17 @@ def latest_runs(cat: Catalog, limit: int = 10) -> list[dict[str, Any]]:
 def catalogue_state(cat: Catalog) -> dict[str, Any]:
     """What the catalogue holds now: recordings per source, admitted, pending work, newest release."""
     q = cat.query
-    gate = ("WITH g AS (SELECT recording_id, verdict FROM decisions WHERE stage = 'license_gate' "
-            "QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1) ")
     state: dict[str, Any] = {
         "schema_version": cat.schema_version(),
         "recordings": {r["source"]: r["n"] for r in q("SELECT source, count(*) AS n FROM recordings GROUP BY 1 ORDER BY 1")},
-        "license_gate": {r["verdict"]: r["n"] for r in q(gate + "SELECT verdict, count(*) AS n FROM g GROUP BY 1 ORDER BY 1")},
+        "license_gate": {r["verdict"]: r["n"] for r in q("SELECT verdict, count(*) AS n FROM latest_decisions "
+                                                         "WHERE stage = 'license_gate' GROUP BY 1 ORDER BY 1")},
         "with_audio": q("SELECT count(*) AS n FROM recordings WHERE audio_path IS NOT NULL")[0]["n"],
-        "pending_download": q(gate + "SELECT count(*) AS n FROM recordings r JOIN g USING (recording_id) "
-                                     "WHERE g.verdict = 'pass' AND r.source = 'freesound' AND r.audio_path IS NULL")[0]["n"],
+        "pending_download": q("SELECT count(*) AS n FROM gate_admitted WHERE source = 'freesound' "
+                              "AND NOT has_audio")[0]["n"],
+        "playable": q("SELECT count(*) AS n FROM playable")[0]["n"],
         "review_queue": {r["status"]: r["n"] for r in q("SELECT status, count(*) AS n FROM review_queue GROUP BY 1 ORDER BY 1")},
-        "active_takedowns": q("SELECT count(*) AS n FROM takedowns WHERE status = 'active'")[0]["n"],
+        "active_takedowns": q("SELECT count(*) AS n FROM active_takedowns")[0]["n"],
     }
     rel = q("SELECT name, created_at, n_recordings FROM releases ORDER BY created_at DESC LIMIT 1")
     state["latest_release"] = rel[0] if rel else None
@@ -180,7 +177,8 @@ def format_status(runs: list[dict[str, Any]], state: dict[str, Any]) -> str:
     lines.append(f"  recordings      {sum(state['recordings'].values()):7d}  "
                  + ", ".join(f"{k} {v}" for k, v in state["recordings"].items()))
     lines.append("  license gate    " + (", ".join(f"{k} {v}" for k, v in state["license_gate"].items()) or "-"))
-    lines.append(f"  with audio      {state['with_audio']:7d}  (pending download {state['pending_download']})")
+    lines.append(f"  with audio      {state['with_audio']:7d}  (pending download {state['pending_download']}, "
+                 f"decoded and playable {state.get('playable', 0)})")
     lines.append("  review queue    " + (", ".join(f"{k} {v}" for k, v in state["review_queue"].items()) or "empty"))
     lines.append(f"  take-downs      {state['active_takedowns']:7d}  active")
     rel = state["latest_release"]

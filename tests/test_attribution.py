@@ -24,27 +24,32 @@ PUBLISHED = pathlib.Path(__file__).parent / "data" / "sao_fma_attribution_publis
 REQ = ["license_gate"]
 
 
-# --- policy: one test per rule ------------------------------------------------------------------------------------
+# --- the admission rule (the catalogue's admission macro): one test per exclusion reason --------------------------
 
-def _reason(latest, taken_down=False, has_audio=True, required=("license_gate", "copyright_review", "dedup")):
-    return policy.exclusion_reason(latest, taken_down=taken_down, has_audio=has_audio, required_stages=required)
+def _reason(tmp_path, latest, taken_down=False, has_audio=True, required=("license_gate", "copyright_review", "dedup")):
+    """(reason, detail) the catalogue's admission rule gives one recording with these latest decisions."""
+    from .test_admission import one_recording
+    with one_recording(tmp_path, latest, taken_down=taken_down, has_audio=has_audio) as cat:
+        row = cat.admission(list(required))[0]
+    return None if row["reason"] is None else (row["reason"], row["detail"])
 
 
-ALL_PASS = {"license_gate": ("pass", "license-allowed"), "copyright_review": ("pass", "not-music"),
-            "dedup": ("pass", "unique")}
+ALL_PASS = {"license_gate": ("pass", "license-allowed"), "decode": ("pass", "decodes"),
+            "copyright_review": ("pass", "not-music"), "dedup": ("pass", "unique")}
 
 
-def test_admitted_when_every_required_stage_passes_with_audio_and_no_takedown():
-    assert _reason(ALL_PASS) is None
-    assert policy.is_admitted(ALL_PASS, taken_down=False, has_audio=True, required_stages=list(ALL_PASS))
+def test_admitted_when_every_required_stage_passes_with_audio_and_no_takedown(tmp_path):
+    assert _reason(tmp_path, ALL_PASS) is None
 
 
 @pytest.mark.parametrize("change, kw, want", [
     ({}, {"taken_down": True}, "take-down"),
     ({"license_gate": ("reject", "license-not-allowed: cc-by-nc-4.0")}, {}, "license"),
     ({"license_gate": ("reject", "opt-out: gen_ai_preference=no-gen-ai")}, {}, "opt-out"),
+    ({"record": ("reject", "malformed-record: license: expected a string")}, {}, "malformed"),
     ({"audio": ("reject", "audio-corrupt: truncated")}, {}, "corrupt"),
     ({"decode": ("reject", "audio-corrupt: no frames")}, {}, "corrupt"),
+    ({"decode": None}, {}, "pending"),
     ({"copyright_review": ("reject", "rejected by reviewer")}, {}, "review-rejected"),
     ({"copyright_review": ("review", "queued for content detection"), "music_screen": ("flag", "music")}, {},
      "music-flagged"),
@@ -52,17 +57,18 @@ def test_admitted_when_every_required_stage_passes_with_audio_and_no_takedown():
     ({"dedup": None}, {}, "pending"),
     ({}, {"has_audio": False}, "no-audio"),
 ])
-def test_each_exclusion_reason(change, kw, want):
+def test_each_exclusion_reason(tmp_path, change, kw, want):
     latest = {k: v for k, v in {**ALL_PASS, **change}.items() if v is not None}
-    got = _reason(latest, **kw)
+    got = _reason(tmp_path, latest, **kw)
     assert got is not None and got[0] == want
     assert want in policy.EXCLUSION_REASONS
 
 
-def test_take_down_wins_over_every_other_reason_and_unrequired_stages_do_not_block():
-    assert _reason({"license_gate": ("reject", "license-missing")}, taken_down=True)[0] == "take-down"
+def test_take_down_wins_over_every_other_reason_and_unrequired_stages_do_not_block(tmp_path):
+    assert _reason(tmp_path / "a", {"license_gate": ("reject", "license-missing")}, taken_down=True)[0] == "take-down"
     # a music flag blocks only through the stages the release requires
-    assert _reason({"license_gate": ("pass", "x"), "music_screen": ("flag", "music")}, required=("license_gate",)) is None
+    assert _reason(tmp_path / "b", {"license_gate": ("pass", "x"), "decode": ("pass", "ok"),
+                                    "music_screen": ("flag", "music")}, required=("license_gate",)) is None
 
 
 def test_published_license_form_and_content_hash():
@@ -135,9 +141,12 @@ def test_report_counts_equal_a_duckdb_query_and_csv_round_trips(cat, tmp_path):
     folder = pathlib.Path(out["folder"])
     s = json.loads((folder / "summary.json").read_text())
     q = cat.con
-    want = q.execute("SELECT source, regexp_replace(license_canonical, '-[0-9.]+$', ''), count(*), "
+    want = q.execute("SELECT source, license_canonical, count(*), "
                      "round(sum(duration) / 3600, 2) FROM release_items WHERE release_name = 'r1' "
                      "GROUP BY ALL").fetchall()
+    # one row per license with its version (CC BY 3.0 and 4.0 apart), named as the license table names it
+    from sao.licensing.table import license_name
+    want = [(src, license_name(lic), n, h) for src, lic, n, h in want]
     assert sorted((r["source"], r["license"], r["recordings"], r["hours"]) for r in s["table"]) == sorted(want)
     assert s["total"]["recordings"] == q.execute(
         "SELECT n_recordings FROM releases WHERE name = 'r1'").fetchall()[0][0] == out["recordings"]

@@ -16,6 +16,8 @@ from sao.dedup import exact_edges, group_components, keep_order, near_duplicate_
 from sao.dedup.stage import run_dedup
 from sao.dedup.store import append_embeddings, load_embeddings
 
+from .conftest import decode_stored
+
 NOW = dt.datetime(2026, 1, 1)
 
 
@@ -82,6 +84,7 @@ def _catalogue(tmp_path, corpus_entries, shas_override=None):
         decs.append(Decision(f"{source}:{sid}", "license_gate", "pass", "ok", config_hash="t"))
     cat.upsert_recordings(rows)
     cat.add_decisions(decs)
+    decode_stored(cat, store)                          # dedup reads only decoded audio
     return cat, store
 
 

@@ -69,6 +69,8 @@ def test_dedup_flow_embeds_in_parallel_and_groups(prefect_server, tmp_path, corp
 
     from flows.dedup import dedup
     from sao.catalog import Decision
+
+    from .conftest import decode_stored
     store = pathlib.Path(corpus_entries[0]["path"]).parent
     cfg = flow_config(tmp_path, paths={"audio_store": str(store)}, orchestration={"batch_files": 2})
     with Catalog(tmp_path / "c.duckdb") as cat:
@@ -77,6 +79,7 @@ def test_dedup_flow_embeds_in_parallel_and_groups(prefect_server, tmp_path, corp
                                         license_raw=e["license_url"], content_sha256=e["sha256"],
                                         audio_path=pathlib.Path(e["path"]).name, duration=e["duration"])])
             cat.add_decisions([Decision(f"freesound:{e['id']}", "license_gate", "pass", "ok", config_hash="t")])
+        decode_stored(cat, store)                      # dedup reads only audio the decode stage passed
     out = dedup(str(cfg))
     assert out["embed"]["embedded"] == 6 and out["dedup"]["recordings"] == 6
     again = dedup(str(cfg))

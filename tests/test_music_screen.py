@@ -3,6 +3,8 @@ import pickle
 
 import numpy as np
 import pytest
+
+from .conftest import decode_stored
 import soundfile as sf
 import torch
 
@@ -91,6 +93,7 @@ def test_stage_writes_uncalibrated_decisions_and_is_idempotent(random_model, cor
         cat.upsert_recordings(recs)
         cat.add_decisions(decs)
         store = pathlib.Path(corpus_entries[0]["path"]).parent
+        decode_stored(cat, store)                      # the screen reads only what the decode stage passed
         cfg = ScreenConfig(classes=tuple(default_music_classes()), rule=MusicRule(min_seconds=30))
         out = run_music_screen(cat, random_model, cfg, audio_store=store, config_hash="t")
         assert out["screened"] == 3 and out["too_short"] == 2 and out["uncalibrated"]

@@ -6,6 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+from .conftest import decode_stored
 import soundfile as sf
 
 from sao import cli
@@ -88,12 +90,14 @@ def _catalogue_with(tmp_path, items):
     for rid, (path, verdict) in items.items():
         sid = rid.split(":")[1]
         recs.append(dict(source="freesound", source_id=sid, title=sid, duration=20.0, crawl_time=NOW,
-                         license_raw="http://creativecommons.org/publicdomain/zero/1.0/", audio_path=str(path)))
+                         license_raw="http://creativecommons.org/publicdomain/zero/1.0/",
+                         audio_path=str(path).lstrip("/")))     # under the store "/"
         decs += [Decision(rid, "license_gate", "pass", "ok", config_hash="t"),
                  Decision(rid, "music_screen", verdict, "music: test" if verdict == "flag" else "not-music: test",
                           config_hash="t", model_name="PANNs", uncalibrated=True)]
     cat.upsert_recordings(recs)
     cat.add_decisions(decs)
+    decode_stored(cat)                                 # only decoded audio reaches the content review
     return cat
 
 
@@ -158,7 +162,10 @@ def test_fma_review_and_sao_review_cli(tmp_path, capsys, monkeypatch):
             cat.upsert_recordings([dict(source="fma", source_id=str(i + 2), title=title, author=artist,
                                         crawl_time=NOW, license_raw="http://creativecommons.org/licenses/by/3.0/",
                                         audio_path=f"{i}.mp3")])
-            cat.add_decisions([Decision(f"fma:{i + 2}", "license_gate", "pass", "ok", config_hash="t")])
+            cat.set_audio(f"fma:{i + 2}", f"sha-{i}", f"{i}.mp3", "original")
+            cat.add_decisions([Decision(f"fma:{i + 2}", "license_gate", "pass", "ok", config_hash="t"),
+                               Decision(f"fma:{i + 2}", "decode", "pass", "decodes", config_hash="t",
+                                        details={"content_sha256": f"sha-{i}"})])
         assert load_catalogue(cat, REPO / "datasets" / "copyright_catalogue" / "sample.csv") == 25
         out = run_fma_review(cat, config_hash="t")
         assert out == {"checked": 3, "no_match": 1, "to_human_review": 2, "catalogue_rows": 25,

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
+from sao.audio.stage import run_decode
 from sao.catalog import Catalog, Decision
 from sao.licensing import LicensePolicy
 from sao.licensing.stage import run_license_gate
@@ -39,6 +40,7 @@ def world(freesound_sounds, fma_dir, tmp_path_factory):
         ingest_fma(cat, fma_dir, audio_store=d / "audio", config_hash="t")
         run_license_gate(cat, LicensePolicy(), config_hash="t")
         download_audio(cat, c, d / "audio")
+        run_decode(cat, audio_store=d / "audio", config_hash="t", show_progress=False)
     return d
 
 
@@ -79,7 +81,7 @@ def test_shards_read_back_with_webdataset(cat_copy, world, tmp_path):
         assert j["license"] in ("cc0-1.0", "cc-by-3.0", "cc-by-4.0", "cc-sampling+-1.0")
         assert j["seconds_start"] == j["offset_samples"] // 44100
         assert j["seconds_total"] >= j["seconds_start"] and j["attribution"]["author"]
-        assert set(j["admitted_by"]) == {"license_gate"}
+        assert set(j["admitted_by"]) == {"decode", "license_gate"}
         # padding is silence
         assert np.abs(audio[j["n_valid_samples"]:]).max(initial=0) == 0
     # chunk counts per recording: up to 3 for Freesound, extra hi-fi chunks for every FMA track

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from typing import Any, Iterator
 
@@ -59,6 +60,7 @@ class ItemState:
     windows_done: int = 0
     decided: bool = False
     error: str | None = None
+    content_sha256: str | None = None
 
     def frames(self) -> np.ndarray:
         return np.concatenate(self.activity) if self.activity else np.zeros(0, np.float32)
@@ -107,6 +109,28 @@ def stream_windows(path: str, window: int, *, short_pad: int = SAMPLE_RATE) -> I
                 return
 
 
+def decoded_seconds_upto(path: str, limit_seconds: float) -> float:
+    """Seconds of audio that actually decode from ``path``, reading no more than ``limit_seconds``."""
+    probe(path)
+    try:
+        with sf.SoundFile(path) as f:
+            limit, got = int(limit_seconds * f.samplerate) + 1, 0
+            while got < limit:
+                x = f.read(min(65536, limit - got), dtype="float32", always_2d=True)
+                if not len(x):
+                    break
+                if not np.isfinite(x).all():
+                    raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
+                got += len(x)
+            if got == 0:
+                raise AudioDecodeError(f"{path}: no audio frames decode")
+            return got / f.samplerate
+    except AudioDecodeError:
+        raise
+    except Exception as exc:
+        raise AudioDecodeError(f"{path}: cannot decode: {exc}") from exc
+
+
 def _decided(st: ItemState, rule: MusicRule, seconds_done: float) -> bool:
     """True when the rest of the file cannot change the verdict."""
     act = st.frames() >= rule.threshold
@@ -132,12 +156,27 @@ def screen_audio(items: list[dict[str, Any]], lm: LoadedModel, cfg: ScreenConfig
     t0 = time.perf_counter()
     states = []
     for it in items:
-        if cfg.skip_short and (it.get("duration") or 0.0) < cfg.rule.min_seconds:
-            results[it["recording_id"]] = {"kind": "short", "duration": it.get("duration") or 0.0}
-            stats["skipped_short"] += 1
-            stats["audio_seconds"] += it.get("duration") or 0.0
+        rid, duration = it["recording_id"], it.get("duration")
+        if duration is None or not math.isfinite(duration) or duration < 0:
+            results[rid] = {"kind": "error", "content_sha256": it.get("content_sha256"),
+                            "error": f"{it['path']}: no decoded duration (the decode stage has not passed it)"}
             continue
-        states.append(ItemState(it["recording_id"], it["path"], it.get("duration") or 0.0))
+        if cfg.skip_short and duration < cfg.rule.min_seconds:
+            # "short" is a verdict, so it is decided from the samples, not the header: decode up
+            # to the rule's length (cheap for a short file); more audio than the header says
+            # means the header lies and the file is screened like any other
+            try:
+                got = decoded_seconds_upto(it["path"], cfg.rule.min_seconds + 1.0)
+            except AudioDecodeError as exc:
+                results[rid] = {"kind": "error", "error": str(exc), "content_sha256": it.get("content_sha256")}
+                continue
+            if got < cfg.rule.min_seconds:
+                results[rid] = {"kind": "short", "duration": got, "content_sha256": it.get("content_sha256")}
+                stats["skipped_short"] += 1
+                stats["audio_seconds"] += got
+                continue
+            duration = math.inf                        # unknown length: never stop early on "too little left"
+        states.append(ItemState(rid, it["path"], duration, content_sha256=it.get("content_sha256")))
 
     bar = progress(total=len(states), desc="music screen", unit="file")
 
@@ -204,7 +243,7 @@ def screen_audio(items: list[dict[str, Any]], lm: LoadedModel, cfg: ScreenConfig
     labels = audioset_labels()
     for st in states:
         if st.error:
-            results[st.rid] = {"kind": "error", "error": st.error}
+            results[st.rid] = {"kind": "error", "error": st.error, "content_sha256": st.content_sha256}
             continue
         v = music_rule(st.frames(), cfg.rule)
         top = []
@@ -212,8 +251,9 @@ def screen_audio(items: list[dict[str, Any]], lm: LoadedModel, cfg: ScreenConfig
             order = np.argsort(-st.class_max[classes])[:3]
             top = [{"class": labels[classes[i]], "max_prob": round(float(st.class_max[classes[i]]), 4)} for i in order]
         results[st.rid] = {"kind": "screened", "verdict": v, "top_music_classes": top,
-                           "stopped_early": st.decided and st.windows_done * cfg.window_seconds < st.duration}
-        stats["audio_seconds"] += st.duration
+                           "stopped_early": st.decided and st.windows_done * cfg.window_seconds < st.duration,
+                           "content_sha256": st.content_sha256}
+        stats["audio_seconds"] += min(st.duration, st.windows_done * cfg.window_seconds)
     stats["wall_seconds"] = time.perf_counter() - t0
     return results, stats
 
@@ -222,15 +262,15 @@ def pending_screen(cat: Catalog, signature: str, audio_store) -> list[dict[str, 
     """Freesound items admitted by the license gate, with audio, not taken down, and not yet
     screened under this exact model + rule signature."""
     import pathlib
+    # the duration is the one the decode stage read from the file: a crawled `duration` of 5 s
+    # on a 1-hour file must not let it pass as too short to be music
     rows = cat.query(
-        "WITH latest AS (SELECT recording_id, stage, verdict, details FROM decisions "
-        "  QUALIFY row_number() OVER (PARTITION BY recording_id, stage ORDER BY decision_id DESC) = 1) "
-        "SELECT r.recording_id, r.content_sha256, r.audio_path, r.duration FROM recordings r "
-        "JOIN latest g ON g.recording_id = r.recording_id AND g.stage = 'license_gate' AND g.verdict = 'pass' "
-        "LEFT JOIN latest m ON m.recording_id = r.recording_id AND m.stage = ? "
-        "WHERE r.source = 'freesound' AND r.audio_path IS NOT NULL "
-        "AND r.recording_id NOT IN (SELECT recording_id FROM takedowns WHERE status = 'active') "
-        "AND (m.details IS NULL OR json_extract_string(m.details, '$.signature') IS DISTINCT FROM ?) "
+        "SELECT r.recording_id, r.content_sha256, r.audio_path, r.audio_duration AS duration "
+        "FROM playable p JOIN recordings r USING (recording_id) "
+        "LEFT JOIN latest_decisions m ON m.recording_id = r.recording_id AND m.stage = ? "
+        "WHERE r.source = 'freesound' "
+        "AND (m.details IS NULL OR json_extract_string(m.details, '$.signature') IS DISTINCT FROM ? "
+        "     OR json_extract_string(m.details, '$.content_sha256') IS DISTINCT FROM r.content_sha256) "
         "ORDER BY r.recording_id", [STAGE, signature])
     store = pathlib.Path(audio_store)
     for r in rows:
@@ -252,7 +292,8 @@ def screen_decisions(results: dict[str, dict[str, Any]], cfg: ScreenConfig, *, c
     for rid, res in sorted(results.items()):
         if res["kind"] == "error":
             counts["errors"] += 1
-            decisions.append(Decision(rid, "decode", "reject", f"audio-corrupt: {res['error']}", config_hash=config_hash))
+            decisions.append(Decision(rid, "decode", "reject", f"audio-corrupt: {res['error']}", config_hash=config_hash,
+                                      details={"content_sha256": res.get("content_sha256")}))
             continue
         if res["kind"] == "short":
             counts["too_short"] += 1
@@ -274,7 +315,8 @@ def screen_decisions(results: dict[str, dict[str, Any]], cfg: ScreenConfig, *, c
                                            f"{rule.threshold:g} (rule {rule.min_seconds:g} s){tag}")
         decisions.append(Decision(rid, STAGE, verdict, reason, config_hash=config_hash, model_name=MODEL_NAME,
                                   checkpoint_sha256=checkpoint_sha256, threshold=rule.threshold,
-                                  uncalibrated=uncalibrated, details={**base, **details}))
+                                  uncalibrated=uncalibrated,
+                                  details={**base, **details, "content_sha256": res.get("content_sha256")}))
     return decisions, counts
 
 

@@ -5,77 +5,39 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
+
+from ..licensing.canonical import UNKNOWN, family as licensing_family
+from ..licensing.table import LICENSES
 
 class ReleaseError(ValueError):
     """Bad input about releases: a bad name, an unknown release, other content under an existing name."""
 
 
-# Why a recording is not in a release, in the order they are reported (the first that applies wins).
-EXCLUSION_REASONS = ("take-down", "license", "opt-out", "corrupt", "review-rejected", "music-flagged", "duplicate",
-                     "pending", "no-audio")
+# Why a recording is not in a release, in the order they are reported (the first that applies
+# wins). The rule itself is the catalogue's ``admission`` macro (sao/catalog/migrations.py, 8):
+# one definition that shards and releases both read.
+EXCLUSION_REASONS = ("take-down", "opt-out", "license", "malformed", "corrupt", "review-rejected", "music-flagged",
+                     "duplicate", "no-audio", "pending")
 
 # Columns of the published attribution CSV (../shared/reference/sao_fma_attribution_published.csv).
 PUBLISHED_COLUMNS = ("id", "title", "author", "license", "url")
-_PUBLISHED_LICENSE = {"cc0": "cc0", "cc-by": "ccby", "cc-sampling+": "ccsampling+"}
-
-Latest = Mapping[str, tuple[str, str]]          # stage -> (verdict, reason) of the latest decision
-
-
-def _corrupt(latest: Latest) -> tuple[str, str] | None:
-    for stage in ("audio", "decode"):
-        verdict, reason = latest.get(stage, ("", ""))
-        if verdict == "reject":
-            return "corrupt", reason
-    return None
-
-
-def is_admitted(latest: Latest, *, taken_down: bool, has_audio: bool, required_stages: Sequence[str]) -> bool:
-    """The admission rule (the same as the shards' selection): every required stage's latest
-    decision passes, audio is stored and decodes, and no take-down is active."""
-    return (not taken_down and has_audio and _corrupt(latest) is None
-            and all(latest.get(s, ("", ""))[0] == "pass" for s in required_stages))
-
-
-def exclusion_reason(latest: Latest, *, taken_down: bool, has_audio: bool,
-                     required_stages: Sequence[str]) -> tuple[str, str] | None:
-    """(reason, detail) for a recording the release leaves out; None when it is admitted."""
-    if is_admitted(latest, taken_down=taken_down, has_audio=has_audio, required_stages=required_stages):
-        return None
-    if taken_down:
-        return "take-down", ""
-    blocking = {s: latest.get(s) for s in required_stages if latest.get(s, ("", ""))[0] != "pass"}
-    lic = blocking.get("license_gate")
-    if lic:
-        return ("opt-out" if lic[1].startswith("opt-out") else "license"), lic[1]
-    if (bad := _corrupt(latest)) is not None:
-        return bad
-    for stage, (verdict, reason) in ((s, v) for s, v in blocking.items() if v is not None):
-        if stage == "copyright_review" and verdict == "reject":
-            return "review-rejected", reason
-    for stage, (verdict, reason) in ((s, v) for s, v in blocking.items() if v is not None):
-        if stage in ("copyright_review", "music_screen") and verdict in ("review", "flag"):
-            return "music-flagged", reason
-        if stage == "dedup" and verdict == "reject":
-            return "duplicate", reason
-    if blocking:
-        stage = sorted(blocking)[0]
-        got = blocking[stage]
-        return "pending", f"{stage}: " + (f"{got[0]} ({got[1]})" if got else "no decision yet")
-    return "no-audio", "no stored audio"
+# The published license form (cc0, ccby, ccsampling+) is a column of the one license table.
+_PUBLISHED_LICENSE = {row.canonical: row.published for row in LICENSES}
 
 
 def license_family(canonical: str) -> str:
-    """cc-by-4.0 -> cc-by, cc-sampling+-1.0 -> cc-sampling+ (the paper counts licenses without versions)."""
-    return canonical.rsplit("-", 1)[0] if canonical[-1:].isdigit() else canonical
+    """cc-by-4.0 -> cc-by, cc-sampling+-1.0 -> cc-sampling+ (the paper counts licenses without versions),
+    from the licensing tables; an id they do not know is its own family (never guessed by its spelling)."""
+    fam = licensing_family(canonical)
+    return canonical if fam == UNKNOWN else fam
 
 
 def published_license(canonical: str) -> str:
     """cc0-1.0 -> cc0, cc-by-4.0 -> ccby, cc-sampling+-1.0 -> ccsampling+ (the published CSV drops versions)."""
-    family = license_family(canonical)
-    if family not in _PUBLISHED_LICENSE:
+    if canonical not in _PUBLISHED_LICENSE:
         raise ValueError(f"license {canonical!r} has no published attribution form (not admitted by the gate)")
-    return _PUBLISHED_LICENSE[family]
+    return _PUBLISHED_LICENSE[canonical]
 
 
 ITEM_FIELDS = ("recording_id", "license_canonical", "title", "author", "license_url", "url", "attribution_line")

@@ -45,6 +45,33 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     return AudioInfo(str(p), int(i.samplerate), int(i.channels), int(i.frames), i.format, i.subtype)
 
 
+def verify(path: str | os.PathLike) -> AudioInfo:
+    """``probe`` plus proof that the file decodes where it says it does: its first block and its
+    last second decode to samples. A cut-short MP3 or FLAC keeps a header that announces the
+    full length, so only reading its end shows the cut; reading a second costs little next to
+    decoding the whole file."""
+    info = probe(path)
+    if info.frames <= 0:
+        raise AudioDecodeError(f"{path}: no audio frames (header announces 0)")
+    tail = min(info.frames, info.sample_rate)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            head = f.read(min(info.frames, 4096), dtype="float32", always_2d=True)
+            f.seek(info.frames - tail)
+            end = f.read(tail, dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise AudioDecodeError(f"{path}: cannot decode: {exc}") from exc
+    if head.shape[0] == 0:
+        raise AudioDecodeError(f"{path}: no audio frames decode")
+    if not (np.isfinite(head).all() and np.isfinite(end).all()):
+        raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
+    slack = max(4608, int(0.02 * info.frames))
+    if tail - end.shape[0] > slack:
+        raise AudioDecodeError(f"{path}: truncated: the last {tail} of {info.frames} announced frames do not decode "
+                               f"({end.shape[0]} do)")
+    return info
+
+
 def wav_declared_frames(path) -> int | None:
     """Frames a RIFF/WAVE header's data chunk declares (libsndfile silently shrinks it to what the
     file holds, which hides a truncated download); None for other formats or odd headers."""

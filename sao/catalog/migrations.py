@@ -181,6 +181,120 @@ ALTER TABLE runs ADD COLUMN stages JSON;            -- {stage: its stats}
 ALTER TABLE runs ADD COLUMN cache_hits INTEGER;     -- task runs answered from the persisted cache
 ALTER TABLE runs ADD COLUMN error VARCHAR;          -- why a failed run failed (no secrets: see sao.runs)
 """),
+    (8, "one admission rule: latest decisions, active take-downs, probed audio, admission views", """
+-- what the stored file itself says (sao.audio.probe at the decode stage); crawled metadata
+-- (duration, sample_rate, channels) is kept as the source wrote it and decides nothing
+ALTER TABLE recordings ADD COLUMN audio_duration DOUBLE;
+ALTER TABLE recordings ADD COLUMN audio_sample_rate INTEGER;
+ALTER TABLE recordings ADD COLUMN audio_channels INTEGER;
+
+CREATE VIEW latest_decisions AS
+SELECT * FROM decisions
+QUALIFY row_number() OVER (PARTITION BY recording_id, stage ORDER BY decision_id DESC) = 1;
+
+CREATE VIEW active_takedowns AS
+SELECT DISTINCT recording_id FROM takedowns WHERE status = 'active';
+
+-- One row per recording with everything the admission rule reads. A decode decision counts
+-- only for the stored content it checked (details.content_sha256): new audio is decoded again.
+-- A decode reject that names no content (older catalogues) still counts: refuse, never guess.
+CREATE VIEW recording_state AS
+WITH l AS (SELECT recording_id, stage, verdict, reason, decision_id, details FROM latest_decisions),
+per AS (
+  SELECT recording_id,
+         list(stage ORDER BY stage) AS stages, list(verdict ORDER BY stage) AS verdicts,
+         list(decision_id ORDER BY stage) AS ids,
+         any_value(verdict) FILTER (WHERE stage = 'license_gate') AS gate_verdict,
+         any_value(reason) FILTER (WHERE stage = 'license_gate') AS gate_reason,
+         any_value(verdict) FILTER (WHERE stage = 'record') AS record_verdict,
+         any_value(reason) FILTER (WHERE stage = 'record') AS record_reason,
+         any_value(verdict) FILTER (WHERE stage = 'audio') AS audio_verdict,
+         any_value(reason) FILTER (WHERE stage = 'audio') AS audio_reason,
+         any_value(verdict) FILTER (WHERE stage = 'decode') AS decode_verdict,
+         any_value(reason) FILTER (WHERE stage = 'decode') AS decode_reason,
+         any_value(json_extract_string(details, '$.content_sha256')) FILTER (WHERE stage = 'decode') AS decode_sha256,
+         any_value(verdict) FILTER (WHERE stage = 'music_screen') AS screen_verdict,
+         any_value(reason) FILTER (WHERE stage = 'music_screen') AS screen_reason,
+         any_value(verdict) FILTER (WHERE stage = 'copyright_review') AS review_verdict,
+         any_value(reason) FILTER (WHERE stage = 'copyright_review') AS review_reason,
+         any_value(verdict) FILTER (WHERE stage = 'dedup') AS dedup_verdict,
+         any_value(reason) FILTER (WHERE stage = 'dedup') AS dedup_reason
+  FROM l GROUP BY recording_id)
+SELECT r.recording_id, r.source, r.content_sha256, r.audio_path IS NOT NULL AS has_audio,
+       t.recording_id IS NOT NULL AS taken_down, per.* EXCLUDE (recording_id),
+       -- never NULL: a NULL here would read as "not corrupt" and "not pending" (admitted)
+       coalesce(per.decode_verdict = 'pass' AND per.decode_sha256 IS NOT DISTINCT FROM r.content_sha256,
+                false) AS decoded,
+       coalesce(per.audio_verdict = 'reject'
+                OR (per.decode_verdict = 'reject' AND (per.decode_sha256 IS NULL
+                                                       OR per.decode_sha256 IS NOT DISTINCT FROM r.content_sha256)),
+                false) AS corrupt
+FROM recordings r LEFT JOIN per USING (recording_id) LEFT JOIN active_takedowns t USING (recording_id);
+
+-- What a stage after the license gate may work on: admitted by the gate, a well-formed record,
+-- not taken down. (Downloads and the FMA metadata review start here.)
+CREATE VIEW gate_admitted AS
+SELECT * FROM recording_state
+WHERE gate_verdict = 'pass' AND record_verdict IS DISTINCT FROM 'reject' AND NOT taken_down;
+
+-- ... and with stored audio that decodes: what the music screen, the content review and the
+-- CLAP embeddings read. Nothing reads audio that the decode stage has not passed.
+CREATE VIEW playable AS
+SELECT * FROM gate_admitted WHERE has_audio AND decoded AND NOT corrupt;
+
+-- THE admission rule. For REQUIRED (the release's or the shards' required stages; the license
+-- gate and decode are always required) one row per recording: reason NULL when admitted, else
+-- the first reason that applies, in sao.attribution.policy.EXCLUSION_REASONS order, and its detail.
+CREATE MACRO admission(required) AS TABLE
+WITH s AS (
+  SELECT *, list_distinct(list_concat(['license_gate', 'decode'], required)) AS req FROM recording_state),
+b AS (
+  SELECT *,
+    list_filter(req, lambda x: list_position(stages, x) IS NULL
+                         OR verdicts[list_position(stages, x)] <> 'pass') AS blocking
+  FROM s),
+c AS (
+  SELECT *,
+    CASE
+      WHEN taken_down THEN 'take-down'
+      WHEN gate_verdict IS NOT NULL AND gate_verdict <> 'pass' AND gate_reason LIKE 'opt-out%' THEN 'opt-out'
+      WHEN gate_verdict IS NOT NULL AND gate_verdict <> 'pass' THEN 'license'
+      WHEN record_verdict = 'reject' THEN 'malformed'
+      WHEN corrupt THEN 'corrupt'
+      WHEN list_contains(blocking, 'copyright_review') AND review_verdict = 'reject' THEN 'review-rejected'
+      WHEN (list_contains(blocking, 'copyright_review') AND review_verdict IN ('review', 'flag'))
+        OR (list_contains(blocking, 'music_screen') AND screen_verdict IN ('review', 'flag')) THEN 'music-flagged'
+      WHEN list_contains(blocking, 'dedup') AND dedup_verdict = 'reject' THEN 'duplicate'
+      WHEN NOT has_audio THEN 'no-audio'
+      WHEN len(blocking) > 0 OR NOT decoded THEN 'pending'
+      WHEN len(blocking) = 0 AND decoded THEN NULL
+      ELSE 'pending'                        -- unknown state: never admitted by accident
+    END AS reason
+  FROM b)
+SELECT recording_id, reason,
+  CASE reason
+    WHEN 'take-down' THEN ''
+    WHEN 'opt-out' THEN gate_reason
+    WHEN 'license' THEN gate_reason
+    WHEN 'malformed' THEN record_reason
+    WHEN 'corrupt' THEN coalesce(CASE WHEN audio_verdict = 'reject' THEN audio_reason END, decode_reason)
+    WHEN 'review-rejected' THEN review_reason
+    WHEN 'music-flagged' THEN coalesce(CASE WHEN review_verdict IN ('review', 'flag') THEN review_reason END,
+                                       screen_reason)
+    WHEN 'duplicate' THEN dedup_reason
+    WHEN 'no-audio' THEN 'no stored audio'
+    WHEN 'pending' THEN list_aggregate(list_transform(list_sort(list_distinct(list_concat(blocking,
+                          CASE WHEN decoded THEN [] ELSE ['decode'] END))),
+                          lambda x: x || ': ' || coalesce(verdicts[list_position(stages, x)] || ' (not pass)',
+                                                     'no decision yet')), 'string_agg', '; ')
+  END AS detail,
+  list_transform(list_sort(req), lambda x: {'stage': x, 'decision_id': ids[list_position(stages, x)]}) AS admitted_by
+FROM c;
+
+CREATE MACRO admitted(required) AS TABLE
+SELECT r.*, a.admitted_by FROM admission(required) a JOIN recordings r USING (recording_id)
+WHERE a.reason IS NULL;
+"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -9,8 +9,11 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
+import numbers
 import os
 import pathlib
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -50,6 +53,49 @@ class CatalogError(ValueError):
     """Bad input to the catalogue; the message names the item and the reason."""
 
 
+class CatalogInUse(CatalogError):
+    """Another process holds the catalogue's DuckDB lock (transient: wait for it and retry)."""
+    transient = True
+
+
+_REC_TEXT = tuple(c for c in _REC_COLUMNS if _REC_ARROW[c] == pa.string() and c not in ("source_id", "extra"))
+_REC_TIMES = ("created_at", "crawl_time", "first_seen")
+_INT32_MAX = 2**31 - 1
+
+
+def _column_problem(c: str, v: Any) -> str | None:
+    """Why ``v`` is not exactly of column ``c``'s type (None when it is). Nothing is coerced:
+    Arrow would store ``True`` as 1, ``1005.7`` as 1005 and NaN as a duration."""
+    if v is None:
+        return None
+    if c in _REC_TEXT:
+        return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
+    if c == "source_id":
+        ok = isinstance(v, str) or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+        return None if ok else f"expected a string or an integer, got {type(v).__name__}"
+    if c == "duration":
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+            return f"expected a number, got {type(v).__name__}"
+        try:
+            return None if math.isfinite(v) and v >= 0 else "expected a finite number >= 0"
+        except OverflowError:                # an integer beyond any float
+            return "expected a finite number >= 0"
+    if c in ("sample_rate", "channels"):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            return f"expected an integer, got {type(v).__name__}"
+        return None if 1 <= v <= _INT32_MAX else f"expected an integer from 1 to {_INT32_MAX}"
+    if c in _REC_TIMES:
+        return None if isinstance(v, dt.datetime) else f"expected a datetime, got {type(v).__name__}"
+    if c == "extra":
+        if not isinstance(v, dict):
+            return f"expected an object, got {type(v).__name__}"
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return f"not JSON: {exc}"
+    return None
+
+
 @dataclass(frozen=True)
 class Decision:
     """One curation decision. Model stages must fill model_name and checkpoint_sha256."""
@@ -74,7 +120,16 @@ class Catalog:
         self.path = pathlib.Path(path)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path), read_only=read_only)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            # DuckDB's lock error is a raw IO traceback to a user; name the file and the holder instead
+            if "lock" not in str(exc).lower():
+                raise CatalogError(f"catalogue {self.path} cannot be opened: {exc}") from None
+            pid = re.search(r"\(PID (\d+)\)", str(exc))
+            raise CatalogInUse(f"catalogue {self.path} is in use by another sao process"
+                               + (f" (pid {pid.group(1)})" if pid else "")
+                               + "; wait for it to finish (or stop it), then run this again") from None
         self._tx_depth = 0
         if not read_only:
             self.migrate(migrate_to)
@@ -163,6 +218,11 @@ class Catalog:
             raise CatalogError(f"recording {ident}: unknown field(s) {', '.join(sorted(unknown))}")
         if rec["source"] not in ("freesound", "fma", "local"):
             raise CatalogError(f"recording {ident}: source must be freesound, fma or local")
+        for c in _REC_COLUMNS:
+            why = _column_problem(c, rec.get(c)) if c != "tags" else None
+            if why:
+                shown = repr(rec[c]) if len(repr(rec[c])) <= 80 else repr(rec[c])[:77] + "..."
+                raise CatalogError(f"recording {ident}: field {c} has a bad value {shown}: {why}")
         for key in ("title", "author", "description"):
             if isinstance(rec.get(key), str) and "\x00" in rec[key]:
                 raise CatalogError(f"recording {ident}: {key} contains a NUL byte")
@@ -210,6 +270,9 @@ class Catalog:
                       for c in ("content_sha256", "audio_path")}
         updates = ", ".join(keep_audio.get(c, f"{c} = excluded.{c}") for c in _REC_COLUMNS
                             if c not in ("recording_id", "source", "source_id", "first_seen"))
+        updates += "".join(f", {c} = CASE WHEN excluded.md5 IS DISTINCT FROM recordings.md5 OR (excluded.content_sha256 "
+                           f"IS NOT NULL AND excluded.content_sha256 IS DISTINCT FROM recordings.content_sha256) THEN NULL "
+                           f"ELSE recordings.{c} END" for c in ("audio_duration", "audio_sample_rate", "audio_channels"))
         updates += (", audio_variant = CASE WHEN excluded.content_sha256 IS NOT NULL THEN NULL "
                     "WHEN excluded.md5 IS DISTINCT FROM recordings.md5 THEN NULL ELSE recordings.audio_variant END")
         # bulk path: the batch is an Arrow table scanned by DuckDB (executemany runs one
@@ -275,20 +338,26 @@ class Catalog:
 
     def latest_decision_map(self, stage: str) -> dict[str, dict[str, Any]]:
         """{recording_id: its latest decision at ``stage``} (details decoded)."""
-        cur = self.con.execute(
-            "SELECT recording_id, verdict, reason, details, decision_id FROM decisions WHERE stage = ? "
-            "QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1", [stage])
+        cur = self.con.execute("SELECT recording_id, verdict, reason, details, decision_id FROM latest_decisions "
+                               "WHERE stage = ?", [stage])
         return {r[0]: {"verdict": r[1], "reason": r[2], "details": json.loads(r[3]) if r[3] else None,
                        "decision_id": r[4]} for r in cur.fetchall()}
 
     def latest_decisions(self, stage: str | None = None) -> list[dict[str, Any]]:
         """The most recent decision per (recording, stage)."""
-        sql = ("SELECT * FROM decisions WHERE (? IS NULL OR stage = ?) "
-               "QUALIFY row_number() OVER (PARTITION BY recording_id, stage ORDER BY decision_id DESC) = 1 "
-               "ORDER BY recording_id, stage")
-        cur = self.con.execute(sql, [stage, stage])
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        return self.query("SELECT * FROM latest_decisions WHERE (? IS NULL OR stage = ?) "
+                          "ORDER BY recording_id, stage", [stage, stage])
+
+    # -- the admission rule (migration 8: one definition, in the catalogue) ----------------------
+    def admission(self, required_stages: Sequence[str]) -> list[dict[str, Any]]:
+        """Every recording with why it is not admitted under ``required_stages`` (reason None when
+        it is); the license gate and decode are always required."""
+        return self.query("SELECT recording_id, reason, detail FROM admission(?) ORDER BY recording_id",
+                          [list(required_stages)])
+
+    def admitted_ids(self, required_stages: Sequence[str]) -> set[str]:
+        return {r[0] for r in self.con.execute("SELECT recording_id FROM admitted(?)",
+                                               [list(required_stages)]).fetchall()}
 
     # -- takedowns -------------------------------------------------------------------------------
     def add_takedown(self, recording_id: str, reason: str, requested_by: str | None = None) -> int:
@@ -325,9 +394,21 @@ class Catalog:
 
     # -- audio -----------------------------------------------------------------------------------
     def set_audio(self, recording_id: str, sha256: str, audio_path: str, variant: str) -> None:
-        """Record the stored audio of a recording (after its file is complete under its final name)."""
-        self.con.execute("UPDATE recordings SET content_sha256 = ?, audio_path = ?, audio_variant = ? "
-                         "WHERE recording_id = ?", [sha256, audio_path, variant, recording_id])
+        """Record the stored audio of a recording (after its file is complete under its final name).
+        New content forgets what the old file was probed to hold: the decode stage probes it again."""
+        self.con.execute("UPDATE recordings SET audio_duration = CASE WHEN content_sha256 IS NOT DISTINCT FROM ? "
+                         "THEN audio_duration END, audio_sample_rate = CASE WHEN content_sha256 IS NOT DISTINCT "
+                         "FROM ? THEN audio_sample_rate END, audio_channels = CASE WHEN content_sha256 IS NOT "
+                         "DISTINCT FROM ? THEN audio_channels END, content_sha256 = ?, audio_path = ?, "
+                         "audio_variant = ? WHERE recording_id = ?",
+                         [sha256, sha256, sha256, sha256, audio_path, variant, recording_id])
+
+    def set_probed(self, rows: Sequence[tuple[str, str, float, int, int]]) -> None:
+        """(recording_id, content_sha256, duration, sample_rate, channels) as the decode stage read
+        them from the stored file; a row whose content changed meanwhile is not applied."""
+        for rid, sha, duration, sr, ch in rows:
+            self.con.execute("UPDATE recordings SET audio_duration = ?, audio_sample_rate = ?, audio_channels = ? "
+                             "WHERE recording_id = ? AND content_sha256 = ?", [duration, sr, ch, rid, sha])
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a read query with parameters; rows as dicts."""
@@ -336,8 +417,7 @@ class Catalog:
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 
     def active_takedowns(self) -> set[str]:
-        return {r[0] for r in self.con.execute(
-            "SELECT recording_id FROM takedowns WHERE status = ?", ["active"]).fetchall()}
+        return {r[0] for r in self.con.execute("SELECT recording_id FROM active_takedowns").fetchall()}
 
     # -- reporting and export --------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

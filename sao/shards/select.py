@@ -1,6 +1,7 @@
-"""Which recordings go into shards: those whose latest decision at every required stage is
-"pass", that have stored audio, that no ``audio`` decision rejected, and that are not taken
-down. The ids of the admitting decisions travel with each item into the shard index."""
+"""Which recordings go into shards: exactly the catalogue's ``admitted(required stages)``
+(migration 8, the one admission rule that releases use too). Duration, sample rate and
+channels are what the decode stage read from the stored file, never the crawled metadata.
+The ids of the admitting decisions travel with each item into the shard index."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import pathlib
 from typing import Any, Sequence
 
 from ..catalog import Catalog
+from ..fsutil import safe_join
 
 
 def eligible_recordings(cat: Catalog, required_stages: Sequence[str], audio_store: str | pathlib.Path
@@ -15,23 +17,13 @@ def eligible_recordings(cat: Catalog, required_stages: Sequence[str], audio_stor
     if not required_stages:
         raise ValueError("at least one required stage (e.g. license_gate) must admit an item")
     rows = cat.query(
-        "WITH latest AS (SELECT recording_id, stage, verdict, decision_id FROM decisions "
-        "  QUALIFY row_number() OVER (PARTITION BY recording_id, stage ORDER BY decision_id DESC) = 1), "
-        "req AS (SELECT recording_id, count(*) FILTER (WHERE verdict = 'pass') AS passed, "
-        "  list(decision_id ORDER BY stage) AS ids, list(stage ORDER BY stage) AS stages "
-        "  FROM latest WHERE list_contains(?, stage) GROUP BY recording_id) "
-        "SELECT r.recording_id, r.source, r.source_id, r.title, r.author, r.description, r.tags, r.duration, "
-        "  r.sample_rate, r.channels, r.license_canonical, r.license_url, r.page_url, r.audio_path, "
-        "  r.content_sha256, r.extra, req.ids AS admitted_by, req.stages AS admitted_stages "
-        "FROM recordings r JOIN req USING (recording_id) "
-        "WHERE req.passed = ? AND r.audio_path IS NOT NULL "
-        "AND r.recording_id NOT IN (SELECT recording_id FROM takedowns WHERE status = 'active') "
-        "AND r.recording_id NOT IN (SELECT recording_id FROM latest WHERE stage = 'audio' AND verdict = 'reject') "
-        "ORDER BY r.recording_id",
-        [list(required_stages), len(required_stages)])
+        "SELECT recording_id, source, source_id, title, author, description, tags, audio_duration AS duration, "
+        "  audio_sample_rate AS sample_rate, audio_channels AS channels, license_canonical, license_url, page_url, "
+        "  audio_path, content_sha256, extra, admitted_by FROM admitted(?) ORDER BY recording_id",
+        [list(required_stages)])
     store = pathlib.Path(audio_store)
     for r in rows:
         r["extra"] = json.loads(r["extra"]) if r["extra"] else {}
-        r["path"] = str(store / r["audio_path"])
-        r["admitted_by"] = dict(zip(r.pop("admitted_stages"), r["admitted_by"]))
+        r["path"] = str(safe_join(store, r["audio_path"], what=f"{r['recording_id']}: audio_path"))
+        r["admitted_by"] = {a["stage"]: a["decision_id"] for a in r["admitted_by"]}
     return rows

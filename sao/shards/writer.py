@@ -120,6 +120,12 @@ def read_clip(s: Sample, info, total_44k: int) -> tuple[np.ndarray, int, int]:
     start = int(round(offset * sr / SAMPLE_RATE))
     frames = int(math.ceil(s.length * sr / SAMPLE_RATE)) + (64 if sr != SAMPLE_RATE else 0)
     data = read_window(s.path, sr, start, frames)
+    # a cut-short MP3 keeps a header announcing the full length and reads as nothing past the
+    # cut: that window must fail, not enter the shards as padded silence
+    expected = max(0, min(frames, info.frames - start))
+    if expected - data.shape[0] > max(4608, int(0.02 * info.frames)):
+        raise AudioDecodeError(f"{s.path}: truncated: {data.shape[0]} of {expected} frames decode at frame {start} "
+                               f"(the header announces {info.frames})")
     valid = min(s.length, int(round(data.shape[0] * SAMPLE_RATE / sr)))
     return read_frames_to_stereo(data, sr, s.length), offset, valid
 
