@@ -53,15 +53,17 @@ test: $(STAMP) browser
 
 # Tiny training runs on the demo shards (run `make demo` first); checkpoints, manifests and loss.png in data/train/.
 DEMO_SHARDS = $(firstword $(wildcard data/shards/snap-*))
+# the demo's own signing key (make demo writes it); then: sao manifest verify CKPT --key data/demo-keys/signing.pub
+DEMO_KEY = $(if $(wildcard data/demo-keys/signing.key),--key-file data/demo-keys/signing.key)
 train-vae: $(STAMP)
 	@test -n "$(DEMO_SHARDS)" || { echo "no demo shards: run make demo first"; exit 1; }
 	$(VENV)/bin/sao train vae --shards $(DEMO_SHARDS) --out data/train/vae --steps 40 --batch-size 4 \
-	  --disc-channels 8 --sample-length 16384 --checkpoint-every 20
+	  --disc-channels 8 --sample-length 16384 --checkpoint-every 20 $(DEMO_KEY)
 
 train-dit: $(STAMP)
 	@test -n "$(DEMO_SHARDS)" || { echo "no demo shards: run make demo first"; exit 1; }
 	$(VENV)/bin/sao train dit --shards $(DEMO_SHARDS) --out data/train/dit --steps 60 --batch-size 4 \
-	  --t5-path data/models/t5-tiny-uncalibrated --checkpoint-every 30 \
+	  --t5-path data/models/t5-tiny-uncalibrated --checkpoint-every 30 $(DEMO_KEY) \
 	  $(if $(wildcard data/train/vae/latest.json),--vae-checkpoint $(lastword $(sort $(wildcard data/train/vae/step-*-ema.safetensors))))
 
 # Build both shard sets (autoencoder, diffusion) for the current catalogue.

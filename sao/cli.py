@@ -11,7 +11,7 @@ import sys
 
 from . import __version__
 from . import config as config_mod
-from .log import setup_logging
+from .log import install_excepthook, redact, register_secrets, setup_logging
 
 log = logging.getLogger("sao")
 
@@ -160,8 +160,22 @@ def cmd_gate(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .refresh import stage_download
-    print(json.dumps(stage_download(_cfg(args), base_url=args.base_url, limit=args.limit), indent=1))
+    from . import refresh
+    out = refresh.stage_download(_cfg(args), base_url=args.base_url, limit=args.limit)
+    print(json.dumps(out, indent=1))
+    if out.get("failed"):          # a run that stored little must not look like success to cron or CI
+        print(f"sao: download: {out['failed']} of {out['candidates']} downloads failed (kept for the next run; "
+              "reasons above and under \"failures\")", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from .refresh import stage_decode
+    out = stage_decode(_cfg(args))
+    for rid, why in sorted(out["errors"].items()):
+        print(f"{rid}: rejected: {why}", file=sys.stderr)
+    print(json.dumps({k: v for k, v in out.items() if k != "errors"}, indent=1))
     return 0
 
 
@@ -212,11 +226,29 @@ def cmd_takedown_impact(args) -> int:
 
 def cmd_release_create(args) -> int:
     from .refresh import stage_release
-    out = stage_release(_cfg(args), args.name, notes=args.notes)
+    out = stage_release(_cfg(args), args.name, notes=args.notes, key_file=args.key_file)
     print(f"release {out['name']} {out['status']} (version {out['version']}): {out['recordings']} recordings, "
           f"sha256 {out['content_sha256'][:16]}, {out['seconds']} s")
+    print(f"signature: {out['signature']} (key {out['signed_by'][:16]})" if out.get("signature")
+          else "signature: UNSIGNED (no signing key configured)")
     if out.get("excluded"):
         print("excluded: " + ", ".join(f"{k} {v}" for k, v in out["excluded"].items()))
+    return 0
+
+
+def cmd_release_verify(args) -> int:
+    from .attribution.release_signature import verify_release
+    from .signing import SigningError, load_public_key
+    cfg = _cfg(args)
+    try:
+        key = load_public_key(args.key)
+        with _catalog(cfg, read_only=True) as cat:
+            out = verify_release(cat, args.name, cfg.path(cfg.paths.releases), key)
+    except SigningError as exc:
+        print(f"sao: release verify FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: release {out['release']} ({out['recordings']} recordings, sha256 {out['content_sha256'][:16]}) "
+          f"signed by ed25519 key {out['signed_by'][:16]} ({out['signature']})")
     return 0
 
 
@@ -337,7 +369,10 @@ def cmd_review_serve(args) -> int:
     from .review.detection_service import DetectionService
     cfg = _cfg(args)
     refs = args.references or cfg.review.reference_dir
-    key = os.environ.get(cfg.review.detection_key_env) or "sao-demo-detection"
+    key = os.environ.get(cfg.review.detection_key_env, "").strip()
+    if not key:                            # no default key: refuse to start rather than accept a public one
+        raise config_mod.ConfigError(f"[review].detection_key_env: set ${cfg.review.detection_key_env} to the API key "
+                                     "the detection service will require (there is no default key)")
     svc = DetectionService(cfg.path(refs) if refs else None, api_key=key, port=args.port)
     print(f"content-detection service: {svc.url}/v1/identify  ({len(svc.index.names)} reference tracks)", flush=True)
     try:
@@ -349,7 +384,10 @@ def cmd_review_serve(args) -> int:
 
 def cmd_embed(args) -> int:
     from .refresh import stage_embed
-    print(json.dumps(stage_embed(_cfg(args), uncalibrated=True if args.uncalibrated else None), indent=1))
+    out = stage_embed(_cfg(args), uncalibrated=True if args.uncalibrated else None)
+    for u in out["undecodable"]:           # each by name: it is rejected (decode) and never admitted
+        print(f"undecodable: {u['path']} ({u['recording_id']}): {u['error']}", file=sys.stderr)
+    print(json.dumps(out, indent=1))
     return 0
 
 
@@ -437,6 +475,7 @@ def cmd_tiny_t5(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .signing import key_file_for
     from .train.trainer import TrainSettings, train_dit, train_vae
     cfg = _cfg(args)
     s = TrainSettings(stage=args.sub, shards_dir=args.shards, out_dir=args.out, model_config=args.model_config,
@@ -446,7 +485,7 @@ def cmd_train(args) -> int:
                       vae_checkpoint=args.vae_checkpoint, freeze_encoder=args.freeze_encoder,
                       disc_channels=args.disc_channels, sample_length=args.sample_length,
                       data_streams=args.data_streams, global_batch_size=args.global_batch_size,
-                      latents=getattr(args, "latents", None),
+                      latents=getattr(args, "latents", None), signing_key_file=key_file_for(cfg, args.key_file),
                       catalog=str(cfg.catalog_path) if cfg.catalog_path.exists() else None)
     out = train_vae(s) if args.sub == "vae" else train_dit(s)
     print(json.dumps(out, indent=1))
@@ -461,14 +500,29 @@ def cmd_encode_latents(args) -> int:
 
 
 def cmd_manifest_verify(args) -> int:
+    from .signing import SigningError, load_public_key
     from .train.manifest import ManifestError, verify
     try:
-        out = verify(args.checkpoint, check_shards=not args.skip_shards)
-    except ManifestError as exc:
+        key = load_public_key(args.key) if args.key else None
+        out = verify(args.checkpoint, check_shards=not args.skip_shards, public_key=key)
+    except (ManifestError, SigningError) as exc:
         print(f"sao: manifest check FAILED: {exc}", file=sys.stderr)
         return 1
-    print(f"ok: {out['checkpoint']} matches {out['manifest']} (sha256 {out['manifest_sha256'][:16]}), "
-          f"{out['shards_checked']} shard(s) verified, {out['recordings']} recordings")
+    print(f"ok: {out['checkpoint']} matches {out['manifest']} (sha256 {out['manifest_sha256'][:16]}), tensors "
+          f"{out['weights_sha256'][:16]}, {out['shards_checked']} shard(s) verified, {out['recordings']} recordings")
+    if out["signed_by"]:
+        print(f"signature: valid, ed25519 key {out['signed_by'][:16]}")
+    else:
+        print(f"signature: NOT CHECKED (no --key; the manifest says {out['signing_status']}): this shows only that "
+              "the files agree with each other, not who made them")
+    return 0
+
+
+def cmd_keys_generate(args) -> int:
+    from .signing import generate_keys
+    out = generate_keys(args.out)
+    print(f"private key: {out['private']} (mode 0600; keep it secret: set [signing].key_file or $SAO_SIGNING_KEY)")
+    print(f"public key:  {out['public']} (key id {out['keyid'][:16]}; give it to verifiers: --key)")
     return 0
 
 
@@ -522,10 +576,15 @@ def build_parser() -> argparse.ArgumentParser:
     fm.set_defaults(func=cmd_crawl_fma)
 
     sub.add_parser("gate", help="run the license gate over the catalogue").set_defaults(func=cmd_gate)
-    dl = sub.add_parser("download", help="download audio of admitted Freesound items")
+    dl = sub.add_parser("download", help="download audio of admitted Freesound items",
+                        description="Download audio of admitted Freesound items into the audio store. "
+                                    "Exit status: 0 when every download succeeded, 1 when any failed "
+                                    "(a one-line summary on stderr; failed items are tried again next run).")
     dl.add_argument("--base-url", help="API base URL (default [freesound].base_url)")
     dl.add_argument("--limit", type=int, help="at most this many files")
     dl.set_defaults(func=cmd_download)
+    sub.add_parser("decode", help="read every newly stored file: duration, rate and channels from the audio, "
+                                  "undecodable files rejected").set_defaults(func=cmd_decode)
     stp = sub.add_parser("status", help="the latest flow runs and the catalogue's state")
     stp.add_argument("--runs", type=int, default=10, help="how many runs (default 10)")
     stp.add_argument("--json", action="store_true")
@@ -562,8 +621,14 @@ def build_parser() -> argparse.ArgumentParser:
     rc = rl.add_parser("create", help="freeze the admitted recordings into release NAME")
     rc.add_argument("name")
     rc.add_argument("--notes")
+    rc.add_argument("--key-file", help="ed25519 private key signing the release (default [signing].key_file, "
+                    "else $SAO_SIGNING_KEY; none: unsigned)")
     rc.set_defaults(func=cmd_release_create)
     rl.add_parser("list", help="list releases").set_defaults(func=cmd_release_list)
+    rvf = rl.add_parser("verify", help="check release NAME's signature against its items in the catalogue")
+    rvf.add_argument("name")
+    rvf.add_argument("--key", required=True, metavar="PUB", help="ed25519 public key (PEM)")
+    rvf.set_defaults(func=cmd_release_verify)
     rd = rl.add_parser("diff", help="what was added, removed (and why) and changed from release A to B")
     rd.add_argument("old")
     rd.add_argument("new")
@@ -695,6 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--freeze-encoder", action="store_true", help="vae stage 2: train the decoder on")
         t.add_argument("--disc-channels", type=int, default=32)
         t.add_argument("--sample-length", type=int, default=16384, help="vae: samples per training clip")
+        t.add_argument("--key-file", help="ed25519 private key signing the checkpoints (default [signing].key_file, "
+                       "else $SAO_SIGNING_KEY; none: unsigned)")
         if stage == "dit":
             t.add_argument("--latents", help="pre-encoded latent shards (sao train encode-latents)")
         t.set_defaults(func=cmd_train)
@@ -709,35 +776,62 @@ def build_parser() -> argparse.ArgumentParser:
     mv = mf.add_parser("verify", help="check a checkpoint against its manifest and the shards")
     mv.add_argument("checkpoint")
     mv.add_argument("--skip-shards", action="store_true", help="only check weights against the manifest")
+    mv.add_argument("--key", metavar="PUB", help="ed25519 public key (PEM): also check the signed statement "
+                    "(without it no signature is checked, and the output says so)")
     mv.set_defaults(func=cmd_manifest_verify)
+    ky = sub.add_parser("keys", help="ed25519 signing keys").add_subparsers(dest="sub", required=True)
+    kg = ky.add_parser("generate", help="write DIR/signing.key (private, mode 0600) and DIR/signing.pub")
+    kg.add_argument("--out", required=True, metavar="DIR")
+    kg.set_defaults(func=cmd_keys_generate)
 
     sub.add_parser("demo", help="run every stage end to end on the embedded defaults").set_defaults(func=cmd_demo)
     return p
 
 
+def _register_secrets(cfg: config_mod.Config) -> None:
+    """Every credential the config reaches is hidden from all output from here on."""
+    try:
+        register_secrets(config_mod.secrets(cfg))
+    except config_mod.ConfigError:       # e.g. a missing token file: the command that needs it says so
+        register_secrets(x for x in (*cfg.replica.api_tokens, *cfg.replica.oauth_tokens))
+
+
 def main(argv: list[str] | None = None) -> int:
     from .attribution.policy import ReleaseError
+    from .fsutil import UnsafePathError
     args = build_parser().parse_args(argv)
+    install_excepthook()                   # an unexpected traceback is redacted too
     try:
-        level = args.log_level or config_mod.load(args.config).logging.level
-        setup_logging(level)
+        try:
+            cfg = config_mod.load(args.config)
+        except config_mod.ConfigError:
+            if not args.log_level:
+                raise
+            cfg = None                     # the command reports it if it needs the config
+        if cfg is not None:
+            _register_secrets(cfg)
+        setup_logging(args.log_level or cfg.logging.level)
         return args.func(args)
     except config_mod.ConfigError as exc:
-        print(f"sao: config error: {exc}", file=sys.stderr)
+        print(redact(f"sao: config error: {exc}"), file=sys.stderr)
         return 2
-    except ReleaseError as exc:            # bad input, like a config error: a bad name, an unknown or changed release
-        print(f"sao: {exc}", file=sys.stderr)
+    except (ReleaseError, UnsafePathError) as exc:   # bad input: a bad name, an unknown or changed release
+        print(redact(f"sao: {exc}"), file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - top level: one clear line, details at DEBUG
-        from .catalog import CatalogError
+        from .catalog import CatalogError, CatalogInUse
         from .sources.freesound import FreesoundError
         from .sources.sample_corpus import CorpusError
         from .analysis.panns import CheckpointError
         from .models import CheckpointMismatch
+        if isinstance(exc, CatalogInUse):  # another sao run holds the catalogue: nothing was done, try later
+            log.debug("details", exc_info=True)
+            print(redact(f"sao: error: {exc}"), file=sys.stderr)
+            return 2
         if isinstance(exc, (CatalogError, CorpusError, FreesoundError, CheckpointError, CheckpointMismatch, ValueError,
                             OSError)):
             log.debug("details", exc_info=True)
-            print(f"sao: error: {exc}", file=sys.stderr)
+            print(redact(f"sao: error: {exc}"), file=sys.stderr)
             return 1
         raise
 

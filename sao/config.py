@@ -60,6 +60,8 @@ class FreesoundConfig:
     retry_base_delay_s: float = 1.0          # backoff: base * 2^attempt (jittered), unless Retry-After says
     download: bool = True                    # download audio for items that pass the gate
     download_originals: bool = False         # originals need OAuth2; HQ previews otherwise
+    max_download_mb: int = 2048              # a larger file is refused while streaming (bytes past it unread)
+    download_deadline_s: float = 600.0       # per file, overall: a server trickling bytes cannot hold a worker
     request_sim_laion_clap: bool = False     # ask for the precomputed LAION-CLAP vectors
 
 
@@ -106,7 +108,9 @@ class ReviewConfig:
     detection_key_env: str = "SAO_DETECTION_API_KEY"
     timeout_s: int = 30
     wait_seconds: float = 10.0               # how long one run polls for verdicts
-    copyright_catalogue: str = "datasets/copyright_catalogue/sample.csv"
+    # CSV/Parquet of copyrighted recordings loaded before the FMA match; "" = none (the match then refuses
+    # to run unless `sao review load-catalogue` loaded one). No demo data here: the demo passes its sample.
+    copyright_catalogue: str = ""
     title_min_score: float = 90.0
     reference_dir: str = ""                  # reference tracks for the loopback detection service
 
@@ -144,6 +148,13 @@ class OrchestrationConfig:
 
 
 @dataclass
+class SigningConfig:
+    """The ed25519 key that signs checkpoints and releases (sao.signing). Only a path: the key itself is
+    never in the config. --key-file wins over it; without either, $SAO_SIGNING_KEY (PEM text or a path)."""
+    key_file: str = ""                       # PEM private key from `sao keys generate`; "" = none (unsigned)
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
@@ -156,6 +167,7 @@ class Config:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
+    signing: SigningConfig = field(default_factory=SigningConfig)
     root: pathlib.Path = field(default_factory=pathlib.Path.cwd, compare=False)
 
     def path(self, value: str) -> pathlib.Path:
@@ -176,6 +188,7 @@ class Config:
         run ([orchestration]: runner, workers, cache folder) never changes an output, so it is left out."""
         d = self.to_dict()
         d.pop("orchestration")
+        d.pop("signing")                     # who signs never changes what is computed
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -183,7 +196,7 @@ class Config:
 _SECTIONS = {"paths": PathsConfig, "replica": ReplicaConfig, "freesound": FreesoundConfig, "fma": FmaConfig,
              "policy": PolicyConfig, "shards": ShardsConfig, "music_screen": MusicScreenConfig,
              "review": ReviewConfig, "dedup": DedupConfig, "logging": LoggingConfig,
-             "orchestration": OrchestrationConfig}
+             "orchestration": OrchestrationConfig, "signing": SigningConfig}
 
 
 def _check_type(section: str, key: str, value: Any, default: Any, element: type | None = None) -> Any:
@@ -235,6 +248,10 @@ def from_dict(data: dict[str, Any], root: pathlib.Path | None = None) -> Config:
         raise ConfigError(f"[policy].refused_gen_ai_preferences: {bad} not in {list(GEN_AI_PREFERENCES)}")
     if not 1 <= cfg.freesound.page_size <= 150:
         raise ConfigError("[freesound].page_size: must be between 1 and 150 (the API maximum)")
+    if cfg.freesound.max_download_mb < 1:
+        raise ConfigError("[freesound].max_download_mb: must be at least 1")
+    if cfg.freesound.download_deadline_s <= 0:
+        raise ConfigError("[freesound].download_deadline_s: must be more than 0")
     ms = cfg.music_screen
     if not 0.0 < ms.threshold < 1.0:
         raise ConfigError("[music_screen].threshold: must be between 0 and 1")
@@ -279,7 +296,12 @@ def secrets(cfg: Config) -> list[str]:
     """Every credential this config can reach (to redact from anything stored or printed)."""
     return [x for x in (freesound_token(cfg), freesound_oauth_token(cfg),
                         os.environ.get(cfg.review.detection_key_env), *cfg.replica.api_tokens,
-                        *cfg.replica.oauth_tokens) if x]
+                        *cfg.replica.oauth_tokens, *_signing_key_texts(cfg)) if x]
+
+
+def _signing_key_texts(cfg: Config) -> list[str]:
+    from .signing import key_file_for, secret_texts
+    return secret_texts(key_file_for(cfg))
 
 
 def shards_root(cfg: Config) -> str:

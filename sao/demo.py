@@ -16,6 +16,9 @@ from typing import Any, Callable
 from .config import Config
 
 log = logging.getLogger(__name__)
+# the demo's "copyrighted recordings" for the FMA match; demo data, so never a config default
+DEMO_COPYRIGHT_CATALOGUE = (pathlib.Path(__file__).resolve().parents[1] / "datasets" / "copyright_catalogue"
+                            / "sample.csv")
 
 
 @dataclass
@@ -25,18 +28,24 @@ class DemoContext:
     replica: Any = None
     outputs: dict[str, str] = field(default_factory=dict)
     release: str | None = None
+    signing_key: Any = None
 
 
 def step_verify_corpus(ctx: DemoContext) -> dict[str, Any]:
     from .sources import sample_corpus
     t = time.perf_counter()
     rep = sample_corpus.verify(ctx.cfg.path(ctx.cfg.paths.sample_corpus))
-    if not rep.ok:
-        raise RuntimeError("sample corpus is damaged:\n  " + "\n  ".join(rep.problems))
     ctx.corpus = sample_corpus.load_metadata(ctx.cfg.path(ctx.cfg.paths.sample_corpus))
     dt_ = time.perf_counter() - t
-    return {"files": rep.checked, "audio_seconds": round(rep.seconds, 1), "megabytes": round(rep.bytes / 1e6, 2),
-            "audio_s_per_s": round(rep.seconds / dt_, 1)}
+    out = {"files": rep.checked, "audio_seconds": round(rep.seconds, 1), "megabytes": round(rep.bytes / 1e6, 2),
+           "audio_s_per_s": round(rep.seconds / dt_, 1)}
+    # one bad file never stops the run: it goes through the pipeline like any crawled item and
+    # ends as a decision (the decode stage rejects what does not decode), named here first
+    for problem in rep.problems:
+        log.warning("sample corpus: %s (the pipeline records a decision for it)", problem)
+    if rep.problems:
+        out["problems"] = len(rep.problems)
+    return out
 
 
 def step_catalog(ctx: DemoContext) -> dict[str, Any]:
@@ -95,6 +104,11 @@ def step_download(ctx: DemoContext) -> dict[str, Any]:
     return out
 
 
+def step_decode(ctx: DemoContext) -> dict[str, Any]:
+    from .refresh import stage_decode
+    return stage_decode(ctx.cfg)
+
+
 def step_music_screen(ctx: DemoContext) -> dict[str, Any]:
     from .refresh import stage_music_screen
     ckpt = ctx.cfg.music_screen.checkpoint
@@ -106,6 +120,7 @@ def step_music_screen(ctx: DemoContext) -> dict[str, Any]:
 
 
 def step_review(ctx: DemoContext) -> dict[str, Any]:
+    import secrets
     import shutil
 
     from .refresh import stage_review
@@ -116,10 +131,18 @@ def step_review(ctx: DemoContext) -> dict[str, Any]:
     for e in ctx.corpus:
         if e["music"] and e["license"] == "unknown" and e["replica"] == "fma":
             shutil.copyfile(e["path"], refs / pathlib.Path(e["path"]).name)
-    with DetectionService(refs, api_key="sao-demo-detection") as svc:
-        out = stage_review(ctx.cfg, detection_url=svc.url, detection_key="sao-demo-detection")
+    demo_catalogue = {}
+    if not ctx.cfg.review.copyright_catalogue:    # a configured catalogue wins; else the demo's own sample
+        from .catalog import Catalog
+        from .review.catalogue_match import load_catalogue
+        with Catalog(ctx.cfg.catalog_path) as cat:
+            n = load_catalogue(cat, DEMO_COPYRIGHT_CATALOGUE)
+        demo_catalogue = {"copyright catalogue": f"{DEMO_COPYRIGHT_CATALOGUE} (demo sample, {n} recordings)"}
+    key = secrets.token_urlsafe(24)        # this demo run's own key (the service has no default one)
+    with DetectionService(refs, api_key=key) as svc:
+        out = stage_review(ctx.cfg, detection_url=svc.url, detection_key=key)
         out["detection service"] = f"{svc.url} ({len(svc.index.names)} reference track(s))"
-    return out
+    return {**demo_catalogue, **out}
 
 
 def step_dedup(ctx: DemoContext) -> dict[str, Any]:
@@ -132,12 +155,35 @@ def step_dedup(ctx: DemoContext) -> dict[str, Any]:
     return {**head, "embedded": emb["embedded"], "already_stored": emb["already_stored"], **out}
 
 
+def demo_keys_dir(cfg: Config) -> pathlib.Path:
+    """The demo's own key pair, inside its data folder: never [signing].key_file or $SAO_SIGNING_KEY."""
+    return cfg.path(cfg.paths.data_dir) / "demo-keys"
+
+
+def step_signing_key(ctx: DemoContext) -> dict[str, Any]:
+    from .signing import PRIVATE_NAME, PUBLIC_NAME, generate_keys, keyid, load_private_key, write_public_key
+    keys = demo_keys_dir(ctx.cfg)
+    made = not (keys / PRIVATE_NAME).exists()
+    if made:
+        generate_keys(keys)
+    ctx.signing_key = load_private_key(keys / PRIVATE_NAME)
+    if not (keys / PUBLIC_NAME).exists():          # kept runs of the demo: the public half can be made again
+        write_public_key(ctx.signing_key.public_key(), keys / PUBLIC_NAME)
+    ctx.outputs["demo public key"] = str(keys / PUBLIC_NAME)
+    return {"WARNING": "a demo key, for this demo's data only: sign real releases and checkpoints with your own "
+                       "(`sao keys generate`, [signing].key_file)",
+            "public key": f"{(keys / PUBLIC_NAME).resolve()} ({'new' if made else 'kept'}, key id "
+                          f"{keyid(ctx.signing_key.public_key())[:16]})",
+            "verify": f"sao manifest verify CKPT --key {keys / PUBLIC_NAME}; sao release verify NAME --key ..."}
+
+
 def step_release(ctx: DemoContext) -> dict[str, Any]:
     from .refresh import stage_release
-    out = stage_release(ctx.cfg, None, notes="make demo")
+    out = stage_release(ctx.cfg, None, notes="make demo", signing_key=ctx.signing_key)
     ctx.release = out["name"]
     return {"release": f"{out['name']} ({out['status']}, version {out['version']})", "recordings": out["recordings"],
-            "content sha256": out["content_sha256"], "excluded": out.get("excluded", "unchanged")}
+            "content sha256": out["content_sha256"], "excluded": out.get("excluded", "unchanged"),
+            "signature": out.get("signature") or "UNSIGNED"}
 
 
 def step_shards(ctx: DemoContext) -> dict[str, Any]:
@@ -202,10 +248,12 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("ingest FMA replica", step_ingest_fma),
     ("license gate", step_license_gate),
     ("download audio (HQ previews)", step_download),
+    ("decode every stored file (duration, rate, channels from the audio itself)", step_decode),
     ("music screen (PANNs Cnn14_DecisionLevelMax)", step_music_screen),
     ("copyright review (content detection, FMA catalogue match)", step_review),
     ("repeated recordings (LAION-CLAP + faiss)", step_dedup),
-    ("freeze the release", step_release),
+    ("demo signing key (ed25519, under the demo's data folder)", step_signing_key),
+    ("freeze the release (signed with the demo key)", step_release),
     ("build WebDataset shards (from the release)", step_shards),
     ("generate with the tiny model (DiT + sampler + VAE decode)", step_generate),
     ("export catalogue to Parquet", step_export),

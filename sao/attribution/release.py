@@ -34,20 +34,14 @@ def check_name(name: str) -> str:
     return name
 
 
+# The catalogue's admission rule (migration 8) decides; this only reads it, so the shards'
+# selection and a release can never disagree about a recording.
 _STATE_SQL = """
-WITH latest AS (
-  SELECT recording_id, stage, verdict, reason, decision_id FROM decisions
-  QUALIFY row_number() OVER (PARTITION BY recording_id, stage ORDER BY decision_id DESC) = 1),
-agg AS (
-  SELECT recording_id, list(stage ORDER BY stage) AS stages, list(verdict ORDER BY stage) AS verdicts,
-         list(reason ORDER BY stage) AS reasons, list(decision_id ORDER BY stage) AS ids
-  FROM latest GROUP BY recording_id),
-taken AS (SELECT DISTINCT recording_id FROM takedowns WHERE status = 'active')
-SELECT r.recording_id, r.source, r.source_id, r.title, r.author, r.license_canonical, r.license_url, r.page_url,
-       r.duration, r.sample_rate, r.channels, r.tags, r.content_sha256, r.audio_path IS NOT NULL AS has_audio,
-       json_extract_string(r.extra, '$.attribution.freesound_line') AS freesound_line,
-       taken.recording_id IS NOT NULL AS taken_down, agg.stages, agg.verdicts, agg.reasons, agg.ids
-FROM recordings r LEFT JOIN agg USING (recording_id) LEFT JOIN taken USING (recording_id)
+SELECT a.reason, a.detail, a.admitted_by, r.recording_id, r.source, r.source_id, r.title, r.author,
+       r.license_canonical, r.license_url, r.page_url, r.audio_duration AS duration,
+       r.audio_sample_rate AS sample_rate, r.audio_channels AS channels, r.tags, r.content_sha256,
+       json_extract_string(r.extra, '$.attribution.freesound_line') AS freesound_line
+FROM admission(?) a JOIN recordings r USING (recording_id)
 ORDER BY r.recording_id
 """
 
@@ -61,23 +55,19 @@ _ITEM_SCHEMA = pa.schema([
 
 
 def snapshot(cat: Catalog, required_stages: Sequence[str]) -> tuple[list[dict], list[dict]]:
-    """(admitted items, exclusions) of the catalogue as it stands, by sao.attribution.policy."""
+    """(admitted items, exclusions) of the catalogue as it stands, by its admission rule."""
     if not required_stages:
         raise ReleaseError("at least one required stage (e.g. license_gate) must admit an item")
-    cur = cat.con.execute(_STATE_SQL)
+    cur = cat.con.execute(_STATE_SQL, [list(required_stages)])
     cols = [d[0] for d in cur.description]
     items, excluded = [], []
     while rows := cur.fetchmany(50_000):
         for row in rows:
             r = dict(zip(cols, row))
-            stages = r["stages"] or []
-            latest = {s: (v, why) for s, v, why in zip(stages, r["verdicts"] or [], r["reasons"] or [])}
-            why = policy.exclusion_reason(latest, taken_down=r["taken_down"], has_audio=r["has_audio"],
-                                          required_stages=required_stages)
-            if why is not None:
-                excluded.append({"recording_id": r["recording_id"], "reason": why[0], "detail": why[1][:500]})
+            if r["reason"] is not None:
+                excluded.append({"recording_id": r["recording_id"], "reason": r["reason"],
+                                 "detail": (r["detail"] or "")[:500]})
                 continue
-            ids = dict(zip(stages, r["ids"]))
             items.append({
                 "recording_id": r["recording_id"], "source": r["source"], "source_id": r["source_id"],
                 "title": r["title"], "author": r["author"], "license_canonical": r["license_canonical"],
@@ -87,14 +77,16 @@ def snapshot(cat: Catalog, required_stages: Sequence[str]) -> tuple[list[dict], 
                                                      license_url=r["license_url"], freesound_line=r["freesound_line"]),
                 "duration": r["duration"], "sample_rate": r["sample_rate"], "channels": r["channels"],
                 "tags": list(r["tags"] or []), "content_sha256": r["content_sha256"],
-                "admitted_by": {s: ids[s] for s in required_stages},
+                "admitted_by": {a["stage"]: a["decision_id"] for a in r["admitted_by"]},
             })
     return items, excluded
 
 
 def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[str], config_hash: str = "",
-                   notes: str | None = None) -> dict[str, Any]:
-    """Freeze release NAME (None: ``rel-<content sha256[:12]>``, so equal content gets an equal name)."""
+                   notes: str | None = None, signatures_dir: str | pathlib.Path | None = None,
+                   signing_key=None) -> dict[str, Any]:
+    """Freeze release NAME (None: ``rel-<content sha256[:12]>``, so equal content gets an equal name).
+    With SIGNATURES_DIR, the release is signed there with SIGNING_KEY (sao.attribution.release_signature)."""
     if name is not None:
         check_name(name)
     t0 = time.perf_counter()
@@ -104,8 +96,9 @@ def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[
     existing = cat.query("SELECT name, content_sha256, version, n_recordings FROM releases WHERE name = ?", [name])
     if existing:
         if existing[0]["content_sha256"] == sha:
-            return {"name": name, "status": "unchanged", "version": existing[0]["version"], "content_sha256": sha,
-                    "recordings": existing[0]["n_recordings"], "seconds": round(time.perf_counter() - t0, 2)}
+            return _signed(cat, {"name": name, "status": "unchanged", "version": existing[0]["version"],
+                                 "content_sha256": sha, "recordings": existing[0]["n_recordings"],
+                                 "seconds": round(time.perf_counter() - t0, 2)}, signatures_dir, signing_key)
         raise ReleaseError(f"release {name!r} already exists with other content (sha256 "
                            f"{existing[0]['content_sha256'][:12]}, now {sha[:12]}); releases are immutable: "
                            "choose a new name")
@@ -139,8 +132,16 @@ def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[
         finally:
             cat.con.unregister("_sao_items")
             cat.con.unregister("_sao_excl")
-    return {"name": name, "status": "created", "version": version, "content_sha256": sha, "recordings": len(items),
-            "excluded": dict(sorted(counts.items())), "seconds": round(time.perf_counter() - t0, 2)}
+    return _signed(cat, {"name": name, "status": "created", "version": version, "content_sha256": sha,
+                         "recordings": len(items), "excluded": dict(sorted(counts.items())),
+                         "seconds": round(time.perf_counter() - t0, 2)}, signatures_dir, signing_key)
+
+
+def _signed(cat: Catalog, out: dict[str, Any], signatures_dir, signing_key) -> dict[str, Any]:
+    if signatures_dir is None:
+        return out
+    from .release_signature import after_create
+    return after_create(cat, out, signatures_dir, signing_key)
 
 
 def get_release(cat: Catalog, name: str) -> dict[str, Any]:

@@ -1,32 +1,86 @@
-"""Checkpoints: weights (raw and EMA) in safetensors with the manifest's sha256 in their metadata,
-the manifest beside them, and the resumable state (optimizers, schedulers, step, data position)
-in a torch file loaded with weights_only=True. Everything is written under temporary names."""
+"""Checkpoints: weights (raw and EMA) in safetensors with their manifest's sha256 in the metadata,
+the manifest beside them (naming the weights' tensor digest), a DSSE-signed in-toto statement
+binding the two when a signing key is configured (sao.signing), and the resumable state
+(optimizers, schedulers, step, data position) in a torch file loaded with weights_only=True.
+Everything is written under temporary names; the weights appear under their final name last."""
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import pathlib
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
+from .. import signing
 from ..fsutil import atomic_path
-from .manifest import manifest_bytes, manifest_sha256
+from .manifest import absolute_location, checkpoint_statement, envelope_path, manifest_bytes, manifest_sha256
+
+log = logging.getLogger(__name__)
+
+# torch dtypes by their safetensors names, for the tensor digest of weights still in memory
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+for _name, _st in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        _DTYPES[getattr(torch, _name)] = _st
+
+
+def state_dict_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """The ``sao-tensors/1`` digest of CPU, contiguous tensors: what safetensors_digest reads back from the file."""
+    def entries() -> Iterator:
+        for name in sorted(tensors):
+            t = tensors[name]
+            if t.dtype not in _DTYPES:
+                raise ValueError(f"tensor {name!r}: dtype {t.dtype} cannot be digested")
+            raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+            yield name, _DTYPES[t.dtype], tuple(t.shape), t.numel() * t.element_size(), [memoryview(raw)]
+    return signing.tensor_digest(entries())
+
+
+def _bind(manifest: dict, file_name: str, weights: str, digest: str, key) -> dict:
+    """This file's manifest: the shared one plus its weights' digest, the signing status, absolute locations."""
+    man = copy.deepcopy(manifest)
+    man["shards_build"]["location"] = absolute_location(man["shards_build"]["location"])
+    if man.get("latents"):
+        man["latents"]["location"] = absolute_location(man["latents"]["location"])
+    man["weights"] = {"name": weights, "file": file_name, "digest": signing.TENSOR_DIGEST, "sha256": digest}
+    man["signing"] = ({"status": "signed", "algorithm": "ed25519", "keyid": signing.keyid(key.public_key()),
+                       "envelope": envelope_path(file_name).name} if key is not None else {"status": "unsigned"})
+    return man
 
 
 def save_checkpoint(out_dir: str | pathlib.Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
-                    state: dict[str, Any], manifest: dict) -> dict[str, str]:
+                    state: dict[str, Any], manifest: dict, *, signing_key=None) -> dict[str, str]:
+    """Write each weights set with its own manifest (and, with SIGNING_KEY, its signed statement)."""
     from safetensors.torch import save_file
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sha = manifest_sha256(manifest)
+    if signing_key is None:
+        log.warning("checkpoint step %d is UNSIGNED: no signing key ([signing].key_file, --key-file or $%s)",
+                    step, signing.ENV_KEY)
     paths = {}
     for name, sd in weights.items():
         p = out / f"step-{step:07d}-{name}.safetensors"
-        with atomic_path(p.with_suffix(".manifest.json")) as tmp:
-            tmp.write_bytes(manifest_bytes(manifest))
+        tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+        digest = state_dict_digest(tensors)
+        man = _bind(manifest, p.name, name, digest, signing_key)
+        man_path = p.with_suffix(".manifest.json")
         with atomic_path(p) as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp),
-                      metadata={"sao_manifest_sha256": sha, "step": str(step), "weights": name})
+            save_file(tensors, str(tmp), metadata={"sao_manifest_sha256": manifest_sha256(man), "step": str(step),
+                                                  "weights": name})
+            # what was written is what the manifest names (both digests follow one rule: sao.signing)
+            if signing.safetensors_digest(tmp)[0] != digest:
+                raise RuntimeError(f"{p.name}: the written tensors differ from the digested ones")
+            with atomic_path(man_path) as mt:
+                mt.write_bytes(manifest_bytes(man))
+            if signing_key is not None:
+                signing.write_envelope(envelope_path(p), signing.sign_statement(
+                    checkpoint_statement(p.name, man, man_path.name), signing_key))
+            else:                                # an older run's statement must not sit beside unsigned weights
+                envelope_path(p).unlink(missing_ok=True)
         paths[name] = str(p)
     with atomic_path(out / f"step-{step:07d}-state.pt") as tmp:
         torch.save(state, tmp)

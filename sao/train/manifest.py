@@ -1,10 +1,14 @@
-"""The attribution manifest written beside every checkpoint.
+"""The attribution manifest written beside every checkpoint, and its verification.
 
 It names the shards build (and release) the weights were trained from, every shard with its
 sha256, every recording in those shards with source, id, title, author, license and
-attribution line, and counts per license and source. Its own sha256 goes into the
-checkpoint's safetensors metadata, so weights and manifest can be checked against each other
-(``sao manifest verify CKPT``); a checkpoint without a verifiable manifest must not be published.
+attribution line, counts per license and source, and the ``sao-tensors/1`` digest of the
+weights it belongs to (sao.signing). Its sha256 (of its canonical JSON) goes into the
+checkpoint's safetensors metadata, and a DSSE-signed in-toto statement beside the checkpoint
+(``*.intoto.json``) binds that sha256 to the tensor digest under an ed25519 key. ``sao manifest
+verify CKPT --key PUB`` checks all of it; without ``--key`` it checks only that the files agree
+with each other, and says that no signature was checked. Shard locations are stored absolute or
+as URLs, so verification works from any folder.
 """
 from __future__ import annotations
 
@@ -16,10 +20,19 @@ from typing import Any
 
 from ..catalog import Catalog
 from ..licensing.attribution import attribution_line
+from .. import signing
+
+FORMAT = "sao-attribution-manifest/2"
+PREDICATE_TYPE = "https://sao.invalid/attestation/checkpoint/v1"
 
 
 class ManifestError(ValueError):
     pass
+
+
+def absolute_location(location: str) -> str:
+    """A URL as given; a local folder resolved, so the manifest means the same from any working directory."""
+    return location if "://" in location else str(pathlib.Path(location).expanduser().resolve())
 
 
 def shard_build_info(shards_dir: str) -> tuple[dict, list[dict]]:
@@ -73,9 +86,9 @@ def build_manifest(cat: Catalog | None, shards_dir: str, sets: list[str], *, sta
         recordings.append(r)
     per = collections.Counter((r["source"], r["license"]) for r in recordings)
     return {
-        "format": "sao-attribution-manifest/1", "stage": stage, "step": step,
-        "shards_build": {"location": shards_dir, "name": plan.get("name"), "plan_hash": plan.get("plan_hash"),
-                         "release": plan.get("release")},
+        "format": FORMAT, "stage": stage, "step": step,
+        "shards_build": {"location": absolute_location(shards_dir), "name": plan.get("name"),
+                         "plan_hash": plan.get("plan_hash"), "release": plan.get("release")},
         "shards": [{"name": n, "sha256": s} for n, s in shards],
         "recordings": recordings,
         "counts": {"recordings": len(recordings), "samples": len(rows),
@@ -84,54 +97,158 @@ def build_manifest(cat: Catalog | None, shards_dir: str, sets: list[str], *, sta
 
 
 def manifest_bytes(manifest: dict) -> bytes:
-    return json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode()
+    """The file's bytes: sorted and indented for people; its sha256 is taken over the canonical form."""
+    return json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False).encode()
 
 
 def manifest_sha256(manifest: dict) -> str:
-    return hashlib.sha256(manifest_bytes(manifest)).hexdigest()
+    return hashlib.sha256(signing.canonical_json(manifest)).hexdigest()
 
 
-def verify(checkpoint: str | pathlib.Path, *, check_shards: bool = True) -> dict[str, Any]:
-    """Check a checkpoint against the manifest beside it (and, by default, the shards against the manifest)."""
-    from safetensors import safe_open
+def envelope_path(checkpoint: str | pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(checkpoint).with_suffix(".intoto.json")
+
+
+def checkpoint_statement(file_name: str, manifest: dict, manifest_file: str) -> dict:
+    """The in-toto statement of one checkpoint: its tensors (subject) and the manifest that attributes them."""
+    return signing.statement(
+        [(file_name, manifest["weights"]["sha256"])], PREDICATE_TYPE,
+        {"digest_method": signing.TENSOR_DIGEST, "stage": manifest["stage"], "step": manifest["step"],
+         "weights": manifest["weights"]["name"],
+         "manifest": {"name": manifest_file, "sha256": manifest_sha256(manifest)},
+         "shards_build": {k: manifest["shards_build"].get(k) for k in ("location", "name", "plan_hash")},
+         "release": manifest["shards_build"].get("release")})
+
+
+# -- checks of a manifest read back (hostile until checked) --------------------------------------
+_MISSING = object()
+
+
+def _get(m: Any, path: str, kind: type, where: str, label: str | None = None) -> Any:
+    """m[a][b]... for PATH "a.b...", of type KIND; else an error naming the field (LABEL, default PATH)."""
+    label = label or path
+    cur = m
+    for part in path.split("."):
+        cur = cur.get(part, _MISSING) if isinstance(cur, dict) else _MISSING
+        if cur is _MISSING:
+            raise ManifestError(f"{where}: missing field '{label}'")
+    if not isinstance(cur, kind) or (isinstance(cur, bool) and kind is int):
+        raise ManifestError(f"{where}: field '{label}' must be {kind.__name__}, got {type(cur).__name__}")
+    return cur
+
+
+def _check_location(m: dict, path: str, where: str) -> None:
+    loc = _get(m, path, str, where)
+    if "://" not in loc and not pathlib.PurePath(loc).is_absolute():
+        raise ManifestError(f"{where}: field '{path}' is the relative path {loc!r}: it means another folder "
+                            "from every working directory (locations must be absolute or URLs)")
+
+
+def _check_shards(m: dict, path: str, where: str) -> None:
+    for i, s in enumerate(_get(m, path, list, where)):
+        name = _get(s, "name", str, where, f"{path}[{i}].name")
+        sha = _get(s, "sha256", str, where, f"{path}[{i}].sha256")
+        pure = pathlib.PurePosixPath(name)
+        if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or "://" in name:
+            raise ManifestError(f"{where}: field '{path}[{i}].name' ({name!r}) is not a path inside the build")
+        if not signing.HEX64.match(sha):
+            raise ManifestError(f"{where}: field '{path}[{i}].sha256' is not a sha256 hex digest")
+
+
+def check_manifest(m: Any, where: str) -> None:
+    """Every field verification uses, with its type: the first problem raises, naming the field."""
+    if not isinstance(m, dict):
+        raise ManifestError(f"{where}: not a JSON object")
+    fmt = _get(m, "format", str, where)
+    if fmt != FORMAT:
+        raise ManifestError(f"{where}: format {fmt!r} is not {FORMAT} (older manifests do not bind the weights)")
+    _get(m, "stage", str, where)
+    _get(m, "step", int, where)
+    _check_location(m, "shards_build.location", where)
+    _check_shards(m, "shards", where)
+    _get(m, "recordings", list, where)
+    _get(m, "counts.recordings", int, where)
+    if "latents" in m:
+        _check_location(m, "latents.location", where)
+        _check_shards(m, "latents.shards", where)
+    _get(m, "weights.name", str, where)
+    _get(m, "weights.file", str, where)
+    if _get(m, "weights.digest", str, where) != signing.TENSOR_DIGEST:
+        raise ManifestError(f"{where}: field 'weights.digest' is not {signing.TENSOR_DIGEST}")
+    if not signing.HEX64.match(_get(m, "weights.sha256", str, where)):
+        raise ManifestError(f"{where}: field 'weights.sha256' is not a sha256 hex digest")
+    status = _get(m, "signing.status", str, where)
+    if status not in ("signed", "unsigned"):
+        raise ManifestError(f"{where}: field 'signing.status' is {status!r}, not 'signed' or 'unsigned'")
+    if status == "signed":
+        _get(m, "signing.keyid", str, where)
+        _get(m, "signing.envelope", str, where)
+
+
+def _check_signature(ckpt: pathlib.Path, manifest: dict, digest: str, sha: str, public_key) -> str:
+    if manifest["signing"]["status"] != "signed":
+        raise ManifestError(f"{ckpt}: unsigned: the manifest says no key signed these weights")
+    try:
+        stmt = signing.open_envelope(envelope_path(ckpt), public_key, PREDICATE_TYPE)
+    except signing.SigningError as exc:
+        raise ManifestError(f"{ckpt}: {exc}") from None
+    if not any(s["digest"]["sha256"] == digest for s in stmt["subject"]):
+        raise ManifestError(f"{ckpt}: the signed statement is about other tensors (swapped or changed weights)")
+    signed = stmt["predicate"].get("manifest")
+    if not isinstance(signed, dict) or signed.get("sha256") != sha:
+        raise ManifestError(f"{ckpt}: the signature does not cover this manifest: it was altered after signing")
+    return signing.keyid(public_key)
+
+
+def _check_shard_files(manifest: dict) -> tuple[int, list[str]]:
+    import fsspec
+    todo = [(manifest["shards_build"]["location"].rstrip("/"), s) for s in manifest["shards"]]
+    if manifest.get("latents"):                # pre-encoded latent shards the DiT actually read
+        todo += [(manifest["latents"]["location"].rstrip("/"), s) for s in manifest["latents"]["shards"]]
+    problems = []
+    for root, s in todo:
+        try:
+            with fsspec.open(f"{root}/{s['name']}", "rb") as f:
+                h = hashlib.sha256()
+                while block := f.read(1 << 20):
+                    h.update(block)
+        except FileNotFoundError:
+            problems.append(f"{root}/{s['name']}: missing")
+            continue
+        if h.hexdigest() != s["sha256"]:
+            problems.append(f"{root}/{s['name']}: sha256 differs from the manifest")
+    return len(todo), problems
+
+
+def verify(checkpoint: str | pathlib.Path, *, check_shards: bool = True, public_key=None) -> dict[str, Any]:
+    """Check a checkpoint's tensors against the manifest beside it, the manifest against the metadata and
+    (with PUBLIC_KEY) both against the signed statement, and by default the shards against the manifest."""
     ckpt = pathlib.Path(checkpoint)
     man_path = ckpt.with_suffix(".manifest.json")
     if not ckpt.is_file():
         raise ManifestError(f"{ckpt}: no such checkpoint")
     if not man_path.is_file():
         raise ManifestError(f"{ckpt}: no manifest beside it ({man_path.name}); do not publish these weights")
-    with safe_open(str(ckpt), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        digest, meta = signing.safetensors_digest(ckpt)
+        manifest = signing.strict_json(man_path.read_bytes(), man_path.name)
+    except signing.SigningError as exc:
+        raise ManifestError(f"{ckpt}: {exc}") from None
+    check_manifest(manifest, man_path.name)
     want = meta.get("sao_manifest_sha256")
     if not want:
         raise ManifestError(f"{ckpt}: the checkpoint records no manifest sha256")
-    data = man_path.read_bytes()
-    got = hashlib.sha256(data).hexdigest()
+    got = manifest_sha256(manifest)
     if got != want:
         raise ManifestError(f"{man_path.name}: sha256 {got[:16]} does not match the checkpoint's {want[:16]}: "
                             "the manifest was altered or belongs to other weights")
-    manifest = json.loads(data)
-    problems = []
-    checked = 0
-    if check_shards:
-        import fsspec
-        todo = [(manifest["shards_build"]["location"].rstrip("/"), s) for s in manifest["shards"]]
-        if manifest.get("latents"):                # pre-encoded latent shards the DiT actually read
-            todo += [(manifest["latents"]["location"].rstrip("/"), s) for s in manifest["latents"]["shards"]]
-        checked = len(todo)
-        for root, s in todo:
-            try:
-                with fsspec.open(f"{root}/{s['name']}", "rb") as f:
-                    h = hashlib.sha256()
-                    while block := f.read(1 << 20):
-                        h.update(block)
-            except FileNotFoundError:
-                problems.append(f"{root}/{s['name']}: missing")
-                continue
-            if h.hexdigest() != s["sha256"]:
-                problems.append(f"{root}/{s['name']}: sha256 differs from the manifest")
+    if manifest["weights"]["sha256"] != digest:
+        raise ManifestError(f"{ckpt}: tensor digest {digest[:16]} is not the manifest's {manifest['weights']['sha256'][:16]}"
+                            ": the tensors were changed, or are another checkpoint's under this manifest")
+    keyid = _check_signature(ckpt, manifest, digest, got, public_key) if public_key is not None else None
+    checked, problems = _check_shard_files(manifest) if check_shards else (0, [])
     if problems:
         raise ManifestError(f"{ckpt}: " + "; ".join(problems))
-    return {"checkpoint": str(ckpt), "manifest": str(man_path), "manifest_sha256": got,
-            "shards_checked": checked,
+    return {"checkpoint": str(ckpt), "manifest": str(man_path), "manifest_sha256": got, "weights_sha256": digest,
+            "signed_by": keyid, "signing_status": manifest["signing"]["status"], "shards_checked": checked,
             "recordings": manifest["counts"]["recordings"]}

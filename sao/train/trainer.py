@@ -73,6 +73,7 @@ class TrainSettings:
     data_streams: int = 0                       # global data streams (0: one per process); fixes the data order
     global_batch_size: int = 0                  # if set: batch_size = global / (processes * grad_accum)
     latents: str | None = None                  # dit: a pre-encoded latent shards folder (sao train encode-latents)
+    signing_key_file: str | None = None         # ed25519 key signing each checkpoint (None: $SAO_SIGNING_KEY or unsigned)
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -140,6 +141,8 @@ class _Run:
                                  f"{s.grad_accum} accumulation steps")
         self.out = pathlib.Path(s.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        from ..signing import load_signing_key
+        self.signing_key = load_signing_key(s.signing_key_file) if self.rank == 0 else None   # a bad key fails now
         _, self.state = load_latest(self.out)
         self.step = self.state["step"] if self.state else 0
         self.read: set[str] = set(self.state.get("shards_read", [])) if self.state else set()
@@ -219,11 +222,11 @@ class _Run:
             manifest["latents"] = {"location": self.s.latents, "autoencoder_sha256": self.latent_info["vae_sha256"],
                                    "shards": [{"name": sh["name"], "sha256": sh["sha256"]}
                                               for sh in self.latent_info["shards"] if sh["name"] in read]}
-        manifest["training"] = {k: v for k, v in asdict(self.s).items() if k not in ("catalog",)}
+        manifest["training"] = {k: v for k, v in asdict(self.s).items() if k not in ("catalog", "signing_key_file")}
         manifest["training"]["batch_size"] = self.batch_size
         state.update(step=self.step, data_position={str(k): v for k, v in sorted(position.items())},
                      data_streams=self.stream.cfg.streams, shards_read=sorted(read))
-        return save_checkpoint(self.out, self.step, weights, state, manifest)
+        return save_checkpoint(self.out, self.step, weights, state, manifest, signing_key=self.signing_key)
 
     def finish(self) -> None:
         """Plot, then leave the process group together: a rank that exits while a peer is still

@@ -1,0 +1,61 @@
+"""Signed releases: a DSSE-signed in-toto statement over a release's content sha256.
+
+The statement's subject is ``release/NAME`` with digest ``{"sha256": content sha256}`` (the
+``sao.attribution.policy.content_sha256`` of its items); it is written at creation to
+``[paths].releases/NAME.intoto.json``, beside the release's report folder ``NAME/`` (a rebuilt
+report replaces the folder, never the signature). ``verify_release`` recomputes the sha256 from the
+release's items in the catalogue, so items changed after creation fail even where the recorded
+sha256 was rewritten to match.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from .. import signing
+from ..catalog import Catalog
+from . import policy
+from .release import check_name, get_release, release_items
+
+PREDICATE_TYPE = "https://sao.invalid/attestation/release/v1"
+
+
+def signature_path(releases_root: str | pathlib.Path, name: str) -> pathlib.Path:
+    return pathlib.Path(releases_root) / f"{check_name(name)}.intoto.json"
+
+
+def release_statement(rel: dict[str, Any]) -> dict:
+    return signing.statement(
+        [(f"release/{rel['name']}", rel["content_sha256"])], PREDICATE_TYPE,
+        {"digest_method": "sao-release-items/1", "name": rel["name"], "version": rel.get("version"),
+         "recordings": rel.get("n_recordings"), "required_stages": list(rel.get("required_stages") or []),
+         "config_hash": rel.get("config_hash"), "created_at": str(rel.get("created_at"))})
+
+
+def after_create(cat: Catalog, out: dict[str, Any], releases_root: str | pathlib.Path, key) -> dict[str, Any]:
+    """Sign release OUT["name"] with KEY; without a key, a new release leaves no older signature standing."""
+    path = signature_path(releases_root, out["name"])
+    if key is None:
+        if out["status"] == "created":           # a file left from other content under this name would mislead
+            path.unlink(missing_ok=True)
+        out["signature"] = None
+        return out
+    signing.write_envelope(path, signing.sign_statement(release_statement(get_release(cat, out["name"])), key))
+    out["signature"] = str(path)
+    out["signed_by"] = signing.keyid(key.public_key())
+    return out
+
+
+def verify_release(cat: Catalog, name: str, releases_root: str | pathlib.Path, public_key) -> dict[str, Any]:
+    """Raise SigningError unless the release's items, its recorded sha256 and the signed statement agree."""
+    rel = get_release(cat, name)
+    sha = policy.content_sha256(release_items(cat, name).values())
+    if sha != rel["content_sha256"]:
+        raise signing.SigningError(f"release {name}: its items hash to {sha[:16]}, not the recorded "
+                                   f"{rel['content_sha256'][:16]}: changed after creation")
+    path = signature_path(releases_root, name)
+    stmt = signing.open_envelope(path, public_key, PREDICATE_TYPE)
+    if not any(s["name"] == f"release/{name}" and s["digest"]["sha256"] == sha for s in stmt["subject"]):
+        raise signing.SigningError(f"release {name}: {path.name} signs other content, not sha256 {sha[:16]}")
+    return {"release": name, "content_sha256": sha, "signature": str(path), "signed_by": signing.keyid(public_key),
+            "recordings": rel["n_recordings"]}
