@@ -152,12 +152,12 @@ def record_downloads(config_path: str | None, done: list[dict]) -> int:
         return audio_download.record_downloads(cat, done)
 
 
-@functools.lru_cache(maxsize=2)
 @task(name="decode-audio", timeout_seconds=6 * 3600, **_RETRY)
 def decode_audio(config_path: str | None) -> dict[str, Any]:
     return stages.stage_decode(_cfg(config_path))
 
 
+@functools.lru_cache(maxsize=2)
 def _panns(config_path: str | None):
     return stages.load_panns_for(_cfg(config_path))
 

@@ -246,7 +246,8 @@ def _analysis_after_kills(root, cfg, env, log, rng, res: ScenarioResult) -> None
     with Catalog(root / "catalog.duckdb", read_only=True) as cat:
         items = admitted(cat)
         screened = collections.Counter(r["recording_id"] for r in cat.query(
-            "SELECT recording_id FROM decisions WHERE stage IN ('music_screen', 'decode')"))
+            "SELECT recording_id FROM decisions WHERE stage = 'music_screen' "
+            "OR (stage = 'decode' AND verdict = 'reject')"))     # a file that does not decode is never screened
     for r in items:
         n = screened.get(r["recording_id"], 0)
         if r["source"] == "freesound" and n != 1:

@@ -188,10 +188,24 @@ def step_release(ctx: DemoContext) -> dict[str, Any]:
 
 def step_shards(ctx: DemoContext) -> dict[str, Any]:
     from .refresh import stage_shards
+    import pyarrow.parquet as pq
+
+    from .attribution.release import release_items
+    from .catalog import Catalog
     out = stage_shards(ctx.cfg, release=ctx.release)
     ctx.outputs["shards"] = out["location"]
     lines = [f"        {k:36s} {v:5d}" for k, v in out["license_mix"].items()]
-    return {"shards": f"{out['shards']} ({out['shards_written']} written, {out['shards_skipped']} already there)",
+    # what trains the model is exactly what the attribution names: checked, not assumed
+    in_shards = set(pq.read_table(f"{out['location']}/index.parquet", columns=["recording_id"])
+                    .column("recording_id").to_pylist())
+    with Catalog(ctx.cfg.catalog_path, read_only=True) as cat:
+        in_release = set(release_items(cat, ctx.release)) if ctx.release else set()
+    warning = {}
+    if ctx.release and in_shards != in_release:     # e.g. a file that stopped decoding after the release
+        warning = {"WARNING": f"shards and release {ctx.release} differ: only in the shards "
+                              f"{sorted(in_shards - in_release)}, only in the release {sorted(in_release - in_shards)}"}
+    return {**warning, "recordings": f"{len(in_shards)}, the same recordings as the release: {in_shards == in_release}",
+            "shards": f"{out['shards']} ({out['shards_written']} written, {out['shards_skipped']} already there)",
             "size": f"{out['bytes'] / 1e6:.1f} MB", "samples": out["samples"],
             "audio_s_per_s": out["audio_s_per_s"], "license mix (set:license samples)": "\n" + "\n".join(lines)}
 

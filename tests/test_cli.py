@@ -37,6 +37,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     # 26 Freesound previews + the 5 FMA tracks the gate admits (no share-alike or unknown-license audio)
     assert len(list((tmp_path / "data" / "audio").rglob("*.mp3"))) == 26 + 5
     assert "build WebDataset shards" in out and "diffusion:cc0-1.0" in out
+    assert "the same recordings as the release: True" in out
     assert len(list((tmp_path / "data" / "shards").glob("snap-*/*/shard-*.tar"))) == 2
     # a second demo is incremental: nothing new to write
     assert cli.main(["--config", str(cfg), "demo"]) == 0
@@ -91,3 +92,32 @@ def test_replica_serve_process_answers(tmp_path):
         p.terminate()
         p.wait(timeout=10)
         time.sleep(0)
+
+
+def test_demo_on_a_corpus_with_an_undecodable_file_records_a_decision_and_goes_on(tmp_path, capsys):
+    """`sao demo --config` on a corpus holding one file that does not decode used to stop at its
+    first step with a RuntimeError traceback and no decision recorded."""
+    import json
+    import shutil
+    keep = ("minetest-water-1", "opensfx-sheep", "fma-sakenointi", "fma-entropy")
+    corpus = tmp_path / "corpus"
+    (corpus / "audio").mkdir(parents=True)
+    entries = [e for e in json.loads((REPO / "datasets" / "sample" / "metadata.json").read_text()) if e["id"] in keep]
+    for e in entries:
+        shutil.copy(REPO / "datasets" / "sample" / e["file"], corpus / e["file"])
+    (corpus / "metadata.json").write_text(json.dumps(entries))
+    broken = next(e for e in entries if e["id"] == "fma-sakenointi")
+    (corpus / broken["file"]).write_bytes(b"not audio at all " * 64)
+    cfg = tmp_path / "sao.toml"
+    cfg.write_text(f'[paths]\ndata_dir = "data"\ncatalog = "data/catalog.duckdb"\nexports = "data/exports"\n'
+                   f'sample_corpus = "{corpus}"\n[replica]\ndata_dir = "data/replica"\n')
+    assert cli.main(["--config", str(cfg), "demo"]) == 0
+    captured = capsys.readouterr()
+    assert "demo finished" in captured.out and "fma-sakenointi" in captured.err   # named, not a traceback
+    from sao.catalog import Catalog
+    with Catalog(tmp_path / "data" / "catalog.duckdb", read_only=True) as cat:
+        rid = next(r["recording_id"] for r in cat.query("SELECT recording_id FROM recordings WHERE title = ?",
+                                                         [broken["title"]]))
+        bad = [d for d in cat.latest_decisions() if d["recording_id"] == rid and d["verdict"] == "reject"]
+        assert bad and bad[0]["stage"] in ("audio", "decode")
+        assert {r["recording_id"]: r["reason"] for r in cat.admission(["license_gate"])}[rid] == "corrupt"
