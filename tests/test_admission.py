@@ -29,6 +29,9 @@ def _decide(cat, rid, latest, sha):
     for stage, (verdict, reason) in latest.items():
         details = {"content_sha256": sha} if stage == "decode" else None
         cat.add_decisions([Decision(rid, stage, verdict, reason, config_hash="t", details=details)])
+        if stage == "decode" and verdict == "pass":      # what the decode stage records with its pass
+            cat.con.execute("UPDATE recordings SET audio_duration = 5.0, audio_sample_rate = 44100, "
+                            "audio_channels = 1 WHERE recording_id = ?", [rid])
 
 
 @contextlib.contextmanager
@@ -232,3 +235,118 @@ def test_a_cut_short_window_never_enters_the_shards_as_silence(tmp_path):
     s = Sample(**{k: v for k, v in kw.items() if k in fields})
     with pytest.raises(AudioDecodeError, match="truncated"):
         read_clip(s, _Info, info.frames)
+
+
+# --- a decision counts only while what it judged is what the catalogue holds ------------------------------------
+
+def _gated_with_audio(cat, rid_n=1, sha="sha-1", extra=None,
+                      lic="http://creativecommons.org/publicdomain/zero/1.0/"):
+    from sao.licensing import LicensePolicy
+    from sao.licensing.stage import run_license_gate
+    cat.upsert_recordings([_rec(rid_n, license_raw=lic, license_url=lic, extra=extra)])
+    run_license_gate(cat, LicensePolicy(), config_hash="t")
+    rid = f"freesound:{rid_n}"
+    cat.set_audio(rid, sha, f"{sha}.wav", "preview")
+    cat.con.execute("UPDATE recordings SET audio_duration = 5.0, audio_sample_rate = 44100, audio_channels = 1 "
+                    "WHERE recording_id = ?", [rid])
+    cat.add_decisions([Decision(rid, "decode", "pass", "ok", config_hash="t", details={"content_sha256": sha})])
+    return rid
+
+
+def test_a_relicensed_or_opted_out_recording_is_blocked_before_the_gate_runs_again(tmp_path):
+    """Review finding: a stale license_gate pass admitted a re-crawled NC or opted-out recording."""
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        a = _gated_with_audio(cat, 1)
+        b = _gated_with_audio(cat, 2, sha="sha-2")
+        assert cat.admitted_ids(["license_gate"]) == {a, b}
+        nc = "https://creativecommons.org/licenses/by-nc/4.0/"
+        cat.upsert_recordings([_rec(1, license_raw=nc, license_url=nc)])                  # what a re-crawl writes
+        cat.upsert_recordings([_rec(2, license_raw="http://creativecommons.org/publicdomain/zero/1.0/",
+                                    license_url="http://creativecommons.org/publicdomain/zero/1.0/",
+                                    extra={"gen_ai_preference": "no-gen-ai"})])
+        assert cat.admitted_ids(["license_gate"]) == set() and eligible_recordings(cat, ["license_gate"], tmp_path) == []
+        assert {r["recording_id"]: r["reason"] for r in cat.admission(["license_gate"])} == {a: "pending", b: "pending"}
+        from sao.licensing import LicensePolicy
+        from sao.licensing.stage import run_license_gate
+        run_license_gate(cat, LicensePolicy(), config_hash="t")
+        # once the gate has run, the change is a take-down (it had been admitted), with the gate's reason
+        assert {r["recording_id"]: r["reason"] for r in cat.admission(["license_gate"])} == {a: "take-down", b: "take-down"}
+        assert {t["recording_id"]: t["reason"].split(":")[0] for t in cat.takedowns()} == {
+            a: "license-not-allowed-after-admission", b: "opt-out-after-admission"}
+
+
+def test_a_gate_pass_stays_valid_while_its_inputs_do_not_change(tmp_path):
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        a = _gated_with_audio(cat, 1, extra={"gen_ai_preference": "open-source-models", "license_title": None})
+        cat.upsert_recordings([_rec(1, license_raw="http://creativecommons.org/publicdomain/zero/1.0/",
+                                    license_url="http://creativecommons.org/publicdomain/zero/1.0/",
+                                    extra={"gen_ai_preference": "open-source-models", "license_title": None})])
+        assert cat.admitted_ids(["license_gate"]) == {a}
+
+
+@pytest.mark.parametrize("stage, verdict", [("dedup", "pass"), ("copyright_review", "pass"), ("music_screen", "pass")])
+def test_audio_decisions_do_not_carry_over_to_new_content(tmp_path, stage, verdict):
+    """Review finding: screen, review and dedup passes were not tied to the audio they judged."""
+    req = ["license_gate", stage]
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        rid = _gated_with_audio(cat)
+        cat.add_decisions([Decision(rid, stage, verdict, "judged", config_hash="t", details={"content_sha256": "sha-1"})])
+        assert cat.admitted_ids(req) == {rid}
+        cat.set_audio(rid, "sha-new", "sha-new.wav", "preview")          # the source's file changed
+        cat.con.execute("UPDATE recordings SET audio_duration = 5.0 WHERE recording_id = ?", [rid])
+        cat.add_decisions([Decision(rid, "decode", "pass", "ok", config_hash="t",
+                                    details={"content_sha256": "sha-new"})])
+        row = cat.admission(req)[0]
+        assert row["reason"] == "pending" and stage in row["detail"]
+        cat.add_decisions([Decision(rid, stage, verdict, "judged", config_hash="t",
+                                    details={"content_sha256": "sha-new"})])
+        assert cat.admitted_ids(req) == {rid}
+
+
+def test_cleared_probed_facts_are_probed_again(tmp_path):
+    """Review finding: the same bytes stored again after a source md5 change kept a decode pass whose
+    probed facts had been cleared, and were planned as a 0-second file."""
+    from sao.licensing import LicensePolicy
+    from sao.licensing.stage import run_license_gate
+    store = tmp_path / "a"
+    store.mkdir()
+    _write(store / "x.wav", 12.0)
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.upsert_recordings([_rec(1, md5="a" * 32)])
+        run_license_gate(cat, LicensePolicy(), config_hash="t")
+        cat.set_audio("freesound:1", "shaX", "x.wav", "preview")
+        run_decode(cat, audio_store=store, config_hash="t", show_progress=False)
+        cat.upsert_recordings([_rec(1, md5="b" * 32)])                   # md5 changed at the source
+        cat.set_audio("freesound:1", "shaX", "x.wav", "preview")         # the download gives the same bytes
+        assert eligible_recordings(cat, ["license_gate"], store) == []   # not decoded: facts are missing
+        assert [i["recording_id"] for i in plan_decode(cat, store)] == ["freesound:1"]
+        run_decode(cat, audio_store=store, config_hash="t", show_progress=False)
+        assert [r["duration"] for r in eligible_recordings(cat, ["license_gate"], store)] == [pytest.approx(12.0)]
+
+
+def test_a_recording_that_fails_mid_build_leaves_no_window_in_the_shards(tmp_path):
+    """Review finding: windows written before a recording's failing window stayed in the shards."""
+    import pyarrow.parquet as pq
+    from sao.licensing import LicensePolicy
+    from sao.licensing.stage import run_license_gate
+    from sao.shards import PlanConfig, build_shards
+    store = tmp_path / "a"
+    store.mkdir()
+    sr = 44100
+    x = (0.1 * np.sin(np.arange(150 * sr) * 0.05)).astype(np.float32)
+    x[120 * sr] = np.nan                                                 # head and tail decode; the middle does not
+    sf.write(store / "n.wav", x, sr, subtype="FLOAT")
+    _write(store / "ok.wav", 3.0)
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.upsert_recordings([_rec(1), _rec(2)])
+        run_license_gate(cat, LicensePolicy(), config_hash="t")
+        cat.set_audio("freesound:1", "shaN", "n.wav", "preview")
+        cat.set_audio("freesound:2", "shaO", "ok.wav", "preview")
+        assert run_decode(cat, audio_store=store, config_hash="t", show_progress=False)["decoded"] == 2
+        out = build_shards(cat, shards_root=str(tmp_path / "shards"), audio_store=store, required_stages=["license_gate"],
+                           plan_cfg=PlanConfig(ae_max_chunks=0, hifi_extra_chunks=0), config_hash="t")
+        assert out["status"] == "complete" and "freesound:1" in out["rebuilt_without"]
+        idx = pq.read_table(tmp_path / "shards" / out["name"] / "index.parquet").column("recording_id").to_pylist()
+        assert set(idx) == {"freesound:2"}
+        rel = create_release(cat, "r1", required_stages=["license_gate"])
+        assert set(release_items(cat, rel["name"])) == set(idx)

@@ -139,7 +139,8 @@ def test_corrupt_audio_is_recorded_and_skipped(cat_copy, world, tmp_path):
     (store / victim["audio_path"]).write_bytes(b"ID3\x03\x00 definitely not audio" * 10)
     out = build_shards(cat_copy, shards_root=str(tmp_path / "s"), audio_store=store, required_stages=["license_gate"],
                        plan_cfg=PlanConfig(seed=3, **SMALL), config_hash="t", name="c")
-    assert "freesound:100002" in out["decode_failures"]
+    # found while writing, recorded as a decode reject, and the build made again without it
+    assert "freesound:100002" in out["rebuilt_without"] and out["status"] == "complete"
     d = cat_copy.latest_decision_map("decode")["freesound:100002"]
     assert d["reason"].startswith("audio-corrupt")
     ids = {s["json"]["recording_id"] for s in read_set(tmp_path / "s" / "c", "diffusion")}

@@ -23,11 +23,12 @@ STAGE = "decode"
 
 def plan_decode(cat: Catalog, audio_store: str | pathlib.Path) -> list[dict[str, Any]]:
     """Gate-admitted recordings whose stored content has no decode decision yet."""
+    # not decoded (no decision for this content, or its probed facts were cleared) and not already
+    # refused: the catalogue's recording_state decides which decisions still count
     rows = cat.query(
         "SELECT s.recording_id, s.content_sha256, r.audio_path FROM gate_admitted s JOIN recordings r "
-        "USING (recording_id) WHERE s.has_audio AND s.content_sha256 IS NOT NULL "
-        "AND s.decode_sha256 IS DISTINCT FROM s.content_sha256 "
-        "AND NOT coalesce(s.decode_verdict = 'reject' AND s.decode_sha256 IS NULL, false) ORDER BY s.recording_id")
+        "USING (recording_id) WHERE s.has_audio AND s.content_sha256 IS NOT NULL AND NOT s.decoded "
+        "AND NOT s.corrupt ORDER BY s.recording_id")
     out = []
     for r in rows:
         try:

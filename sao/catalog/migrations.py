@@ -195,11 +195,38 @@ QUALIFY row_number() OVER (PARTITION BY recording_id, stage ORDER BY decision_id
 CREATE VIEW active_takedowns AS
 SELECT DISTINCT recording_id FROM takedowns WHERE status = 'active';
 
--- One row per recording with everything the admission rule reads. A decode decision counts
--- only for the stored content it checked (details.content_sha256): new audio is decoded again.
--- A decode reject that names no content (older catalogues) still counts: refuse, never guess.
+-- One row per recording with everything the admission rule reads. A decision counts only while
+-- what it judged is still what the catalogue holds (otherwise the stage has not decided yet):
+--  * a license_gate decision, while the license, the FMA title and license URL and the
+--    gen_ai_preference it read (details.inputs) are the recording's current ones, so a re-crawl
+--    that relicenses or opts out an item blocks it at once, before the gate runs again;
+--  * a decision about the audio (decode, music_screen, copyright_review, dedup) that names its
+--    content (details.content_sha256), while that is the stored content; new audio is judged again.
+--    A decision that names no content (an FMA metadata review, older catalogues' rejects) counts.
+-- "decoded" also needs the probed facts themselves: a pass whose facts were cleared is redone.
 CREATE VIEW recording_state AS
-WITH l AS (SELECT recording_id, stage, verdict, reason, decision_id, details FROM latest_decisions),
+WITH l AS (
+  SELECT d.recording_id, d.stage, d.verdict, d.reason, d.decision_id, d.details
+  FROM latest_decisions d JOIN recordings r USING (recording_id)
+  WHERE CASE
+    -- (each input the decision recorded is compared; one it did not record, e.g. license_url in
+    -- decisions older than this migration, is not)
+    WHEN d.stage = 'license_gate' THEN
+      (NOT coalesce(json_exists(d.details, '$.inputs.license'), false)
+       OR json_extract_string(d.details, '$.inputs.license') IS NOT DISTINCT FROM r.license_raw)
+      AND (NOT coalesce(json_exists(d.details, '$.inputs.license_url'), false)
+           OR json_extract_string(d.details, '$.inputs.license_url') IS NOT DISTINCT FROM r.license_url)
+      AND (NOT coalesce(json_exists(d.details, '$.inputs.license_title'), false)
+           OR json_extract_string(d.details, '$.inputs.license_title')
+              IS NOT DISTINCT FROM json_extract_string(r.extra, '$.license_title'))
+      AND (NOT coalesce(json_exists(d.details, '$.inputs.gen_ai_preference'), false)
+           OR coalesce(CAST(json_extract(d.details, '$.inputs.gen_ai_preference') AS VARCHAR), 'null')
+              = coalesce(CAST(json_extract(r.extra, '$.gen_ai_preference') AS VARCHAR), 'null'))
+    WHEN d.stage IN ('decode', 'music_screen', 'copyright_review', 'dedup') THEN
+      json_extract_string(d.details, '$.content_sha256') IS NULL
+      OR json_extract_string(d.details, '$.content_sha256') IS NOT DISTINCT FROM r.content_sha256
+    ELSE true
+  END),
 per AS (
   SELECT recording_id,
          list(stage ORDER BY stage) AS stages, list(verdict ORDER BY stage) AS verdicts,
@@ -212,7 +239,6 @@ per AS (
          any_value(reason) FILTER (WHERE stage = 'audio') AS audio_reason,
          any_value(verdict) FILTER (WHERE stage = 'decode') AS decode_verdict,
          any_value(reason) FILTER (WHERE stage = 'decode') AS decode_reason,
-         any_value(json_extract_string(details, '$.content_sha256')) FILTER (WHERE stage = 'decode') AS decode_sha256,
          any_value(verdict) FILTER (WHERE stage = 'music_screen') AS screen_verdict,
          any_value(reason) FILTER (WHERE stage = 'music_screen') AS screen_reason,
          any_value(verdict) FILTER (WHERE stage = 'copyright_review') AS review_verdict,
@@ -223,12 +249,9 @@ per AS (
 SELECT r.recording_id, r.source, r.content_sha256, r.audio_path IS NOT NULL AS has_audio,
        t.recording_id IS NOT NULL AS taken_down, per.* EXCLUDE (recording_id),
        -- never NULL: a NULL here would read as "not corrupt" and "not pending" (admitted)
-       coalesce(per.decode_verdict = 'pass' AND per.decode_sha256 IS NOT DISTINCT FROM r.content_sha256,
+       coalesce(per.decode_verdict = 'pass' AND r.content_sha256 IS NOT NULL AND r.audio_duration IS NOT NULL,
                 false) AS decoded,
-       coalesce(per.audio_verdict = 'reject'
-                OR (per.decode_verdict = 'reject' AND (per.decode_sha256 IS NULL
-                                                       OR per.decode_sha256 IS NOT DISTINCT FROM r.content_sha256)),
-                false) AS corrupt
+       coalesce(per.audio_verdict = 'reject' OR per.decode_verdict = 'reject', false) AS corrupt
 FROM recordings r LEFT JOIN per USING (recording_id) LEFT JOIN active_takedowns t USING (recording_id);
 
 -- What a stage after the license gate may work on: admitted by the gate, a well-formed record,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import json
 import logging
 import pathlib
 from typing import Any
@@ -135,10 +136,11 @@ def run_dedup(cat: Catalog, *, embeddings_dir, signature: str | None, threshold:
     made_by = {"model_name": model_name or NO_MODEL, "checkpoint_sha256": checkpoint_sha256 if calibrated else None,
                "threshold": float(threshold), "uncalibrated": not calibrated}
 
-    def unchanged(rid: str, verdict: str, reason: str) -> bool:
+    def unchanged(rid: str, verdict: str, reason: str, sha: str | None) -> bool:
         p = previous.get(rid)
+        # a decision names the audio it judged: new content under the same recording is decided again
         return p is not None and (p["verdict"], p["reason"]) == (verdict, reason) and all(
-            p[k] == v for k, v in made_by.items())
+            p[k] == v for k, v in made_by.items()) and json.loads(p["details"] or "{}").get("content_sha256") == sha
     res = group_components(n, e_sha, e_md5, near)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     rows, decisions = [], []
@@ -164,17 +166,18 @@ def run_dedup(cat: Catalog, *, embeddings_dir, signature: str | None, threshold:
                 what = "identical audio" if link == "exact" else f"cosine {sim:.3f} >= {threshold:g}"
                 reason = f"duplicate-of: {kept['recording_id']} ({what})"    # a fact, whatever the model
                 verdict = "reject"
-            if not unchanged(r["recording_id"], verdict, reason):
+            if not unchanged(r["recording_id"], verdict, reason, r["content_sha256"]):
                 decisions.append(Decision(r["recording_id"], STAGE, verdict, reason, config_hash=config_hash,
-                                          **made_by, details={"group": kept["recording_id"], "size": len(members)}))
+                                          **made_by, details={"group": kept["recording_id"], "size": len(members),
+                                                              "content_sha256": r["content_sha256"]}))
     for i, r in enumerate(recs):
         if i not in grouped:
             why = unchecked or (None if r["content_sha256"] in emb_store else "not embedded")
             reason = f"unique-exact-only (near-replicas unchecked: {why})" if why \
                 else "unique: no repeated recording found"
-            if not unchanged(r["recording_id"], "pass", reason):
+            if not unchanged(r["recording_id"], "pass", reason, r["content_sha256"]):
                 decisions.append(Decision(r["recording_id"], STAGE, "pass", reason, config_hash=config_hash,
-                                          **made_by))
+                                          **made_by, details={"content_sha256": r["content_sha256"]}))
     import pyarrow as pa
     cols = ["group_id", "recording_id", "kept", "link", "similarity", "run_at"]
     groups = pa.table({c: pa.array([r[i] for r in rows], t) for i, (c, t) in enumerate(zip(cols, [

@@ -51,7 +51,10 @@ def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -
             stats.kept[(source, result.canonical)] += 1
         else:
             stats.rejected[(source, result.category)] += 1
-        inputs = {"license": raw, "license_title": title, "gen_ai_preference": gen_ai, "policy": policy_desc}
+        # what the catalogue's admission view compares with the recording's current values: a
+        # decision stops counting the moment any of these changes (sao/catalog/migrations.py, 8)
+        inputs = {"license": raw, "license_url": url, "license_title": title, "gen_ai_preference": gen_ai,
+                  "policy": policy_desc}
         prev = previous.get(rid)
         if prev and prev["details"] and prev["details"].get("inputs") == inputs and prev["reason"] == result.reason:
             continue

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import pathlib
+import shutil
 import time
 from typing import Any, Callable, Iterable
 
@@ -84,7 +85,11 @@ def prepare_build(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.
     if fs.exists(plan_path):
         with fs.open(plan_path, "rb") as f:
             old = json.loads(f.read())
-        if old.get("plan_hash") != h:
+        if old.get("plan_hash") != h and old.get("status") == "incomplete" and is_local(fs):
+            # an incomplete build holds windows of recordings found undecodable while it ran:
+            # nothing may train on it, so the corrected plan replaces it under the same name
+            shutil.rmtree(root)
+        elif old.get("plan_hash") != h:
             raise ShardBuildError(f"{out_url} holds shards of a different plan ({old.get('plan_hash', '?')[:12]} vs "
                                   f"{h[:12]}): the catalogue or settings changed; use another --name")
     specs = assign_shards(samples, plan_cfg)
@@ -154,7 +159,10 @@ def finalize_build(cat: Catalog, plan: BuildPlan, results: Iterable[ShardResult]
     audio_seconds = sum(r.audio_seconds for r in results)
     written = [r for r in results if r.status == "written"]
     summary = {
-        "name": plan.name, "location": plan.out_url, "plan_hash": plan.plan_hash, "status": "complete",
+        "name": plan.name, "location": plan.out_url, "plan_hash": plan.plan_hash,
+        # a recording that failed part-way may have left windows in other shards: such a build is
+        # never "complete" (training refuses it); build_shards builds the corrected plan at once
+        "status": "incomplete" if failures else "complete",
         "recordings": plan.n_recordings, "shards": len(results), "shards_written": len(written),
         "shards_skipped": len(results) - len(written), "samples": dict(per_set),
         "bytes": sum(r.bytes for r in results),
@@ -173,8 +181,19 @@ def build_shards(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.P
                  plan_cfg: PlanConfig, config_hash: str, name: str | None = None, workers: int = 1,
                  storage_options: dict | None = None, release: str | None = None,
                  runner: Callable[[BuildPlan, int], list[ShardResult]] = run_shards) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    plan = prepare_build(cat, shards_root=shards_root, audio_store=audio_store, required_stages=required_stages,
-                         plan_cfg=plan_cfg, name=name, storage_options=storage_options, release=release)
-    results = runner(plan, workers)
-    return finalize_build(cat, plan, results, config_hash=config_hash, seconds=time.perf_counter() - t0)
+    failed_first: dict[str, str] = {}
+    for attempt in (1, 2):
+        t0 = time.perf_counter()
+        plan = prepare_build(cat, shards_root=shards_root, audio_store=audio_store, required_stages=required_stages,
+                             plan_cfg=plan_cfg, name=name, storage_options=storage_options, release=release)
+        results = runner(plan, workers)
+        summary = finalize_build(cat, plan, results, config_hash=config_hash, seconds=time.perf_counter() - t0)
+        if summary["status"] == "complete" or attempt == 2:
+            break
+        # the failures are decode rejects now, so the next plan leaves those recordings out
+        failed_first = dict(summary["decode_failures"])
+        log.warning("shards %s: %d recording(s) failed to decode while writing; building again without them",
+                    summary["name"], len(failed_first))
+    if failed_first:
+        summary["rebuilt_without"] = failed_first
+    return summary
