@@ -92,12 +92,15 @@ def _catalogue_with(tmp_path, items):
         recs.append(dict(source="freesound", source_id=sid, title=sid, duration=20.0, crawl_time=NOW,
                          license_raw="http://creativecommons.org/publicdomain/zero/1.0/",
                          audio_path=str(path).lstrip("/")))     # under the store "/"
-        decs += [Decision(rid, "license_gate", "pass", "ok", config_hash="t"),
-                 Decision(rid, "music_screen", verdict, "music: test" if verdict == "flag" else "not-music: test",
-                          config_hash="t", model_name="PANNs", uncalibrated=True)]
+        decs.append(Decision(rid, "license_gate", "pass", "ok", config_hash="t"))
     cat.upsert_recordings(recs)
     cat.add_decisions(decs)
     decode_stored(cat)                                 # only decoded audio reaches the content review
+    # as screen_decisions writes them: bound to the content the screen read
+    cat.add_decisions([Decision(rid, "music_screen", verdict, "music: test" if verdict == "flag" else "not-music: test",
+                                config_hash="t", model_name="PANNs", uncalibrated=True,
+                                details={"content_sha256": cat.get_recording(rid)["content_sha256"]})
+                       for rid, (_, verdict) in items.items()])
     return cat
 
 
@@ -163,6 +166,7 @@ def test_fma_review_and_sao_review_cli(tmp_path, capsys, monkeypatch):
                                         crawl_time=NOW, license_raw="http://creativecommons.org/licenses/by/3.0/",
                                         audio_path=f"{i}.mp3")])
             cat.set_audio(f"fma:{i + 2}", f"sha-{i}", f"{i}.mp3", "original")
+            cat.set_probed([(f"fma:{i + 2}", f"sha-{i}", 30.0, 44100, 2)])     # as the decode stage records it
             cat.add_decisions([Decision(f"fma:{i + 2}", "license_gate", "pass", "ok", config_hash="t"),
                                Decision(f"fma:{i + 2}", "decode", "pass", "decodes", config_hash="t",
                                         details={"content_sha256": f"sha-{i}"})])

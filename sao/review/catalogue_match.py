@@ -5,6 +5,7 @@ DuckDB. Any potential match goes to human review; the reviewer sees the matching
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 import re
 import unicodedata
@@ -91,3 +92,14 @@ def find_matches(title: str, artist: str, catalogue: list[dict[str, Any]], title
                     "album": row["album"], "year": row["year"], "title_score": round(tscore, 1),
                     "artist_score": round(ascore, 1), "score": round(0.7 * tscore + 0.3 * ascore, 1)})
     return sorted(out, key=lambda r: -r["score"])[:limit]
+
+
+def catalogue_version(rows: list[dict[str, Any]]) -> str:
+    """sha256 over the loaded catalogue rows (as ``run_fma_review`` reads them, in entry order): a
+    review decision names the catalogue it checked, and a changed catalogue re-checks every track."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r.get(k) for k in ("entry_id", "artist", "title", "album", "year", "artist_norm",
+                                                "title_norm")], default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()

@@ -6,6 +6,11 @@
 * FMA: every admitted track is matched against the copyrighted-recordings catalogue; no
   potential match -> pass; a potential match -> ``review`` decision and a human-review item.
 Service errors and timeouts leave items pending; the next run picks them up.
+
+Every review decision names what it judged: the audio (``details.content_sha256``, the content
+the music screen read) or the metadata and catalogue (``details.checked``). New audio, or a new
+title, artist or catalogue, is reviewed again; the catalogue's views do not let a decision about
+other audio count.
 """
 from __future__ import annotations
 
@@ -15,11 +20,11 @@ import pathlib
 import time
 from typing import Any
 
-from ..catalog import Catalog, Decision
+from ..catalog import Catalog, CatalogError, Decision
 from ..fsutil import UnsafePathError, safe_join
 from ..log import progress
 from . import queue
-from .catalogue_match import find_matches, require_catalogue
+from .catalogue_match import catalogue_version, find_matches, require_catalogue
 from .detection_client import DetectionClient, DetectionError
 
 log = logging.getLogger(__name__)
@@ -38,35 +43,102 @@ def _admitted(cat: Catalog, source: str, view: str = "gate_admitted") -> list[st
                                           "ORDER BY recording_id", [source]).fetchall()]
 
 
+def _details(d: dict | None) -> dict:
+    det = (d or {}).get("details")
+    return det if isinstance(det, dict) else {}
+
+
+def _binding(d: dict | None) -> tuple:
+    """What makes two review decisions the same: verdict, the audio or metadata judged, and the
+    entry or screen decision behind it."""
+    det = _details(d)
+    return ((d or {}).get("verdict"), det.get("content_sha256"), det.get("checked"), det.get("review_id"),
+            det.get("music_screen_decision"))
+
+
+def _pending_decision(rid: str, kind: str, reason: str, entry_id: int, bound: dict, config_hash: str,
+                      **extra: Any) -> Decision:
+    """The ``review`` decision of an entry still waiting, naming the entry and what it judges."""
+    return Decision(rid, queue.STAGE, "review", reason, config_hash=config_hash,
+                    details={"review_id": entry_id, "kind": kind, **bound, **extra})
+
+
+def _current_content(cat: Catalog) -> dict[str, str]:
+    """{recording id: content sha256 stored now} for playable Freesound recordings."""
+    return {r[0]: r[1] for r in cat.con.execute(
+        "SELECT p.recording_id, r.content_sha256 FROM playable p JOIN recordings r USING (recording_id) "
+        "WHERE p.source = 'freesound' AND r.content_sha256 IS NOT NULL ORDER BY p.recording_id").fetchall()}
+
+
+def _live(cat: Catalog, status: str) -> list[dict]:
+    """Content-detection entries of ``status`` about the audio their recording holds now (an entry
+    about replaced audio waits, in case that audio comes back, but is neither sent nor counted)."""
+    sha = {r[0]: r[1] for r in cat.con.execute("SELECT recording_id, content_sha256 FROM recordings "
+                                               "WHERE source = 'freesound'").fetchall()}
+    return [i for i in queue.items(cat, status, queue.CONTENT)
+            if sha.get(i["recording_id"]) and queue.binding(i).get("content_sha256") == sha[i["recording_id"]]]
+
+
+def _service_verdict(res: Any) -> tuple[str, bool, str]:
+    """(status, matched, note) from the service's answer, checked field by field: it is outside input."""
+    if not isinstance(res, dict):
+        raise DetectionError(f"result is a {type(res).__name__}, not an object")
+    status = res.get("status")
+    if status == "processing":
+        return status, False, ""
+    if status == "error":
+        err = res.get("error")
+        return status, False, (err if isinstance(err, str) and err else "service error")[:300]
+    if status != "done":
+        raise DetectionError(f"result has unknown status {str(status)[:40]!r}")
+    matches, verdict = res.get("matches", []), res.get("verdict")
+    if not isinstance(matches, list) or not all(isinstance(m, dict) and isinstance(m.get("reference"), str)
+                                                for m in matches):
+        raise DetectionError("result's matches are not a list of objects naming a reference")
+    if verdict not in ("match", "clear") or (verdict == "clear" and matches):
+        raise DetectionError(f"result has verdict {str(verdict)[:40]!r} with {len(matches)} match(es)")
+    if verdict == "clear":
+        return status, False, "no match in the reference catalogue"
+    refs = ", ".join(m["reference"][:200] for m in matches) or "an unnamed reference"
+    return status, True, f"matched {refs}"
+
+
 def run_content_review(cat: Catalog, client: DetectionClient | None, *, audio_store: str | pathlib.Path,
                        config_hash: str, wait_seconds: float = 10.0, poll_interval: float = 0.5) -> dict[str, Any]:
+    """Review what the music screen decided about the audio each recording holds now: a screen
+    decision about other audio does not count (the screen runs again for new content)."""
     screen = _latest(cat, "music_screen")
     review = _latest(cat, queue.STAGE)
     out = {"not_music_passed": 0, "queued": 0, "submitted": 0, "cleared": 0, "flagged": 0, "pending": 0, "errors": 0}
-    passes = []
-    for rid in _admitted(cat, "freesound", "playable"):
+    decisions, entries = [], queue.by_subject(cat, queue.CONTENT)
+    for rid, sha in _current_content(cat).items():
         s = screen.get(rid)
-        if s is None:
-            continue                                   # not screened yet: no review decision either
-        prev = review.get(rid) or {}
-        if s["verdict"] == "pass":
-            if (prev.get("details") or {}).get("music_screen_decision") == s["decision_id"]:
-                continue                               # already passed for this screen decision
-            passes.append(Decision(rid, queue.STAGE, "pass", "not-music: the music screen found no music, "
-                                   "no copyright review needed", config_hash=config_hash,
-                                   details={"music_screen_decision": s["decision_id"]}))
-        elif s["verdict"] == "flag" and queue.enqueue(cat, rid, "content-detection",
-                                                      {"music_screen": s["reason"]}) is not None:
-            out["queued"] += 1
-            cat.add_decisions([Decision(rid, queue.STAGE, "review", "queued for content detection",
-                                        config_hash=config_hash)])
-    out["not_music_passed"] = cat.add_decisions(passes)
+        if s is None or s["verdict"] not in ("pass", "flag") or _details(s).get("content_sha256") != sha:
+            continue                                   # this audio is not screened yet: no review decision
+        bound = {"content_sha256": sha}
+        entry = entries.get((rid, sha))
+        if entry is None and s["verdict"] == "pass":
+            want = Decision(rid, queue.STAGE, "pass", "not-music: the music screen found no music, no copyright "
+                            "review needed", config_hash=config_hash,
+                            details={"music_screen_decision": s["decision_id"], **bound})
+        else:   # flagged, or passed by a later screen after a flag: the content detection of this audio decides
+            if entry is None:
+                entry, added = queue.ensure(cat, rid, queue.CONTENT, sha, {**bound, "music_screen": s["reason"]})
+                out["queued"] += added
+            want = (queue.verdict_decision(entry, config_hash=config_hash) if entry["status"] in ("cleared", "flagged")
+                    else _pending_decision(rid, queue.CONTENT, "queued for content detection", entry["review_id"],
+                                           bound, config_hash))
+        if _binding(review.get(rid)) != _binding({"verdict": want.verdict, "details": want.details}):
+            decisions.append(want)
+            if "music_screen_decision" in want.details:
+                out["not_music_passed"] += 1
+    cat.add_decisions(decisions)
     if client is None:
-        out["pending"] = len(queue.items(cat, "pending", "content-detection"))
+        out["pending"] = len(_live(cat, "pending"))
         return out
     paths = {r["recording_id"]: r["audio_path"] for r in cat.query(
         "SELECT recording_id, audio_path FROM recordings WHERE source = 'freesound'")}
-    for item in progress(queue.items(cat, "pending", "content-detection"), desc="submit", unit="file"):
+    for item in progress(_live(cat, "pending"), desc="submit", unit="file"):
         try:
             ref = client.submit(safe_join(audio_store, paths[item["recording_id"]], what="audio_path"))
         except (DetectionError, OSError, KeyError, UnsafePathError) as exc:
@@ -78,63 +150,85 @@ def run_content_review(cat: Catalog, client: DetectionClient | None, *, audio_st
         out["submitted"] += 1
     deadline = time.monotonic() + wait_seconds
     while True:
-        waiting = queue.items(cat, "submitted", "content-detection")
-        for item in waiting:
+        for item in _live(cat, "submitted"):
             try:
                 res = client.result(item["service_ref"])
-            except DetectionError as exc:
+            except DetectionError as exc:      # transport: stays submitted, asked again
                 queue.mark_error(cat, item["review_id"], str(exc))
                 out["errors"] += 1
                 continue
-            if res.get("status") == "done":
-                match = res.get("verdict") == "match"
-                refs = ", ".join(m["reference"] for m in res.get("matches", []))
-                queue.decide(cat, item["review_id"], cleared=not match, by=f"service:{client.name}",
-                             note=(f"matched {refs}" if match else "no match in the reference catalogue"),
-                             evidence=res, config_hash=config_hash)
-                out["flagged" if match else "cleared"] += 1
-            elif res.get("status") == "error":
-                queue.mark_error(cat, item["review_id"], res.get("error", "service error"))
+            try:
+                status, match, note = _service_verdict(res)
+                if status == "done":
+                    queue.decide(cat, item["review_id"], cleared=not match, by=f"service:{client.name}", note=note,
+                                 evidence=res, config_hash=config_hash)
+                    out["flagged" if match else "cleared"] += 1
+            except (DetectionError, CatalogError) as exc:
+                status, note = "error", str(exc)
+            if status == "error":              # a failed or unreadable verdict: sent again on the next run
+                queue.mark_error(cat, item["review_id"], note)
                 cat.con.execute("UPDATE review_queue SET status = 'pending' WHERE review_id = ?", [item["review_id"]])
                 out["errors"] += 1
-        if not queue.items(cat, "submitted", "content-detection") or time.monotonic() > deadline:
+                log.warning("%s: content detection gave no verdict, stays pending: %s", item["recording_id"], note)
+        if not _live(cat, "submitted") or time.monotonic() > deadline:
             break
         time.sleep(poll_interval)
-    out["pending"] = len(queue.items(cat, "pending", "content-detection")) + \
-        len(queue.items(cat, "submitted", "content-detection"))
+    out["pending"] = len(_live(cat, "pending")) + len(_live(cat, "submitted"))
     return out
 
 
 def run_fma_review(cat: Catalog, *, config_hash: str, title_min: float = 90.0) -> dict[str, Any]:
+    """Match each admitted FMA track's title and artist against the copyright catalogue. A track is
+    checked again whenever its title or artist, the catalogue or the threshold differ from what its
+    latest review decision checked (``details.checked``). A human's flag is not undone by a new
+    title: the track goes back to a human instead. (These decisions are about metadata: they name
+    no audio content.)"""
     catalogue = cat.query("SELECT entry_id, artist, title, album, year, artist_norm, title_norm "
                           "FROM copyright_catalogue ORDER BY entry_id")
     titles = [r["title_norm"] for r in catalogue]
+    version = catalogue_version(catalogue)
     review = _latest(cat, queue.STAGE)
     recs = {r["recording_id"]: r for r in cat.query(
-        "SELECT recording_id, title, author, json_extract_string(extra, '$.album') AS album FROM recordings "
-        "WHERE source = 'fma'")}
+        "SELECT recording_id, title, author FROM recordings WHERE source = 'fma'")}
+    checked = {rid: {**queue.metadata(rec), "catalogue": version, "title_min": float(title_min)}
+               for rid, rec in recs.items()}
     out = {"checked": 0, "no_match": 0, "to_human_review": 0, "catalogue_rows": len(catalogue)}
-    decisions = []
-    todo = [rid for rid in _admitted(cat, "fma") if rid not in review]   # not yet matched or decided by a human
+    todo = [rid for rid in _admitted(cat, "fma") if _details(review.get(rid)).get("checked") != checked[rid]]
     require_catalogue(len(catalogue), len(todo))
+    flagged = {i["recording_id"]: i for i in queue.items(cat, "flagged", queue.METADATA)}
+    decisions, entries = [], queue.by_subject(cat, queue.METADATA)
     for rid in todo:
-        rec = recs[rid]
+        meta, bound = checked[rid], {"checked": checked[rid]}
         out["checked"] += 1
-        matches = find_matches(rec["title"] or "", rec["author"] or "", catalogue, titles, title_min=title_min)
-        if not matches:
+        matches = find_matches(meta["title"], meta["artist"], catalogue, titles, title_min=title_min)
+        if not matches and rid not in flagged:
             out["no_match"] += 1
             decisions.append(Decision(rid, queue.STAGE, "pass", f"no-catalogue-match: title >= {title_min:g} "
-                                      f"against {len(catalogue)} copyrighted recordings", config_hash=config_hash))
-        else:
-            out["to_human_review"] += 1
-            queue.enqueue(cat, rid, "metadata-match", {"matches": matches})
+                                      f"against {len(catalogue)} copyrighted recordings", config_hash=config_hash,
+                                      details=bound))
+            continue
+        key = queue.metadata_subject(meta, matches)
+        entry = entries.get((rid, key))
+        if entry is None:
+            earlier = {"flagged_before": flagged[rid]["review_id"]} if rid in flagged else {}
+            entry, added = queue.ensure(cat, rid, queue.METADATA, key, {"matches": matches, **bound, **earlier})
+            out["to_human_review"] += added
+        if entry["status"] in ("cleared", "flagged"):   # the same question, already answered
+            decisions.append(queue.verdict_decision(entry, config_hash=config_hash, bound=bound,
+                                                    remark=f" (re-checked against catalogue {version[:12]})"))
+        elif matches:
             best = matches[0]
-            decisions.append(Decision(rid, queue.STAGE, "review", f"potential-match: '{best['title']}' by "
-                                      f"{best['artist']} (title {best['title_score']:g}, artist "
-                                      f"{best['artist_score']:g}); awaiting human review", config_hash=config_hash,
-                                      details={"matches": matches}))
+            decisions.append(_pending_decision(
+                rid, queue.METADATA, f"potential-match: '{best['title']}' by {best['artist']} (title "
+                f"{best['title_score']:g}, artist {best['artist_score']:g}); awaiting human review",
+                entry["review_id"], bound, config_hash, matches=matches))
+        else:
+            decisions.append(_pending_decision(
+                rid, queue.METADATA, f"review {flagged[rid]['review_id']} flagged this track; what it checked changed "
+                f"since (now '{meta['title']}' by {meta['artist']}); awaiting human review", entry["review_id"], bound,
+                config_hash))
     cat.add_decisions(decisions)
-    out["pending_human_review"] = len(queue.items(cat, "pending", "metadata-match"))
+    out["pending_human_review"] = len(queue.items(cat, "pending", queue.METADATA))
     return out
 
 
@@ -151,9 +245,14 @@ def describe_item(cat: Catalog, review_id: int, audio_store: str | pathlib.Path)
             lines.append(f"  catalogue: {m['artist']} - {m['title']} ({m.get('album') or '-'}, {m.get('year') or '-'})"
                          f"  title {m['title_score']:g}  artist {m['artist_score']:g}")
         else:
-            lines.append(f"  service match: {m['reference']}  score {m['score']}  at {m['offset_seconds']} s")
+            lines.append(f"  service match: {m.get('reference')}  score {m.get('score')}  "
+                         f"at {m.get('offset_seconds')} s")
     if item["decided_by"]:
         lines.append(f"decided by {item['decided_by']} at {item['decided_at']:%Y-%m-%d %H:%M}: {item['note']}")
+    if why := queue.stale(cat, item):
+        lines.append(f"obsolete:  {why}")
+    if ev.get("flagged_before"):
+        lines.append(f"earlier:   review {ev['flagged_before']} flagged this track under other metadata")
     if item["last_error"]:
         lines.append(f"last error: {item['last_error']} (attempts {item['attempts']})")
     return "\n".join(lines)

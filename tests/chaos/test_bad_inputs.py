@@ -176,7 +176,8 @@ def test_review_queue_cannot_be_driven_to_approve_by_malformed_input(tmp_path, c
     from sao.review import queue
     cfg = flow_config(tmp_path)
     with Catalog(tmp_path / "c.duckdb") as cat:
-        rid = queue.enqueue(cat, "freesound:1", "content-detection", evidence={"reason": "music"})
+        rid = queue.enqueue(cat, "freesound:1", "content-detection", "sha-1",
+                            evidence={"content_sha256": "sha-1", "reason": "music"})
         for bad in (dict(by="", note="ok"), dict(by="ann", note="  "), dict(by="ann", note="")):
             with pytest.raises(CatalogError):
                 queue.decide(cat, rid, cleared=True, config_hash="t", **bad)
