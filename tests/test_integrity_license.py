@@ -264,3 +264,84 @@ def test_report_license_table_is_per_version_in_rank_order():
     assert [(r["source"], r["license"], r["recordings"], r["hours"]) for r in license_table(rows)] == [
         ("fma", "CC BY 3.0", 5, 0.01), ("freesound", "CC0 1.0", 3, 3.0), ("freesound", "CC BY 4.0", 4, 4.0),
         ("freesound", "CC BY 3.0", 2, 2.0), ("freesound", "CC Sampling+ 1.0", 1, 1.0)]
+
+
+# --- review finding 11: ports and languages are exact lists, not "any two letters" ----------------------------
+
+# Neither a CC BY 3.0 port nor a deed language: NC/SA/ND spelt where a jurisdiction or a language goes.
+NOT_A_PORT_OR_LANGUAGE = [
+    "http://creativecommons.org/licenses/by/3.0/nc/", "http://creativecommons.org/licenses/by/3.0/sa/",
+    "http://creativecommons.org/licenses/by/3.0/nd/", "http://creativecommons.org/licenses/by/3.0/xx/",
+    "http://creativecommons.org/licenses/by/3.0/nc-nd/", "http://creativecommons.org/licenses/by/3.0/zz/",
+    "http://creativecommons.org/licenses/by/3.0/uk/",            # England & Wales was ported at 2.0, never at 3.0
+    "http://creativecommons.org/licenses/by/3.0/scotland/",      # 2.5 only
+    "https://creativecommons.org/licenses/by/4.0/deed.nc-nd", "https://creativecommons.org/licenses/by/4.0/deed.nc",
+    "https://creativecommons.org/licenses/by/4.0/legalcode.nc-sa", "https://creativecommons.org/licenses/by/4.0/deed.sa",
+    "https://creativecommons.org/licenses/by/4.0/deed.nd", "https://creativecommons.org/licenses/by/4.0/deed.xx",
+    "https://creativecommons.org/licenses/by/4.0/deed.zz", "https://creativecommons.org/licenses/by/4.0/deed.nc_nd",
+    "https://creativecommons.org/licenses/by/3.0/de/deed.nc", "https://creativecommons.org/licenses/by/3.0/de/deed.nc-sa",
+    "https://creativecommons.org/publicdomain/zero/1.0/deed.nc", "https://creativecommons.org/licenses/by/4.0/deed.en-nc",
+    "http://creativecommons.org/licenses/sampling+/1.0/legalcode.nd",
+]
+
+
+@pytest.mark.parametrize("url", NOT_A_PORT_OR_LANGUAGE)
+def test_a_port_or_language_that_cc_does_not_publish_is_rejected(url):
+    assert canonical_license(url) == UNKNOWN, url
+    r = license_gate(url)
+    assert r.verdict == "reject" and r.category == "license-unknown" and repr(url)[:60] in r.reason, (url, r)
+
+
+def test_every_published_cc_by_3_port_and_deed_language_passes():
+    from sao.licensing.canonical import CC_BY_30_PORTS, DEED_LANGUAGES, LEGALCODE_LANGUAGES
+    # the real lists, spot-checked: the ports CC published for 3.0 (and only those), its deed languages
+    assert {"us", "de", "au", "nz", "igo", "am", "az", "ca", "es", "ch", "rs"} <= CC_BY_30_PORTS
+    assert not {"nc", "sa", "nd", "xx", "uk", "jp", "kr", "scotland", "il"} & CC_BY_30_PORTS
+    assert len(CC_BY_30_PORTS) == 42
+    assert {"en", "de", "pt-br", "zh-hans", "zh-hant", "sr-latn", "eo", "fy"} <= DEED_LANGUAGES
+    assert not {"nc", "sa", "nd", "xx", "nc-nd", "nc-sa"} & (DEED_LANGUAGES | LEGALCODE_LANGUAGES)
+    assert {"mi", "hy", "ast", "oc-aranes"} <= LEGALCODE_LANGUAGES and DEED_LANGUAGES <= LEGALCODE_LANGUAGES
+    for port in CC_BY_30_PORTS:
+        for tail in ("/", "", "/deed.en", "/legalcode"):
+            url = f"http://creativecommons.org/licenses/by/3.0/{port}{tail}"
+            assert license_gate(url).canonical == "cc-by-3.0" and license_gate(url).verdict == "pass", url
+    for lang in DEED_LANGUAGES:
+        for base in ("https://creativecommons.org/licenses/by/4.0", "http://creativecommons.org/licenses/by/3.0/us",
+                     "https://creativecommons.org/publicdomain/zero/1.0"):
+            assert license_gate(f"{base}/deed.{lang}").verdict == "pass", (base, lang)
+    for lang in LEGALCODE_LANGUAGES:
+        assert license_gate(f"https://creativecommons.org/licenses/by/3.0/es/legalcode.{lang}").verdict == "pass"
+
+
+def test_ports_of_licenses_the_gate_does_not_admit_are_named_only_with_a_real_jurisdiction():
+    assert canonical_license("http://creativecommons.org/licenses/by-nc-nd/2.5/scotland/") == "cc-by-nc-nd-2.5"
+    assert canonical_license("http://creativecommons.org/licenses/by-nc/3.0/us/") == "cc-by-nc-3.0"
+    for junk in ("http://creativecommons.org/licenses/by-nc/3.0/nc/", "http://creativecommons.org/licenses/by-sa/3.0/xx/"):
+        assert canonical_license(junk) == UNKNOWN and license_gate(junk).verdict == "reject"
+
+
+# --- review finding 12: the configuration cannot switch the opt-out off --------------------------------------
+
+@pytest.mark.parametrize("refused", ["[]", '["open-source-models"]', '["noncommercial-open-source-models"]'])
+def test_config_refusing_less_than_no_gen_ai_is_an_error(refused, tmp_path):
+    from sao import config
+    p = tmp_path / "sao.toml"
+    p.write_text(f"[policy]\nrefused_gen_ai_preferences = {refused}\n")
+    with pytest.raises(config.ConfigError, match=r"\[policy\]\.refused_gen_ai_preferences.*no-gen-ai"):
+        config.load(p)
+
+
+def test_config_may_refuse_more_than_no_gen_ai(tmp_path):
+    from sao import config
+    p = tmp_path / "sao.toml"
+    p.write_text('[policy]\nrefused_gen_ai_preferences = ["no-gen-ai", "noncommercial-open-source-models"]\n')
+    pol = config.license_policy(config.load(p))
+    assert license_gate(CC0, gen_ai_preference="no-gen-ai", policy=pol).reason == "opt-out: gen_ai_preference=no-gen-ai"
+    assert license_gate(CC0, gen_ai_preference="noncommercial-open-source-models", policy=pol).verdict == "reject"
+    assert license_gate(CC0, gen_ai_preference="open-source-models", policy=pol).verdict == "pass"
+
+
+@pytest.mark.parametrize("refused", [frozenset(), frozenset({"open-source-models"}), frozenset({"No-Gen-AI", "x"})])
+def test_a_policy_built_in_code_cannot_drop_the_opt_out_either(refused):
+    with pytest.raises(ValueError, match="no-gen-ai|not one of"):
+        LicensePolicy(refused_gen_ai_preferences=refused)

@@ -1,6 +1,7 @@
 """Licensing integrity, holes 5, 7 and part of 9: paths built from metadata stay under their root,
 credentials go only to the API host, secrets never reach a message, downloads are bounded, and
 `sao download` fails loudly when a download failed."""
+import datetime as dt
 import http.server
 import json
 import logging
@@ -210,6 +211,65 @@ def test_redirects_to_another_host_drop_the_credential(tmp_path):
             assert api.auth_seen("/apiv2/search/") == [f"Token {SECRET}"]
             assert api.auth_seen("/apiv2/there/") == [f"Token {SECRET}"]      # same host: kept
             assert cdn.auth_seen("/file.mp3") == [None, None]
+
+
+# review finding 3: urlsplit and urllib3 read 'http://A\\@B/' differently (urlsplit: host B, the API;
+# urllib3, which opens the connection: host A). The origin is taken from the URL as requests sends it,
+# and a URL whose parsers could disagree is refused, on every hop and for every crawled URL.
+def test_a_redirect_the_parsers_read_differently_never_carries_the_token(tmp_path):
+    with Recorder() as api, Recorder() as attacker, Recorder() as cdn:
+        api_port, attacker_port = api.httpd.server_address[1], attacker.httpd.server_address[1]
+        sneaky = f"http://127.0.0.1:{attacker_port}\\@127.0.0.1:{api_port}/steal"
+        attacker.routes[f"/%5C@127.0.0.1:{api_port}/steal"] = (200, {}, b"ID3" + b"\0" * 9)    # what it would be sent
+        cdn.routes["/previews/1.mp3"] = (302, {"Location": sneaky, "Content-Length": "0"}, b"")
+        api.routes["/apiv2/sounds/1/download/"] = (302, {"Location": sneaky, "Content-Length": "0"}, b"")
+        c = client(f"{api.url}/apiv2")
+        for url, original in ((f"{cdn.url}/previews/1.mp3", False), (f"{api.url}/apiv2/sounds/1/download/", True)):
+            with pytest.raises(FreesoundError, match="refused") as exc:
+                c.download(url, tmp_path, ext="mp3", original=original)
+            assert not exc.value.transient and SECRET not in str(exc.value)
+        with pytest.raises(FreesoundError, match="backslash"):
+            c.download(sneaky, tmp_path, ext="mp3")       # a crawled preview URL of that shape, asked directly
+        assert attacker.seen == []                        # never even asked
+        assert all(h.get("Authorization") is None for _, h in cdn.seen)
+        assert [p for p, _ in api.seen] == ["/apiv2/sounds/1/download/"]
+    assert files_under(tmp_path) == []
+
+
+AMBIGUOUS_URLS = [
+    "http://127.0.0.1:1\\@127.0.0.1:2/steal",        # urlsplit: 127.0.0.1:2; urllib3: 127.0.0.1:1
+    "http://evil.example\\.freesound.org/x",          # a backslash anywhere in the authority
+    "https://user@cdn.freesound.org/x.mp3",            # userinfo: '@' in the authority
+    "https://cdn.freesound.org;@evil.example/x.mp3",
+    "https://%63dn.freesound.org/x.mp3",               # urllib3 decodes the host, urlsplit does not
+    "https://b\u00fccher.example/x.mp3",                # IDNA: requests sends xn--bcher-kva
+    "https://cdn.freesound.org/a\nb", "https://cdn.free\tsound.org/x", " https://cdn.freesound.org/x",
+    "ftp://cdn.freesound.org/x.mp3", "file:///etc/passwd", "/relative/x.mp3", "https:///x.mp3",
+    "https://cdn.freesound.org:99999/x", "https://cdn.freesound.org:x/", 7, None, ["https://a.org/"]]
+
+
+@pytest.mark.parametrize("url", AMBIGUOUS_URLS)
+def test_urls_whose_host_is_ambiguous_are_refused_everywhere(url):
+    from sao.sources import record_checks as rc
+    from sao.sources.freesound_crawl import sound_to_record
+    with pytest.raises(ValueError):
+        rc.request_origin(url)
+    assert rc.http_url(url)[0] is None and rc.http_url(url)[1]
+    if url is None:                                           # absent: no URL, and no problem either
+        return
+    s = {"id": 5, "name": "n", "username": "u", "license": "http://creativecommons.org/publicdomain/zero/1.0/",
+         "previews": {"preview-hq-mp3": url}, "download": url}
+    rec, problems = sound_to_record(s, crawl_time=dt.datetime(2026, 1, 1), site="https://freesound.org")
+    assert rec["preview_url"] is None and rec["audio_url"] is None
+    assert {"previews.preview-hq-mp3", "download"} <= set(problems)
+
+
+def test_request_origin_is_the_host_requests_connects_to():
+    from sao.sources import record_checks as rc
+    assert rc.request_origin("https://freesound.org/apiv2") == ("https", "freesound.org", 443)
+    assert rc.request_origin("HTTP://CDN.Freesound.ORG:8080/p/1.mp3?x=@y#@z") == ("http", "cdn.freesound.org", 8080)
+    assert rc.request_origin("http://[::1]:81/x") == ("http", "::1", 81)
+    assert rc.request_origin("https://freesound.org/people/a@b/sounds/1/") == ("https", "freesound.org", 443)
 
 
 # -- 3. secrets never printed -----------------------------------------------------------------------------

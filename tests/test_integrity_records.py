@@ -14,12 +14,12 @@ import shutil
 import pandas as pd
 import pytest
 
-from sao.catalog import Catalog, CatalogError
+from sao.catalog import Catalog, CatalogError, Decision
 from sao.licensing import LicensePolicy
 from sao.licensing.stage import run_license_gate
 from sao.sources.fma import ingest_fma
 from sao.sources.freesound import FreesoundClient
-from sao.sources.freesound_crawl import crawl_freesound, sound_to_record
+from sao.sources.freesound_crawl import crawl_freesound, reconcile_freesound, sound_to_record
 from sao.sources.record_checks import UnusableItem
 from sao.sources.replica import ReplicaServer, ReplicaSettings, build_fma_replica
 
@@ -146,6 +146,80 @@ def test_the_catalogue_refuses_wrong_types_it_used_to_coerce(catalog):
         with pytest.raises(CatalogError, match="freesound:"):
             Catalog.validate_recording(dict(base, **bad))
     assert catalog.counts()["recordings"] == 0
+
+
+# -- review finding 4: a known item whose re-fetched copy is malformed loses its admission ---------------------
+def _admitted_with_audio(cat, sound):
+    rec, _ = sound_to_record(sound, crawl_time=NOW, site="https://freesound.org")
+    cat.upsert_recordings([rec])
+    run_license_gate(cat, LicensePolicy(), config_hash="t")
+    rid = f"freesound:{sound['id']}"
+    cat.set_audio(rid, "s7", "s7.mp3", "preview-hq-mp3")
+    cat.set_probed([(rid, "s7", 5.0, 44100, 1)])
+    cat.add_decisions([Decision(rid, "decode", "pass", "ok", config_hash="t", details={"content_sha256": "s7"})])
+    assert cat.admitted_ids(["license_gate"]) == {rid}
+    return rid
+
+
+class _Refetch:
+    """A client whose sound() answers what the test says (the re-fetch reconcile makes)."""
+    site = "https://freesound.org"
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def sound(self, sid, fields):
+        return self.answer
+
+
+@pytest.mark.parametrize("answer,why", [
+    # re-licensed to NC, and a NUL byte the catalogue refuses: the new license could not be stored
+    (dict(GOOD, name="rain\x00", license="http://creativecommons.org/licenses/by-nc/4.0/"), "NUL byte"),
+    (dict(GOOD, id=8), "asked for 7, the API answered 8"),
+    (dict(GOOD, id=True), "id: expected a positive integer"),
+    (["not", "an", "object"], "expected a JSON object"),
+])
+def test_a_malformed_refetch_in_reconcile_writes_a_record_reject(answer, why, tmp_path, caplog):
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        rid = _admitted_with_audio(cat, GOOD)
+        assert reconcile_freesound(cat, _Refetch(answer), set()) == {"deleted": 0, "relicensed": 0}
+        d = cat.latest_decision_map("record")[rid]
+        assert d["verdict"] == "reject" and d["reason"].startswith("malformed-record: refetch: ") and why in d["reason"]
+        assert "\x00" not in d["reason"]
+        assert cat.admitted_ids(["license_gate"]) == set()
+        assert {r["recording_id"]: r["reason"] for r in cat.admission(["license_gate"])}[rid] == "malformed"
+        assert cat.get_recording(rid)["license_raw"] == CC0           # what could not be stored was not stored
+        n = cat.counts()["decisions"]
+        reconcile_freesound(cat, _Refetch(answer), set())             # the same answer again: nothing new written
+        assert cat.counts()["decisions"] == n
+        reconcile_freesound(cat, _Refetch(GOOD), set())                # a clean re-fetch clears it
+        assert cat.latest_decision_map("record")[rid]["verdict"] == "pass"
+        assert cat.admitted_ids(["license_gate"]) == {rid}
+    assert "record reject" in caplog.text
+
+
+def test_a_known_item_whose_crawled_copy_is_malformed_is_no_longer_admitted(freesound_sounds, tmp_path):
+    with ReplicaServer(freesound_sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv, \
+            Catalog(tmp_path / "c.duckdb") as cat:
+        c = FreesoundClient(srv.api_url, SECRET, rate_limit_per_minute=10_000)
+        crawl_freesound(cat, c)
+        run_license_gate(cat, LicensePolicy(), config_hash="t")
+        sound = min((s for s in freesound_sounds if s["license"] == CC0), key=lambda s: s["id"])
+        rid = f"freesound:{sound['id']}"
+        assert cat.latest_decision_map("license_gate")[rid]["verdict"] == "pass"
+        srv.update_sound(sound["id"], name="rain\x00", license="http://creativecommons.org/licenses/by-nc/4.0/")
+        st = crawl_freesound(cat, c, full=True)
+        assert st.malformed == 1 and sound["id"] in {int(i) for i in st.seen_ids}
+        d = cat.latest_decision_map("record")[rid]
+        assert d["verdict"] == "reject" and d["reason"] == \
+            f"malformed-record: refetch: recording {rid}: title contains a NUL byte"
+        assert {r["recording_id"]: r["reason"] for r in cat.admission(["license_gate"])}[rid] == "malformed"
+        assert rid not in {r["recording_id"] for r in cat.query("SELECT recording_id FROM gate_admitted")}
+        others = {r["recording_id"] for r in cat.latest_decisions("record")}
+        assert others == {rid}                                        # the rest of the crawl is untouched
+        n = cat.counts()["decisions"]
+        crawl_freesound(cat, c, full=True)                            # unchanged: nothing new written
+        assert cat.counts()["decisions"] == n
 
 
 # -- hole 4: an unchanged rerun -------------------------------------------------------------------

@@ -6,9 +6,9 @@ uses four exact names; FMA's raw_tracks.csv has a title and a URL; the sample co
 ``cc-by-4.0``, ``cc-sampling+-1.0``, ``cc-by-nc-sa-3.0``.
 
 Nothing here parses or guesses: a URL must be one of the known deed URLs up to the
-variations CC itself serves (scheme, ``www.``, case, trailing slash, ``deed.xx`` and
-``legalcode`` pages, and for the licenses whose jurisdiction ports keep their terms a
-two-letter port), with no query, fragment, userinfo, port or other host; a name must be one
+variations CC itself serves (scheme, ``www.``, case, trailing slash, ``deed.<language>`` and
+``legalcode[.<language>]`` pages in a language CC publishes, and for CC BY 3.0 one of its real
+jurisdiction ports), with no query, fragment, userinfo, port or other host; a name must be one
 of the known titles exactly as the source writes it. "Attribution" is a prefix of every
 NC/ND/SA variant and "Attribution 4.0 NonCommercial" is not a jurisdiction, so anything not in
 a table is ``unknown`` (which the gate rejects, showing the raw value).
@@ -51,20 +51,52 @@ CANONICAL_URLS, _URL_PATHS, _FAMILY = _known()
 assert set(BY_ID) <= set(_URL_PATHS.values()), "every admitted license needs its deed URL recognised"
 
 # Jurisdiction ports (/licenses/by/3.0/de/) carry the terms of the license they port. Admitted:
-# only CC BY 3.0 (its ports are still CC BY 3.0 terms; 4.0 and CC0 have no ports, and ports of
-# Sampling+ are not kept). Not admitted: ports of 2.x/3.0 licenses, recognised only to name them.
-_PORTED = frozenset({"cc-by-3.0"} | {c for c in CANONICAL_URLS
-                                     if c not in BY_ID and c.endswith(("-2.0", "-2.5", "-3.0"))})
+# only the ports of CC BY 3.0 (still CC BY 3.0 terms; 4.0 and CC0 have no ports, and ports of
+# Sampling+ are not kept), and only those CC published. A path segment that merely looks like one
+# (/by/3.0/nc/, /sa/, /xx/) is no port. Source: the ported licenses in CC's license RDF
+# (github.com/cc-archive/cc.licenserdf, cc/licenserdf/licenses/creativecommons.org_licenses_by_3.0_<port>_.rdf:
+# 39 ports) and the later Armenia, Azerbaijan and Canada ports that creativecommons.org serves
+# (github.com/creativecommons/cc-legal-tools-data, docs/licenses/by/3.0/<port>/).
+CC_BY_30_PORTS = frozenset({
+    "am", "at", "au", "az", "br", "ca", "ch", "cl", "cn", "cr", "cz", "de", "ec", "ee", "eg", "es", "fr", "gr",
+    "gt", "hk", "hr", "ie", "igo", "it", "lu", "nl", "no", "nz", "ph", "pl", "pr", "pt", "ro", "rs", "sg", "th",
+    "tw", "ug", "us", "ve", "vn", "za",
+})
+# Every jurisdiction CC ever ported a license to (1.0 to 3.0; same sources): the ports of licenses
+# the gate does not admit are recognised only so that their rejection names the license.
+JURISDICTIONS = CC_BY_30_PORTS | frozenset({
+    "ar", "be", "bg", "co", "dk", "fi", "hu", "il", "in", "jp", "kr", "mk", "mt", "mx", "my", "pe", "scotland",
+    "se", "si", "uk",
+})
+_PORTS = {c: (CC_BY_30_PORTS if c == "cc-by-3.0" else JURISDICTIONS) for c in CANONICAL_URLS
+          if c == "cc-by-3.0" or (c not in BY_ID and c.endswith(("-1.0", "-2.0", "-2.5", "-3.0"))
+                                  and c.startswith("cc-by"))}
+
+# The languages CC publishes its deeds in (creativecommons.org/licenses/list.en: the language menu;
+# cc-legal-tools-data docs/licenses/by/4.0/deed.<lang>.html), lower-cased as URLs are compared, plus
+# the older codes it still serves as redirects (deed.en-us, deed.es-es, deed.zh-cn, deed.zh-tw).
+# "nc", "sa", "nd" and "nc-nd" are no language: such a page name never passes.
+DEED_LANGUAGES = frozenset({
+    "an", "ar", "az", "be", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "eo", "es", "et", "eu", "fa", "fi",
+    "fr", "fy", "ga", "gl", "hi", "hr", "hu", "id", "is", "it", "ja", "ko", "lt", "lv", "ms", "nl", "no", "pl",
+    "pt", "pt-br", "ro", "ru", "sk", "sl", "sr-latn", "sv", "tr", "uk", "zh-hans", "zh-hant",
+    "en-us", "es-es", "zh-cn", "zh-tw",
+})
+# A legal-code page is in one of those languages or in one of the few that only legal codes are
+# translated into: Maori (legalcode.mi of 4.0), Armenian (the am port), Asturian, Occitan and Aranese
+# (the es port), Serbian in Cyrillic (the rs port); same sources.
+LEGALCODE_LANGUAGES = DEED_LANGUAGES | frozenset({"mi", "hy", "ast", "oc-aranes", "oci", "sr", "sr-cyrl"})
 
 # The whole URL, lower-cased; fullmatch, so nothing may follow (no query, fragment, params,
 # a second URL after a newline), and the host is spelled out so userinfo, ports and lookalike
-# hosts never match. The language of a deed or legal-code page does not change the license.
-_LANG = r"[a-z]{2}(?:[-_][a-z0-9]{2,4})?"
+# hosts never match. The port and the language are captured loosely and then looked up in the
+# lists above; the language of a deed or legal-code page does not change the license.
 _URL = re.compile(
     r"https?://(?:www\.)?creativecommons\.org/"
     r"(?P<path>(?:licenses|publicdomain)/[a-z+-]+/\d\.\d)"
-    r"(?:/(?P<port>[a-z]{2}))?"
-    rf"(?:/|/deed\.{_LANG}|/legalcode(?:\.{_LANG})?)?")
+    r"(?:/(?P<port>[a-z]{2,8}))?"
+    r"(?:/|/deed\.(?P<deed>[a-z_-]{2,9})|/legalcode(?:\.(?P<legalcode>[a-z_-]{2,9}))?)?")
+
 
 # Freesound's license names, exactly (its search matches them case-sensitively). "Attribution"
 # covers 3.0 and 4.0 alike: only the family, the version must come from the deed URL.
@@ -137,7 +169,13 @@ def _from_url(text: str) -> str:
     if not m:
         return UNKNOWN
     canonical = _URL_PATHS.get(m.group("path"), UNKNOWN)
-    if m.group("port") and canonical not in _PORTED:
+    port, deed, legalcode = m.group("port"), m.group("deed"), m.group("legalcode")
+    if port is not None and port not in _PORTS.get(canonical, ()):
+        return UNKNOWN
+    # CC's older pages wrote pt_BR for pt-br; the underscore is that spelling, nothing more
+    if deed is not None and deed.replace("_", "-") not in DEED_LANGUAGES:
+        return UNKNOWN
+    if legalcode is not None and legalcode.replace("_", "-") not in LEGALCODE_LANGUAGES:
         return UNKNOWN
     return canonical
 

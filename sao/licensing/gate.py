@@ -10,6 +10,7 @@ Exact matching only (sao.licensing.canonical): "Attribution-NonCommercial" start
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from .canonical import UNKNOWN, canonical_license, family
 from .table import ALLOWED_LICENSES
@@ -20,6 +21,21 @@ GEN_AI_PREFERENCES = ("no-additional-preferences", "open-source-models", "noncom
                       "no-gen-ai")
 DEFAULT_REFUSED_GEN_AI = frozenset({"no-gen-ai"})
 _SHOWN_CHARS = 100
+
+
+def refused_gen_ai_problem(values: Iterable[object]) -> str | None:
+    """What is wrong with a list of gen_ai_preference values to refuse, or None. Each must be one of
+    Freesound's values exactly, and the list must hold ``no-gen-ai``: a configuration may refuse
+    more, never admit an author's explicit opt-out (an empty list would have switched it off)."""
+    values = list(values)
+    bad = [v for v in values if v not in GEN_AI_PREFERENCES]
+    if bad:
+        return f"{bad} not one of {list(GEN_AI_PREFERENCES)}"
+    missing = sorted(DEFAULT_REFUSED_GEN_AI - set(values))
+    if missing:
+        return (f"must include {', '.join(missing)} (got {values}): the list may add values to refuse, "
+                "never drop an explicit opt-out")
+    return None
 
 
 def shown(value: object) -> str:
@@ -40,6 +56,11 @@ def normalise_gen_ai_preference(value: object) -> str | None:
 class LicensePolicy:
     allowed: frozenset = ALLOWED_LICENSES
     refused_gen_ai_preferences: frozenset = DEFAULT_REFUSED_GEN_AI
+
+    def __post_init__(self) -> None:
+        problem = refused_gen_ai_problem(sorted(self.refused_gen_ai_preferences, key=repr))
+        if problem:
+            raise ValueError(f"refused_gen_ai_preferences: {problem}")
 
     def describe(self) -> dict:
         return {"allowed": sorted(self.allowed), "refused_gen_ai_preferences": sorted(self.refused_gen_ai_preferences)}

@@ -4,6 +4,8 @@ so a crawl never earns a 429, and retries with back-off for 429/5xx/connection e
 Credentials go only to the API host: the exact scheme, host and port of ``base_url``. Previews
 (a CDN), ``next`` links and redirects that point elsewhere get no Authorization header; redirects
 are followed here, hop by hop, so that rule holds on every hop (not only where requests strips it).
+"The API host" is the host requests connects to, and a URL that URL parsers could read as two
+different hosts (``http://A\\@B/``, userinfo, a backslash) is refused before any request.
 The token is never put in a URL, and every message built from a server's answer is redacted
 (``sao.log.redact``) before it is raised or logged; ``repr(client)`` hides it too.
 
@@ -24,13 +26,14 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import urllib3
 
 from ..fsutil import audio_ext, safe_join
 from ..log import redact, register_secrets
+from .record_checks import request_origin, short
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +49,14 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 2048 * 1024 * 1024
 DEFAULT_DOWNLOAD_DEADLINE_S = 600.0
 
 
-def origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) with the scheme's default port filled in: what "the same host" means."""
-    u = urlsplit(url)
-    scheme = (u.scheme or "").lower()
+def origin(url: object) -> tuple[str, str, int]:
+    """(scheme, host, port) that a request to ``url`` connects to: what "the same host" means.
+    A URL that URL parsers could read as different hosts is refused (FreesoundError, not retried):
+    it never gets a request, with or without the credential."""
     try:
-        port = u.port
-    except ValueError:                    # a malformed port: never the API host
-        return scheme, "", -1
-    return scheme, (u.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+        return request_origin(url)
+    except ValueError as exc:
+        raise FreesoundError(f"URL {short(url)} refused: {exc}", transient=False) from None
 
 
 class FreesoundError(RuntimeError):
@@ -173,7 +175,8 @@ class FreesoundClient:
 
     # -- requests --------------------------------------------------------------------------------
     def _auth_headers(self, url: str, bearer: bool) -> dict[str, str]:
-        """The credential for ``url``: only when it is on the API host (scheme, host and port)."""
+        """The credential for ``url``: only when it is on the API host (scheme, host and port, as
+        requests will connect; an ambiguous URL raises instead of being sent anywhere)."""
         if origin(url) != self.api_origin:
             return {}
         if bearer:
@@ -190,13 +193,16 @@ class FreesoundClient:
                 return resp
             resp.close()
             url, params = urljoin(resp.url, location), None
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise FreesoundError(f"redirect to a {urlsplit(url).scheme!r} URL refused", transient=False)
+            try:
+                request_origin(url)               # checked before the next hop is asked for anything
+            except ValueError as exc:
+                raise FreesoundError(f"redirect to {short(url)} refused: {exc}", transient=False) from None
             self.stats["redirects"] += 1
         raise FreesoundError(f"GET {url.split('?')[0]}: more than {MAX_REDIRECTS} redirects", transient=False)
 
     def _request(self, url: str, params: dict | None = None, *, stream: bool = False, bearer: bool = False,
                  limited: bool = True, deadline: float | None = None) -> requests.Response:
+        origin(url)                               # an ambiguous or non-http(s) URL is never requested
         attempt = 0
         where = url.split("?")[0]
         while True:

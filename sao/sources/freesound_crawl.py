@@ -13,7 +13,9 @@ the crash and the rerun; ``next_page`` records where the interrupted pass was, f
 
 Every item is checked field by field (sao.sources.record_checks): a bad field is stored NULL
 with a ``record`` reject, an item whose id is unusable is counted and skipped, and the rest of
-its page is committed. ``updated`` counts only known items whose stored values changed (the
+its page is committed. A known item whose re-fetched copy cannot be stored (in the crawl or in
+reconcile) gets a ``record`` reject (``malformed-record: refetch: ...``) instead of keeping the
+admission its old copy earned. ``updated`` counts only known items whose stored values changed (the
 boundary item fetched again on every rerun is not an update).
 """
 from __future__ import annotations
@@ -152,6 +154,12 @@ def changed_ids(cat: Catalog, records: list[dict[str, Any]]) -> set[str]:
     return {r["source_id"] for r in records if stored.get(r["source_id"]) != _as_stored(r)}
 
 
+def refetch_problem(why: str) -> dict[str, str]:
+    """The ``record`` problem of a known item whose re-fetched copy could not be stored: its
+    reason reads ``malformed-record: refetch: <why>``."""
+    return {"refetch": why}
+
+
 def _digest(item: object) -> str:
     """A key for an item that has no usable id (to count it once per run)."""
     return hashlib.sha256(json.dumps(item, sort_keys=True, default=repr).encode()).hexdigest()
@@ -182,6 +190,9 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
     known = {r["source_id"] for r in cat.query("SELECT source_id FROM recordings WHERE source = ?", [SOURCE])}
     record_prev = cat.latest_decision_map(rc.STAGE)
     problems_of: dict[str, dict[str, str]] = {}
+    # known items whose re-fetched copy the catalogue refuses: the stored copy is stale (it may say
+    # an old license), so a record reject keeps the item out until a clean copy arrives
+    stale: dict[str, str] = {}
     refused: set[str] = set()
 
     def refuse(key: str, where: str, what: object, why: str) -> None:
@@ -207,8 +218,12 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
             if newest is not None and (watermark is None or newest > watermark):
                 watermark = newest
             changed = changed_ids(cat, pending)
-            decisions = rc.record_decisions({f"{SOURCE}:{r['source_id']}": problems_of.pop(r["source_id"], {})
-                                             for r in pending}, record_prev, config_hash=config_hash)
+            batch = {f"{SOURCE}:{sid}": refetch_problem(why) for sid, why in stale.items()}
+            # a clean copy of the same item later in this pass is the newer word: it goes last
+            batch.update({f"{SOURCE}:{r['source_id']}": problems_of.pop(r["source_id"], {}) for r in pending})
+            decisions = rc.record_decisions(batch, record_prev, config_hash=config_hash)
+            stats.seen_ids.update(stale)     # listed under an allowed name: neither deleted nor re-licensed
+            stale.clear()
             with cat.transaction():          # these pages, their record decisions and the cursor commit together
                 cat.upsert_recordings(pending)
                 cat.add_decisions(decisions)
@@ -245,6 +260,8 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
                     Catalog.validate_recording(rec)      # what the catalogue refuses (a NUL byte...) per item
                 except CatalogError as exc:
                     refuse(f"id:{sid}", where, int(sid), str(exc))
+                    if sid in known:
+                        stale[sid] = str(exc)
                     continue
                 seen_pass.add(sid)
                 problems_of[sid] = problems
@@ -279,7 +296,7 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
                 since, page = newest, 1
             else:
                 page += 1
-        if pending or pending_pages:
+        if pending or pending_pages or stale:
             flush(page)
         bar.close()
         cat.set_cursor(SOURCE, key, watermark, 1)    # pass complete
@@ -315,7 +332,11 @@ def reconcile_freesound(cat: Catalog, client: FreesoundClient, seen_ids: set[str
                     raise rc.UnusableItem(f"id: asked for {sid}, the API answered {rec['source_id']}")
                 Catalog.validate_recording(rec)
             except (rc.UnusableItem, CatalogError) as exc:
-                log.error("%s: re-fetched item is malformed, left as it was: %s", rid, exc)
+                # what the stored copy says (its license above all) may be out of date, and the new
+                # copy cannot be stored: a record reject keeps the item out until a clean re-fetch
+                cat.add_decisions(rc.record_decisions({rid: refetch_problem(str(exc))}, record_prev,
+                                                      config_hash=config_hash))
+                log.error("%s: re-fetched item is malformed, not stored; a record reject keeps it out: %s", rid, exc)
                 continue
             decisions = rc.record_decisions({rid: problems}, record_prev, config_hash=config_hash)
             with cat.transaction():

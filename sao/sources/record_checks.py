@@ -16,6 +16,9 @@ import re
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+import requests
+import urllib3
+
 from ..catalog import Decision
 
 STAGE = "record"
@@ -125,16 +128,55 @@ def one_of(allowed: frozenset[str]) -> Rule:
     return rule
 
 
-def http_url(v: Any) -> tuple[Any, str | None]:
-    """An absolute http(s) URL with a host (a file:// or relative URL is never fetched)."""
-    if not isinstance(v, str):
-        return None, f"expected a URL string, got {_kind(v)}"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def request_origin(url: Any) -> tuple[str, str, int]:
+    """(scheme, host, port) of an absolute http(s) URL, as `requests` will connect to it: the URL
+    prepared as requests sends it, parsed by urllib3 (which opens the connection), with the
+    scheme's default port filled in. This is what "the same host" means for a credential.
+
+    ValueError, saying why, for anything the two URL parsers in play (urllib.parse, which most
+    code uses, and urllib3) might read as different hosts: ``http://A\\@B/`` is host B to
+    urlsplit and host A to urllib3. So a backslash, whitespace or a control character anywhere,
+    user information (``@`` in the authority), a non-ASCII host, or any disagreement between the
+    two on scheme, host or port refuses the URL; nothing is guessed."""
+    if not isinstance(url, str):
+        raise ValueError(f"expected a URL string, got {_kind(url)}")
+    if "\\" in url:
+        raise ValueError("contains a backslash (URL parsers disagree on where its host ends)")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError("contains whitespace or a control character")
     try:
-        parts = urlsplit(v)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        ok = False
-    return (v, None) if ok else (None, f"{short(v)} is not an absolute http(s) URL")
+        split = urlsplit(url)
+        split_port = split.port
+        sent = urllib3.util.parse_url(requests.Request("GET", url).prepare().url)
+    except (ValueError, requests.RequestException) as exc:    # urllib3's LocationParseError is a ValueError
+        raise ValueError(f"cannot be parsed ({type(exc).__name__})") from None
+    scheme = (sent.scheme or "").lower()
+    if scheme not in DEFAULT_PORTS or split.scheme.lower() != scheme:
+        raise ValueError("is not an absolute http(s) URL")
+    if "@" in split.netloc or sent.auth is not None:
+        raise ValueError("has user information ('@') before its host")
+    if not split.netloc.isascii():
+        raise ValueError("has a non-ASCII host")
+    host = (sent.host or "").lower().strip("[]")        # urllib3 keeps an IPv6 literal's brackets
+    if not host:
+        raise ValueError("has no host")
+    port = sent.port or DEFAULT_PORTS[scheme]
+    if split.hostname != host or (split_port or DEFAULT_PORTS[scheme]) != port:
+        raise ValueError(f"URL parsers disagree on its host ({split.hostname}:{split_port} or {host}:{port})")
+    return scheme, host, port
+
+
+def http_url(v: Any) -> tuple[Any, str | None]:
+    """An absolute http(s) URL whose host every parser reads the same (``request_origin``): a
+    file://, relative or ambiguous URL is never stored, so it is never fetched."""
+    try:
+        request_origin(v)
+    except ValueError as exc:
+        return None, f"{short(v)} is not an absolute http(s) URL: {exc}"
+    return v, None
 
 
 def md5_hex(v: Any) -> tuple[Any, str | None]:
