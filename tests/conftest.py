@@ -93,3 +93,11 @@ def decode_stored(cat, audio_store="/") -> dict:
         sha = file_digests(p)[0] if p.is_file() else f"missing-{rid}"
         cat.set_audio(rid, sha, path, "preview")
     return run_decode(cat, audio_store=store, config_hash="t", show_progress=False)
+
+
+def mark_probed(cat, duration=2.0, sample_rate=44100, channels=1) -> None:
+    """For tests that write decode passes by hand: the probed facts the decode stage stores with
+    them (the admission views count a decode pass only with its facts)."""
+    cat.con.execute("UPDATE recordings SET audio_duration = coalesce(duration, ?), "
+                    "audio_sample_rate = coalesce(sample_rate, ?), audio_channels = coalesce(channels, ?) "
+                    "WHERE audio_path IS NOT NULL", [duration, sample_rate, channels])

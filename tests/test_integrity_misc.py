@@ -18,7 +18,7 @@ import pytest
 from sao import cli
 from sao.catalog import Catalog, CatalogError, Decision
 
-from .conftest import REPO
+from .conftest import REPO, mark_probed
 
 NOW = dt.datetime(2026, 1, 1)
 HOSTILE_URLS = ["javascript:alert(1)", "JaVaScRiPt:alert(1)", " javascript:alert(1)", "java\tscript:alert(1)",
@@ -52,6 +52,7 @@ def _report(tmp_path, urls, titles=None):
         cat.add_decisions([Decision(f"freesound:{i + 1}", stage, "pass", "ok", config_hash="t",
                                     details={"content_sha256": f"{i + 1:064x}"})
                            for i in range(len(urls)) for stage in ("license_gate", "decode")])
+        mark_probed(cat)
         create_release(cat, "r1", required_stages=["license_gate"])
         out = build_report(cat, "r1", tmp_path / "releases")
     return pathlib.Path(out["html"]), out
@@ -222,6 +223,7 @@ def _dedup_catalogue(tmp_path, corpus_entries):
     cat.add_decisions([Decision(f"{src}:{sid}", stage, "pass", "ok", config_hash="t",
                                 details={"content_sha256": by[e]["sha256"]})
                        for src, sid, e, _ in specs for stage in ("license_gate", "decode")])
+    mark_probed(cat)
     return cat
 
 
@@ -290,6 +292,7 @@ def test_embed_names_and_records_undecodable_files(tmp_path, corpus_entries, cap
         cat.add_decisions([Decision(f"freesound:{i}", stage, "pass", "ok", config_hash="t",
                                     details={"content_sha256": sha})
                            for i, sha in ((1, good["sha256"]), (2, "b" * 64)) for stage in ("license_gate", "decode")])
+        mark_probed(cat)
     cfgfile = tmp_path / "sao.toml"
     cfgfile.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{store}"\n'
                        f'[dedup]\nuncalibrated = true\nembeddings_dir = "{tmp_path / "emb"}"\n')
