@@ -14,6 +14,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from sao import config as config_mod
+from sao.signing import key_file_for
 from sao.train.trainer import TrainSettings, train_dit, train_vae
 
 from . import runtime
@@ -45,15 +46,17 @@ def train(shards_dir: str, out_dir: str, vae_steps: int = 40, dit_steps: int = 6
     catalog = catalog or str(cfg.catalog_path)
     with runtime.recorded_run(config_path, "train", runtime.current_runner(), catalog=catalog) as (stages, tally):
         stages.update(_train(shards_dir, out_dir, vae_steps, dit_steps, model_name, t5_path, catalog, batch_size,
-                             disc_channels, pre_encode, tally))
+                             disc_channels, pre_encode, tally, signing_key_file=key_file_for(cfg)))
         return {k: stages[k] for k in ("vae", "latents", "dit")}
 
 
 def _train(shards_dir, out_dir, vae_steps, dit_steps, model_name, t5_path, catalog, batch_size, disc_channels,
-           pre_encode, tally) -> dict[str, Any]:
+           pre_encode, tally, *, signing_key_file: str | None = None) -> dict[str, Any]:
     out = pathlib.Path(out_dir)
-    # (pydantic reserves the name model_config, so the flow parameter is model_name)
-    common = dict(shards_dir=shards_dir, model_config=model_name, batch_size=batch_size, catalog=catalog)
+    # (pydantic reserves the name model_config, so the flow parameter is model_name); the config's
+    # [signing].key_file signs both stages' checkpoints, as `sao train` does (None: $SAO_SIGNING_KEY or unsigned)
+    common = dict(shards_dir=shards_dir, model_config=model_name, batch_size=batch_size, catalog=catalog,
+                  signing_key_file=signing_key_file)
     vae = tally.result(vae_task(dict(common, out_dir=str(out / "vae"), steps=vae_steps, disc_channels=disc_channels,
                                      checkpoint_every=max(1, vae_steps)), return_state=True))
     ema = sorted((out / "vae").glob("step-*-ema.safetensors"))[-1]

@@ -295,10 +295,16 @@ def cmd_shards_build(args) -> int:
     print(f"  location: {out['location']}")
     print(f"  license mix: {json.dumps(out['license_mix'])}")
     print(f"  throughput: {out['audio_s_per_s']} audio-seconds per second")
+    if out.get("rebuilt_without"):
+        print(f"  built again without the recordings that failed to decode: {json.dumps(out['rebuilt_without'])}")
     if out["decode_failures"]:
         print(f"  undecodable, skipped: {json.dumps(out['decode_failures'])}")
     if not out["samples"]:
         print("  the catalogue has no admitted recording with audio yet: run `sao refresh` (or `make demo`) first")
+    if out["status"] != "complete":
+        print(f"error: shards {out['name']} are {out['status']}: recordings failed to decode while they were "
+              "written (now rejected); run `sao shards build` again", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -510,6 +516,10 @@ def cmd_manifest_verify(args) -> int:
         return 1
     print(f"ok: {out['checkpoint']} matches {out['manifest']} (sha256 {out['manifest_sha256'][:16]}), tensors "
           f"{out['weights_sha256'][:16]}, {out['shards_checked']} shard(s) verified, {out['recordings']} recordings")
+    if out.get("autoencoder"):
+        ae = out["autoencoder"]
+        print(f"autoencoder: tensors {ae['weights_sha256'][:16]} as recorded, {ae['recordings']} recordings; "
+              f"its manifest {ae['manifest']}")
     if out["signed_by"]:
         print(f"signature: valid, ed25519 key {out['signed_by'][:16]}")
     else:

@@ -242,10 +242,11 @@ def from_dict(data: dict[str, Any], root: pathlib.Path | None = None) -> Config:
     if bad:
         # the allow-list can be narrowed, never widened beyond the paper's policy
         raise ConfigError(f"[policy].allowed_licenses: {bad} not in {sorted(ALLOWED_LICENSES)}")
-    from .licensing.gate import GEN_AI_PREFERENCES
-    bad = [x for x in cfg.policy.refused_gen_ai_preferences if x not in GEN_AI_PREFERENCES]
-    if bad:
-        raise ConfigError(f"[policy].refused_gen_ai_preferences: {bad} not in {list(GEN_AI_PREFERENCES)}")
+    from .licensing.gate import refused_gen_ai_problem
+    problem = refused_gen_ai_problem(cfg.policy.refused_gen_ai_preferences)
+    if problem:
+        # like allowed_licenses, the opt-out can be made stricter, never switched off
+        raise ConfigError(f"[policy].refused_gen_ai_preferences: {problem}")
     if not 1 <= cfg.freesound.page_size <= 150:
         raise ConfigError("[freesound].page_size: must be between 1 and 150 (the API maximum)")
     if cfg.freesound.max_download_mb < 1:

@@ -87,23 +87,38 @@ def _put(h, data: bytes) -> None:
 
 def tensor_digest(tensors: Iterable[tuple[str, str, tuple[int, ...], int, Iterable[bytes]]]) -> str:
     """The ``sao-tensors/1`` digest of (name, dtype, shape, nbytes, byte chunks), given in name order."""
-    h = hashlib.sha256(b"sao-tensors/1\0")
+    return _digests(tensors, None)[0]
+
+
+def _digests(tensors, prefix: str | None) -> tuple[str, str | None]:
+    """(digest of all the tensors, digest of those named PREFIX... with PREFIX taken off their names, or None
+    when there are none): a part of a larger model (a DiT's autoencoder) hashes as it would in a file of its own.
+    Both in one pass over the data."""
+    full = hashlib.sha256(b"sao-tensors/1\0")
+    part = hashlib.sha256(b"sao-tensors/1\0")
+    in_part = 0
     last = None
     for name, dtype, shape, nbytes, chunks in tensors:
         if last is not None and name <= last:
             raise SigningError(f"tensor {name!r}: tensors must come sorted by name, once each")
         last = name
-        _put(h, name.encode())
-        _put(h, dtype.encode())
-        h.update(struct.pack("<Q", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape))
-        h.update(struct.pack("<Q", nbytes))
+        targets = [(full, name)]
+        if prefix is not None and name.startswith(prefix):
+            targets.append((part, name[len(prefix):]))      # sorted by full name, so sorted by the rest too
+            in_part += 1
+        for h, n in targets:
+            _put(h, n.encode())
+            _put(h, dtype.encode())
+            h.update(struct.pack("<Q", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape))
+            h.update(struct.pack("<Q", nbytes))
         seen = 0
         for chunk in chunks:
             seen += len(chunk)
-            h.update(chunk)
+            for h, _ in targets:
+                h.update(chunk)
         if seen != nbytes:
             raise SigningError(f"tensor {name!r}: {seen} bytes, expected {nbytes}")
-    return h.hexdigest()
+    return full.hexdigest(), (part.hexdigest() if in_part else None)
 
 
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str], int]:
@@ -151,6 +166,13 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, Any], di
 
 def safetensors_digest(path: str | os.PathLike) -> tuple[str, dict[str, str]]:
     """(``sao-tensors/1`` digest, metadata) of a safetensors file, reading its data once."""
+    digest, meta, _ = safetensors_digests(path, None)
+    return digest, meta
+
+
+def safetensors_digests(path: str | os.PathLike, prefix: str | None) -> tuple[str, dict[str, str], str | None]:
+    """(digest, metadata, digest of the tensors under PREFIX with it taken off, or None) of a safetensors file,
+    reading its data once."""
     header, meta, base = read_safetensors_header(path)
 
     def chunks(f, start: int, end: int) -> Iterator[bytes]:
@@ -167,7 +189,8 @@ def safetensors_digest(path: str | os.PathLike) -> tuple[str, dict[str, str]]:
         entries = ((name, header[name]["dtype"], tuple(header[name]["shape"]),
                     header[name]["data_offsets"][1] - header[name]["data_offsets"][0],
                     chunks(f, *header[name]["data_offsets"])) for name in sorted(header))
-        return tensor_digest(entries), meta
+        digest, part = _digests(entries, prefix)
+        return digest, meta, part
 
 
 # -- keys ----------------------------------------------------------------------------------------

@@ -21,15 +21,15 @@ from sao.train.manifest import ManifestError, build_manifest, manifest_bytes, ma
 
 # --- a tiny checkpoint, written by the trainer's save path ----------------------------------------------------------
 
-def _shards_build(root: pathlib.Path) -> pathlib.Path:
+def _shards_build(root: pathlib.Path, set_: str = "diffusion", first: int = 1) -> pathlib.Path:
     """The smallest complete shards build build_manifest reads: plan.json, index.parquet and two shard files."""
     b = root / "b"
-    (b / "diffusion").mkdir(parents=True)
+    (b / set_).mkdir(parents=True)
     rows = []
     for i in range(2):
-        name = f"diffusion/shard-{i:06d}.tar"
+        name = f"{set_}/shard-{i:06d}.tar"
         (b / name).write_bytes(f"shard {i}".encode() * 100)
-        rows.append({"recording_id": f"freesound:{i + 1}", "set": "diffusion", "shard": name,
+        rows.append({"recording_id": f"freesound:{i + first}", "set": set_, "shard": name,
                      "shard_sha256": hashlib.sha256((b / name).read_bytes()).hexdigest(), "license": "cc0-1.0"})
     pq.write_table(pa.Table.from_pylist(rows), b / "index.parquet")
     (b / "plan.json").write_text(json.dumps({"status": "complete", "name": "b", "plan_hash": "p1",
@@ -148,11 +148,35 @@ def test_swapped_checkpoint_fails(tmp_path, ckpt, keys, capsys):
     other = _save(tmp_path / "other", tmp_path / "shards" / "b", keys["key"], step=2, seed=7)
     _rewrite(ckpt, load_file(other["raw"]))            # another checkpoint's tensors under this metadata
     _fails(ckpt, keys, "another checkpoint's", capsys)
-    # the whole of the other checkpoint's signed set put in this one's place names the other file
+    # the whole of the other checkpoint's signed set put in this one's place: it names the other file, and fails
     for suffix in (".safetensors", ".manifest.json", ".intoto.json"):
         shutil.copy(pathlib.Path(other["raw"]).with_suffix(suffix), ckpt.with_suffix(suffix))
-    assert verify(ckpt, public_key=_pub(keys))["signed_by"]
     assert json.loads(ckpt.with_suffix(".manifest.json").read_text())["weights"]["file"] == "step-0000002-raw.safetensors"
+    assert "'step-0000002-raw.safetensors', not step-0000001-raw.safetensors" in _fails(
+        ckpt, keys, "another checkpoint's files under this name", capsys)
+    with pytest.raises(ManifestError, match="another checkpoint's files"):
+        verify(ckpt)                                   # caught without a key too
+
+
+def test_swapped_or_renamed_trio_fails_under_the_other_name(ckpt, keys, capsys):
+    """Review finding 13: the ema trio copied to the raw names (or a trio renamed) verified under the new name."""
+    ema = ckpt.with_name(ckpt.name.replace("-raw", "-ema"))
+    for suffix in (".safetensors", ".manifest.json", ".intoto.json"):
+        shutil.copy(ema.with_suffix(suffix), ckpt.with_suffix(suffix))
+    _fails(ckpt, keys, "is for 'step-0000001-ema.safetensors', not step-0000001-raw.safetensors", capsys)
+    renamed = ckpt.with_name("step-0000009-ema.safetensors")
+    for suffix in (".safetensors", ".manifest.json", ".intoto.json"):
+        shutil.move(ema.with_suffix(suffix), renamed.with_suffix(suffix))
+    _fails(renamed, keys, "another checkpoint's files under this name", capsys)
+    # a signed statement about another file name fails even where the manifest names this one
+    for suffix in (".safetensors", ".manifest.json", ".intoto.json"):
+        shutil.move(renamed.with_suffix(suffix), ema.with_suffix(suffix))
+    assert verify(ema, public_key=_pub(keys))["signed_by"]
+    env = ema.with_suffix(".intoto.json")
+    stmt = json.loads(base64.b64decode(json.loads(env.read_text())["payload"]))
+    stmt["subject"][0]["name"] = "step-0000009-ema.safetensors"
+    env.write_text(json.dumps(signing.sign_statement(stmt, keys["key"])))
+    _fails(ema, keys, "is about 'step-0000009-ema.safetensors', not step-0000001-ema.safetensors", capsys)
 
 
 def _drop(m, path):
@@ -391,3 +415,218 @@ def test_trainer_save_path_signs_with_the_key_file_from_the_command_line(shards,
     man = json.loads(ck.with_suffix(".manifest.json").read_text())
     assert "signing_key_file" not in man["training"] and man["signing"]["status"] == "signed"
     assert len(man["shards"]) == 1 and keys["priv"] not in ck.with_suffix(".manifest.json").read_text()
+
+
+# --- review findings 7, 8 and 9 -------------------------------------------------------------------------------------
+
+def test_release_signature_covers_audio_sha_admitting_decisions_and_the_signed_predicate(  # noqa: F811
+        world, tmp_path, keys):
+    """Review finding 7: an item's audio sha256 and admitting decisions, and the release's required stages and
+    recording count, could be changed in the catalogue and the release still verified."""
+    from sao.attribution import policy
+    from sao.attribution.release import create_release, release_items
+    from sao.attribution.release_signature import verify_release
+    from sao.catalog import Catalog
+    shutil.copy(world / "c.duckdb", tmp_path / "c.duckdb")
+    root = tmp_path / "releases"
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        out = create_release(cat, None, required_stages=["license_gate"], signatures_dir=root,
+                             signing_key=keys["key"])
+        name = out["name"]
+        assert verify_release(cat, name, root, _pub(keys))["recordings"] == out["recordings"] > 1
+        rid = sorted(release_items(cat, name))[0]
+        stored = cat.query("SELECT * FROM release_items WHERE release_name = ? AND recording_id = ?", [name, rid])[0]
+        # a fresh snapshot's {stage: decision id} and the stored JSON text of it hash alike
+        assert policy.item_line(dict(stored, admitted_by=json.loads(stored["admitted_by"]))) == \
+            policy.item_line(stored)
+        sql = "UPDATE release_items SET {} = ? WHERE release_name = ? AND recording_id = ?"
+        for col, value in (("content_sha256", "f" + "0" * 63), ("admitted_by", "{}"),
+                           ("admitted_by", json.dumps({"license_gate": -1}))):
+            cat.con.execute(sql.format(col), [value, name, rid])
+            with pytest.raises(signing.SigningError, match="changed after creation"):
+                verify_release(cat, name, root, _pub(keys))
+            cat.con.execute(sql.format(col), [stored[col], name, rid])
+        assert verify_release(cat, name, root, _pub(keys))
+        # the predicate the signature makes about the release is compared with the releases row
+        rel = cat.query("SELECT required_stages, n_recordings, config_hash, version FROM releases WHERE name = ?",
+                        [name])[0]
+        for col, value, match in (("required_stages", ["license_gate", "dedup"], "required_stages"),
+                                  ("config_hash", "other", "config_hash"), ("version", 7, "version"),
+                                  ("n_recordings", 1, "but the release records 1 recordings")):
+            cat.con.execute(f"UPDATE releases SET {col} = ? WHERE name = ?", [value, name])
+            with pytest.raises(signing.SigningError, match=match):
+                verify_release(cat, name, root, _pub(keys))
+            cat.con.execute(f"UPDATE releases SET {col} = ? WHERE name = ?", [rel[col], name])
+        assert verify_release(cat, name, root, _pub(keys))["recordings"] == out["recordings"]
+
+
+def test_train_flow_signs_with_the_configured_key_file(tmp_path, keys, monkeypatch):
+    """Review finding 8: the Prefect train flow left [signing].key_file out of both stages' settings."""
+    import contextlib
+
+    import flows.train as ft
+    from flows.runtime import Tally
+    monkeypatch.delenv("SAO_SIGNING_KEY", raising=False)
+    seen = []
+
+    class State:                                  # what Tally.result reads from a task's returned state
+        name = "Completed"
+
+        def result(self):
+            return {}
+
+    def fake(settings, return_state=True):        # the stages' tasks: record the settings, write no weights
+        seen.append(settings)
+        (tmp_path / "out" / "vae").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out" / "vae" / "step-0000001-ema.safetensors").write_bytes(b"")
+        return State()
+    monkeypatch.setattr(ft, "vae_task", fake)
+    monkeypatch.setattr(ft, "dit_task", fake)
+    monkeypatch.setattr(ft.runtime, "recorded_run", lambda *a, **k: contextlib.nullcontext(({}, Tally())))
+    conf = tmp_path / "sao.toml"
+    conf.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\n[signing]\nkey_file = "{keys["priv"]}"\n')
+    ft.train.fn("shards", str(tmp_path / "out"), 1, 1, config_path=str(conf))
+    assert [s.get("signing_key_file") for s in seen] == [keys["priv"], keys["priv"]]
+    # relative to the config's folder, as `sao train` resolves it
+    conf.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\n[signing]\nkey_file = "k/signing.key"\n')
+    seen.clear()
+    ft.train.fn("shards", str(tmp_path / "out"), 1, 1, config_path=str(conf))
+    assert {s.get("signing_key_file") for s in seen} == {str(tmp_path / "k" / "signing.key")}
+
+
+def _vae(tmp_path, keys, name="vae", first=11, seed=0):
+    """A signed autoencoder checkpoint trained (so its manifest says) on its own recordings."""
+    shards = _shards_build(tmp_path / f"{name}-shards", "autoencoder", first)
+    man = build_manifest(None, str(shards), ["autoencoder"], stage="vae", step=1)
+    man["training"] = {}
+    paths = save_checkpoint(tmp_path / name, 1, {"ema": _weights(seed)}, {}, man, signing_key=keys["key"])
+    return pathlib.Path(paths["ema"])
+
+
+def _dit(tmp_path, keys, vae, out="dit"):
+    """A DiT checkpoint whose weights hold VAE's tensors under pretransform.model., as train_dit writes one."""
+    from sao.train.checkpoint import autoencoder_part, autoencoder_reference
+    weights = {"model.w": torch.ones(3), **{f"pretransform.model.{k}": v for k, v in load_file(str(vae)).items()}}
+    man = build_manifest(None, str(tmp_path / "shards" / "b"), ["diffusion"], stage="dit", step=2)
+    man["autoencoder"] = autoencoder_reference(vae, autoencoder_part(weights))
+    man["training"] = {"vae_checkpoint": str(vae)}
+    return pathlib.Path(save_checkpoint(tmp_path / out, 2, {"raw": weights}, {}, man, signing_key=keys["key"])["raw"])
+
+
+def test_dit_manifest_binds_the_autoencoder_in_its_weights(tmp_path, keys, capsys):
+    """Review finding 9: a DiT file holds its autoencoder, but the manifest named it only by a path: no tensor
+    digest, no manifest sha256, none of the recordings that trained it."""
+    _shards_build(tmp_path / "shards")
+    vae = _vae(tmp_path, keys)
+    dit = _dit(tmp_path, keys, vae)
+    man = json.loads(dit.with_suffix(".manifest.json").read_text())
+    vman = json.loads(vae.with_suffix(".manifest.json").read_text())
+    ae = man["autoencoder"]
+    assert ae["weights"]["sha256"] == vman["weights"]["sha256"] == signing.safetensors_digest(vae)[0]
+    assert ae["manifest"] == {"file": str(vae.with_suffix(".manifest.json")),
+                              "sha256": _metadata(vae)["sao_manifest_sha256"]}
+    assert [r["recording_id"] for r in ae["recordings"]] == ["freesound:11", "freesound:12"] == \
+        [r["recording_id"] for r in vman["recordings"]]
+    assert ae["checkpoint"] == str(vae) and ae["signing"]["keyid"] == signing.keyid(_pub(keys))
+    out = verify(dit, public_key=_pub(keys))
+    assert out["autoencoder"]["manifest"].endswith(": matches") and out["autoencoder"]["recordings"] == 2
+    assert cli.main(["manifest", "verify", str(dit), "--key", keys["pub"]]) == 0
+    assert "autoencoder: tensors " + ae["weights"]["sha256"][:16] in capsys.readouterr().out
+    # attribution covers the autoencoder's recordings: a take-down of one names the DiT checkpoint
+    from sao.attribution.release import takedown_impact
+    from sao.catalog import Catalog
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        impact = takedown_impact(cat, "freesound:11", checkpoint_roots=[tmp_path / "dit"])
+    assert [c["checkpoint"] for c in impact["checkpoints"]] == [str(dit)]
+    # the autoencoder's manifest, when present, must be the one recorded
+    vm = vae.with_suffix(".manifest.json")
+    kept = vm.read_bytes()
+    edited = json.loads(kept)
+    edited["recordings"] = edited["recordings"][:1]
+    vm.write_bytes(manifest_bytes(edited))
+    _fails(dit, keys, "the autoencoder's manifest was altered or replaced", capsys)
+    vm.write_text("{not json")
+    _fails(dit, keys, "the autoencoder's manifest .*not valid JSON", capsys)
+    vm.unlink()                                        # moved away: said, not failed
+    assert verify(dit, public_key=_pub(keys))["autoencoder"]["manifest"].endswith("not found, not checked")
+    vm.write_bytes(kept)
+
+
+def test_dit_with_a_swapped_or_unnamed_autoencoder_fails(tmp_path, keys, capsys):
+    _shards_build(tmp_path / "shards")
+    vae, other = _vae(tmp_path, keys), _vae(tmp_path, keys, "vae2", first=21, seed=5)
+    dit = _dit(tmp_path, keys, vae)
+    mp = dit.with_suffix(".manifest.json")
+    original = mp.read_text()
+
+    def tamper(tensors, change):
+        """What someone without the key can do: rewrite the tensors, the manifest and the metadata sha256."""
+        man = json.loads(original)
+        change(man)
+        man["weights"]["sha256"] = state_dict_digest(tensors)
+        mp.write_bytes(manifest_bytes(man))
+        _rewrite(dit, tensors, sao_manifest_sha256=manifest_sha256(man))
+
+    sd = load_file(str(dit))
+    swapped = {**{k: v for k, v in sd.items() if not k.startswith("pretransform.")},
+               **{f"pretransform.model.{k}": v for k, v in load_file(str(other)).items()}}
+    tamper(swapped, lambda m: None)                    # another autoencoder in the file, the manifest left naming ours
+    with pytest.raises(ManifestError, match="the autoencoder was swapped or changed"):
+        verify(dit)
+    _fails(dit, keys, "the autoencoder was swapped or changed", capsys)
+    tamper(sd, lambda m: m.pop("autoencoder"))         # the autoencoder left unnamed
+    with pytest.raises(ManifestError, match="that the manifest does not name"):
+        verify(dit)
+    tamper({"model.w": sd["model.w"]}, lambda m: None)  # named, but no longer in the weights
+    with pytest.raises(ManifestError, match="no such tensors"):
+        verify(dit)
+    tamper(sd, lambda m: m["autoencoder"]["manifest"].update(file="vae.manifest.json"))
+    with pytest.raises(ManifestError, match="'autoencoder.manifest.file' is the relative path"):
+        verify(dit)
+    # the writer refuses weights whose autoencoder is not the one named, and an autoencoder it cannot attribute
+    from sao.train.checkpoint import autoencoder_part, autoencoder_reference
+    man = build_manifest(None, str(tmp_path / "shards" / "b"), ["diffusion"], stage="dit", step=3)
+    with pytest.raises(RuntimeError, match="not the autoencoder the manifest names"):
+        save_checkpoint(tmp_path / "w", 3, {"raw": sd}, {}, dict(man, training={}))
+    with pytest.raises(RuntimeError, match="not the autoencoder the manifest names"):
+        save_checkpoint(tmp_path / "w", 3, {"raw": swapped}, {},
+                        dict(man, training={}, autoencoder=autoencoder_reference(vae, autoencoder_part(sd))))
+    with pytest.raises(ManifestError, match="the DiT holds autoencoder"):
+        autoencoder_reference(other, autoencoder_part(sd))
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(vae)), str(bare))
+    with pytest.raises(ManifestError, match="no manifest beside it"):
+        autoencoder_reference(bare, autoencoder_part(sd))
+    untrained = autoencoder_reference(None, autoencoder_part(sd))
+    assert untrained["checkpoint"] is None and untrained["recordings"] == [] and untrained["manifest"] is None
+
+
+def test_trained_dit_names_its_autoencoder_and_verifies(shards, tmp_path):  # noqa: F811
+    from sao.models.t5_local import build_tiny_t5
+    from sao.train.trainer import TrainSettings, train_dit, train_vae
+    s = str(shards / "s")
+    train_vae(TrainSettings(stage="vae", shards_dir=s, out_dir=str(tmp_path / "vae"), steps=1, checkpoint_every=1,
+                            batch_size=2, disc_channels=8, sample_length=8192, catalog=str(shards / "c.duckdb")))
+    vae = tmp_path / "vae" / "step-0000001-ema.safetensors"
+    t5 = build_tiny_t5(tmp_path / "t5", ["water rain wind dog bird music"] * 100)
+    train_dit(TrainSettings(stage="dit", shards_dir=s, out_dir=str(tmp_path / "dit"), steps=1, checkpoint_every=1,
+                            batch_size=2, t5_path=str(t5), vae_checkpoint=str(vae)))
+    vman = json.loads(vae.with_suffix(".manifest.json").read_text())
+    for name in ("raw", "ema"):
+        ck = tmp_path / "dit" / f"step-0000001-{name}.safetensors"
+        man = json.loads(ck.with_suffix(".manifest.json").read_text())
+        assert man["autoencoder"]["weights"]["sha256"] == vman["weights"]["sha256"]
+        assert man["autoencoder"]["recordings"] == vman["recordings"] and vman["recordings"]
+        assert verify(ck, check_shards=False)["autoencoder"]["manifest"].endswith("matches")
+    # pre-encoded latents come from some autoencoder: training on them without naming it is refused
+    from sao.train.latents import FORMAT
+    from sao.train.manifest import shard_build_info
+    lat = tmp_path / "lat"
+    (lat / "diffusion").mkdir(parents=True)
+    (lat / "diffusion" / "shard-000000.tar").write_bytes(b"")
+    (lat / "latents.json").write_text(json.dumps({"format": FORMAT, "status": "complete", "vae_sha256": "0" * 64,
+                                                  "source_plan_hash": shard_build_info(s)[0]["plan_hash"],
+                                                  "shards": []}))
+    with pytest.raises(ValueError, match="needs vae_checkpoint"):
+        train_dit(TrainSettings(stage="dit", shards_dir=s, out_dir=str(tmp_path / "dit2"), steps=1, batch_size=2,
+                                t5_path=str(t5), latents=str(lat)))

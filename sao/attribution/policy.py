@@ -40,16 +40,42 @@ def published_license(canonical: str) -> str:
     return _PUBLISHED_LICENSE[canonical]
 
 
-ITEM_FIELDS = ("recording_id", "license_canonical", "title", "author", "license_url", "url", "attribution_line")
+# What a release's content hash (and so its signature) covers: the attribution, the audio the
+# recording was admitted with (its content sha256) and the decisions that admitted it.
+ITEM_FIELDS = ("recording_id", "license_canonical", "title", "author", "license_url", "url", "attribution_line",
+               "content_sha256", "admitted_by")
+
+
+def _unique_keys(pairs: list) -> dict:
+    if len({k for k, _ in pairs}) != len(pairs):      # '{"a":1,"a":2}' must not hash as '{"a":2}'
+        raise ValueError("duplicate key")
+    return dict(pairs)
+
+
+def _admitted_by(value: Any) -> Any:
+    """{stage: decision id} as one canonical JSON text, whether given as a dict (a new snapshot) or as the
+    catalogue's stored JSON text, so both hash alike. Anything else is hashed as it is (and so differs)."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value, object_pairs_hook=_unique_keys)
+        except ValueError:
+            return value
+        if not isinstance(parsed, dict):
+            return value
+        value = parsed
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return value
 
 
 def item_line(item: Mapping[str, Any]) -> str:
-    return json.dumps([item.get(k) for k in ITEM_FIELDS], ensure_ascii=False, separators=(",", ":"))
+    return json.dumps([_admitted_by(item.get(k)) if k == "admitted_by" else item.get(k) for k in ITEM_FIELDS],
+                      ensure_ascii=False, separators=(",", ":"))
 
 
 def content_sha256(items: Iterable[Mapping[str, Any]]) -> str:
-    """sha256 over the release's items (id, license and attribution fields) in id order: two
-    releases with the same hash attribute the same recordings in the same way."""
+    """sha256 over the release's items (id, license, attribution fields, audio sha256 and admitting
+    decisions) in id order: two releases with the same hash attribute the same audio in the same way."""
     h = hashlib.sha256()
     for line in sorted(item_line(i) for i in items):
         h.update(line.encode())

@@ -199,7 +199,9 @@ def takedown_impact(cat: Catalog, recording_id: str, *, shards_root: str | pathl
                 data = json.loads(man.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 raise ReleaseError(f"{man}: unreadable manifest ({exc})") from None
-            if any(r.get("recording_id") == recording_id for r in data.get("recordings", [])):
+            # a DiT's weights hold its autoencoder, so the recordings that trained it count too
+            recs = list(data.get("recordings", [])) + list((data.get("autoencoder") or {}).get("recordings", []))
+            if any(r.get("recording_id") == recording_id for r in recs):
                 manifests.append({"manifest": str(man), "checkpoint": str(man).replace(".manifest.json", ".safetensors"),
                                   "stage": data.get("stage"), "step": data.get("step"),
                                   "release": (data.get("shards_build") or {}).get("release")})

@@ -15,7 +15,8 @@ import torch
 
 from .. import signing
 from ..fsutil import atomic_path
-from .manifest import absolute_location, checkpoint_statement, envelope_path, manifest_bytes, manifest_sha256
+from .manifest import (AUTOENCODER_PREFIX, ManifestError, absolute_location, checkpoint_statement, envelope_path,
+                       manifest_bytes, manifest_sha256, verify)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,37 @@ def state_dict_digest(tensors: dict[str, torch.Tensor]) -> str:
             raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
             yield name, _DTYPES[t.dtype], tuple(t.shape), t.numel() * t.element_size(), [memoryview(raw)]
     return signing.tensor_digest(entries())
+
+
+def autoencoder_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A DiT's autoencoder tensors under the names they have in the autoencoder's own checkpoint."""
+    return {k[len(AUTOENCODER_PREFIX):]: v.detach().contiguous().cpu() for k, v in tensors.items()
+            if k.startswith(AUTOENCODER_PREFIX)}
+
+
+def autoencoder_reference(vae_checkpoint: str | pathlib.Path | None, tensors: dict[str, torch.Tensor]) -> dict:
+    """The DiT manifest's ``autoencoder``: the digest of the autoencoder TENSORS it holds (as from
+    autoencoder_part) and, with VAE_CHECKPOINT, that checkpoint and its manifest (path, sha256) and the
+    recordings it was trained on, so the DiT's attribution covers them. The checkpoint must verify against
+    its manifest and hold exactly these tensors; without one, the autoencoder is untrained (no data)."""
+    digest = state_dict_digest(tensors)
+    ref = {"weights": {"digest": signing.TENSOR_DIGEST, "sha256": digest}, "checkpoint": None, "manifest": None,
+           "recordings": []}
+    if not vae_checkpoint:                       # as train_dit reads it: no checkpoint loaded
+        return ref
+    try:
+        checked = verify(vae_checkpoint, check_shards=False)
+    except ManifestError as exc:
+        raise ManifestError(f"autoencoder checkpoint: {exc} (its training data could not be attributed)") from None
+    if checked["weights_sha256"] != digest:
+        raise ManifestError(f"autoencoder checkpoint {vae_checkpoint}: tensors {checked['weights_sha256'][:16]}, but "
+                            f"the DiT holds autoencoder {digest[:16]} (resumed from another autoencoder?)")
+    man_path = pathlib.Path(checked["manifest"])
+    vae = signing.strict_json(man_path.read_bytes(), man_path.name)
+    return dict(ref, checkpoint=absolute_location(str(vae_checkpoint)),
+                manifest={"file": absolute_location(str(man_path)), "sha256": checked["manifest_sha256"]},
+                stage=vae["stage"], step=vae["step"], shards_build=vae["shards_build"], recordings=vae["recordings"],
+                counts=vae["counts"], signing={k: vae["signing"].get(k) for k in ("status", "keyid")})
 
 
 def _bind(manifest: dict, file_name: str, weights: str, digest: str, key) -> dict:
@@ -66,6 +98,12 @@ def save_checkpoint(out_dir: str | pathlib.Path, step: int, weights: dict[str, d
         p = out / f"step-{step:07d}-{name}.safetensors"
         tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
         digest = state_dict_digest(tensors)
+        # the autoencoder a DiT manifest names is the one in these weights (else verify would refuse them)
+        ae = manifest.get("autoencoder")
+        part = autoencoder_part(tensors)
+        if (ae is None) != (not part) or (ae is not None and state_dict_digest(part) != ae["weights"]["sha256"]):
+            raise RuntimeError(f"{p.name}: its autoencoder tensors ({AUTOENCODER_PREFIX}*) are not the autoencoder "
+                               "the manifest names")
         man = _bind(manifest, p.name, name, digest, signing_key)
         man_path = p.with_suffix(".manifest.json")
         with atomic_path(p) as tmp:

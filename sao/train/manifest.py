@@ -3,11 +3,14 @@
 It names the shards build (and release) the weights were trained from, every shard with its
 sha256, every recording in those shards with source, id, title, author, license and
 attribution line, counts per license and source, and the ``sao-tensors/1`` digest of the
-weights it belongs to (sao.signing). Its sha256 (of its canonical JSON) goes into the
-checkpoint's safetensors metadata, and a DSSE-signed in-toto statement beside the checkpoint
-(``*.intoto.json``) binds that sha256 to the tensor digest under an ed25519 key. ``sao manifest
-verify CKPT --key PUB`` checks all of it; without ``--key`` it checks only that the files agree
-with each other, and says that no signature was checked. Shard locations are stored absolute or
+weights it belongs to (sao.signing). A DiT's weights hold its autoencoder too (``pretransform.model.*``),
+so its manifest also names that autoencoder (``autoencoder``): the digest of those tensors, the
+autoencoder's checkpoint and manifest (path and sha256), and the recordings it was trained on.
+The manifest's sha256 (of its canonical JSON) goes into the checkpoint's safetensors metadata,
+and a DSSE-signed in-toto statement beside the checkpoint (``*.intoto.json``) binds that sha256
+to the tensor digest under an ed25519 key. ``sao manifest verify CKPT --key PUB`` checks all of
+it; without ``--key`` it checks only that the files agree with each other, and says that no
+signature was checked. Shard locations are stored absolute or
 as URLs, so verification works from any folder.
 """
 from __future__ import annotations
@@ -24,6 +27,9 @@ from .. import signing
 
 FORMAT = "sao-attribution-manifest/2"
 PREDICATE_TYPE = "https://sao.invalid/attestation/checkpoint/v1"
+# Where a DiT's weights hold its autoencoder (sao.models.factory: model.pretransform.model): those
+# tensors, with this taken off their names, are the autoencoder checkpoint's tensors.
+AUTOENCODER_PREFIX = "pretransform.model."
 
 
 class ManifestError(ValueError):
@@ -177,12 +183,38 @@ def check_manifest(m: Any, where: str) -> None:
         raise ManifestError(f"{where}: field 'weights.digest' is not {signing.TENSOR_DIGEST}")
     if not signing.HEX64.match(_get(m, "weights.sha256", str, where)):
         raise ManifestError(f"{where}: field 'weights.sha256' is not a sha256 hex digest")
+    if "autoencoder" in m:
+        _check_autoencoder(m, where)
     status = _get(m, "signing.status", str, where)
     if status not in ("signed", "unsigned"):
         raise ManifestError(f"{where}: field 'signing.status' is {status!r}, not 'signed' or 'unsigned'")
     if status == "signed":
         _get(m, "signing.keyid", str, where)
         _get(m, "signing.envelope", str, where)
+
+
+def _check_autoencoder(m: dict, where: str) -> None:
+    if _get(m, "autoencoder.weights.digest", str, where) != signing.TENSOR_DIGEST:
+        raise ManifestError(f"{where}: field 'autoencoder.weights.digest' is not {signing.TENSOR_DIGEST}")
+    if not signing.HEX64.match(_get(m, "autoencoder.weights.sha256", str, where)):
+        raise ManifestError(f"{where}: field 'autoencoder.weights.sha256' is not a sha256 hex digest")
+    ae = m["autoencoder"]
+    for i, r in enumerate(_get(m, "autoencoder.recordings", list, where)):
+        _get(r, "recording_id", str, where, f"autoencoder.recordings[{i}].recording_id")
+    for field in ("checkpoint", "manifest"):
+        if field not in ae:
+            raise ManifestError(f"{where}: missing field 'autoencoder.{field}'")
+    if ae["checkpoint"] is None:            # an untrained (random) autoencoder: no data, nothing to name
+        if ae["manifest"] is not None or ae["recordings"]:
+            raise ManifestError(f"{where}: field 'autoencoder.checkpoint' is null, yet a manifest or recordings "
+                                "are named")
+        return
+    _check_location(m, "autoencoder.checkpoint", where)
+    _check_location(m, "autoencoder.manifest.file", where)
+    if not ae["manifest"]["file"].endswith(".manifest.json"):
+        raise ManifestError(f"{where}: field 'autoencoder.manifest.file' does not name a .manifest.json")
+    if not signing.HEX64.match(_get(m, "autoencoder.manifest.sha256", str, where)):
+        raise ManifestError(f"{where}: field 'autoencoder.manifest.sha256' is not a sha256 hex digest")
 
 
 def _check_signature(ckpt: pathlib.Path, manifest: dict, digest: str, sha: str, public_key) -> str:
@@ -194,10 +226,53 @@ def _check_signature(ckpt: pathlib.Path, manifest: dict, digest: str, sha: str, 
         raise ManifestError(f"{ckpt}: {exc}") from None
     if not any(s["digest"]["sha256"] == digest for s in stmt["subject"]):
         raise ManifestError(f"{ckpt}: the signed statement is about other tensors (swapped or changed weights)")
+    # the statement names the file it signs: another checkpoint's signed set copied here must not pass
+    if not any(s["name"] == ckpt.name and s["digest"]["sha256"] == digest for s in stmt["subject"]):
+        names = ", ".join(repr(s["name"])[:80] for s in stmt["subject"])
+        raise ManifestError(f"{ckpt}: the signed statement is about {names}, not {ckpt.name}: "
+                            "another checkpoint's files under this name")
     signed = stmt["predicate"].get("manifest")
     if not isinstance(signed, dict) or signed.get("sha256") != sha:
         raise ManifestError(f"{ckpt}: the signature does not cover this manifest: it was altered after signing")
+    if signed.get("name") != ckpt.with_suffix(".manifest.json").name:
+        raise ManifestError(f"{ckpt}: the signed statement names manifest {repr(signed.get('name'))[:80]}, not "
+                            f"{ckpt.with_suffix('.manifest.json').name}")
     return signing.keyid(public_key)
+
+
+def _check_autoencoder_binding(ckpt: pathlib.Path, manifest: dict, part: str | None) -> dict | None:
+    """The DiT's autoencoder tensors (PART: their digest, None when the file holds none) against the manifest's
+    ``autoencoder``, and that autoencoder's own manifest, when it is on disk, against the sha256 recorded."""
+    ae = manifest.get("autoencoder")
+    if ae is None:
+        if part is not None:
+            raise ManifestError(f"{ckpt}: holds an autoencoder ({AUTOENCODER_PREFIX}* tensors) that the manifest "
+                                "does not name: its training data is unattributed")
+        return None
+    want = ae["weights"]["sha256"]
+    if part != want:
+        got = "no such tensors" if part is None else f"digest {part[:16]}"
+        raise ManifestError(f"{ckpt}: its autoencoder tensors ({AUTOENCODER_PREFIX}*): {got}, not the manifest's "
+                            f"autoencoder {want[:16]}: the autoencoder was swapped or changed")
+    out = {"weights_sha256": want, "recordings": len(ae["recordings"]), "checkpoint": ae["checkpoint"]}
+    if ae["manifest"] is None:
+        return dict(out, manifest="none (untrained autoencoder)")
+    ref = pathlib.Path(ae["manifest"]["file"])
+    if not ref.is_file():
+        return dict(out, manifest=f"{ref}: not found, not checked")
+    try:
+        vae = signing.strict_json(ref.read_bytes(), ref.name)
+    except signing.SigningError as exc:
+        raise ManifestError(f"{ckpt}: the autoencoder's manifest {exc}") from None
+    check_manifest(vae, str(ref))
+    sha = manifest_sha256(vae)
+    if sha != ae["manifest"]["sha256"]:
+        raise ManifestError(f"{ref}: sha256 {sha[:16]} is not the {ae['manifest']['sha256'][:16]} that {ckpt.name} "
+                            "records: the autoencoder's manifest was altered or replaced")
+    if vae["weights"]["sha256"] != want or vae["recordings"] != ae["recordings"]:
+        raise ManifestError(f"{ckpt}: the autoencoder's manifest {ref.name} names other weights or recordings "
+                            "than this manifest's 'autoencoder'")
+    return dict(out, manifest=f"{ref}: matches")
 
 
 def _check_shard_files(manifest: dict) -> tuple[int, list[str]]:
@@ -230,7 +305,7 @@ def verify(checkpoint: str | pathlib.Path, *, check_shards: bool = True, public_
     if not man_path.is_file():
         raise ManifestError(f"{ckpt}: no manifest beside it ({man_path.name}); do not publish these weights")
     try:
-        digest, meta = signing.safetensors_digest(ckpt)
+        digest, meta, ae_digest = signing.safetensors_digests(ckpt, AUTOENCODER_PREFIX)
         manifest = signing.strict_json(man_path.read_bytes(), man_path.name)
     except signing.SigningError as exc:
         raise ManifestError(f"{ckpt}: {exc}") from None
@@ -245,10 +320,14 @@ def verify(checkpoint: str | pathlib.Path, *, check_shards: bool = True, public_
     if manifest["weights"]["sha256"] != digest:
         raise ManifestError(f"{ckpt}: tensor digest {digest[:16]} is not the manifest's {manifest['weights']['sha256'][:16]}"
                             ": the tensors were changed, or are another checkpoint's under this manifest")
+    if manifest["weights"]["file"] != ckpt.name:
+        raise ManifestError(f"{ckpt}: the manifest is for {manifest['weights']['file'][:120]!r}, not {ckpt.name}: "
+                            "another checkpoint's files under this name")
+    autoencoder = _check_autoencoder_binding(ckpt, manifest, ae_digest)
     keyid = _check_signature(ckpt, manifest, digest, got, public_key) if public_key is not None else None
     checked, problems = _check_shard_files(manifest) if check_shards else (0, [])
     if problems:
         raise ManifestError(f"{ckpt}: " + "; ".join(problems))
     return {"checkpoint": str(ckpt), "manifest": str(man_path), "manifest_sha256": got, "weights_sha256": digest,
             "signed_by": keyid, "signing_status": manifest["signing"]["status"], "shards_checked": checked,
-            "recordings": manifest["counts"]["recordings"]}
+            "recordings": manifest["counts"]["recordings"], "autoencoder": autoencoder}

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from ..fsutil import sha256_file
 from ..models.factory import create_autoencoder, create_model, load_config
-from .checkpoint import load_latest, save_checkpoint
+from .checkpoint import autoencoder_part, autoencoder_reference, load_latest, save_checkpoint
 from .data import ShardStream, StreamConfig, list_shards, shard_name
 from .losses import (MultiResolutionSTFTLoss, MultiScaleSTFTDiscriminator, discriminator_loss, feature_matching_loss,
                      generator_adv_loss, inverse_lr, stereo_stft_loss)
@@ -148,6 +148,7 @@ class _Run:
         self.read: set[str] = set(self.state.get("shards_read", [])) if self.state else set()
         streams = (self.state or {}).get("data_streams") or s.data_streams or self.world
         self.set = set_
+        self.autoencoder: dict | None = None       # dit: the manifest's ``autoencoder`` (the one in its weights)
         self.latent_info = None
         if s.latents:
             from .latents import read_latents_info
@@ -222,6 +223,8 @@ class _Run:
             manifest["latents"] = {"location": self.s.latents, "autoencoder_sha256": self.latent_info["vae_sha256"],
                                    "shards": [{"name": sh["name"], "sha256": sh["sha256"]}
                                               for sh in self.latent_info["shards"] if sh["name"] in read]}
+        if self.autoencoder is not None:
+            manifest["autoencoder"] = self.autoencoder
         manifest["training"] = {k: v for k, v in asdict(self.s).items() if k not in ("catalog", "signing_key_file")}
         manifest["training"]["batch_size"] = self.batch_size
         state.update(step=self.step, data_position={str(k): v for k, v in sorted(position.items())},
@@ -427,7 +430,11 @@ def train_dit(s: TrainSettings) -> dict[str, Any]:
     if s.vae_checkpoint:
         from safetensors.torch import load_file
         ae.load_state_dict(load_file(s.vae_checkpoint))
-    if run.latent_info is not None and s.vae_checkpoint:
+    if run.latent_info is not None and not s.vae_checkpoint:
+        # the latents' autoencoder must be the one these weights hold and attribute
+        raise ValueError(f"{s.latents}: training on pre-encoded latents needs vae_checkpoint (the autoencoder "
+                         "they were encoded with)")
+    if run.latent_info is not None:
         got = sha256_file(s.vae_checkpoint)
         if got != run.latent_info["vae_sha256"]:
             raise ValueError(f"{s.latents} was encoded with autoencoder {run.latent_info['vae_sha256'][:16]}, "
@@ -440,6 +447,9 @@ def train_dit(s: TrainSettings) -> dict[str, Any]:
     scaler = _scaler(s, run.device)
     resumable = dict(model=model, ema=ema, opt=opt, sch=sch, scaler=scaler)
     _restore(run.state, resumable)
+    # the autoencoder in the weights (resumed ones included), bound to its checkpoint; on every rank, so that
+    # a checkpoint that does not verify stops them all
+    run.autoencoder = autoencoder_reference(s.vae_checkpoint, autoencoder_part(model.state_dict()))
     step_model = _wrap(_DiffusionStep(model), run.world, run.device)
     t0, done = time.perf_counter(), 0
     batches = run.batches()
