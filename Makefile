@@ -91,16 +91,21 @@ CHAOS_ARGS ?= --scenarios 20
 chaos: $(STAMP)
 	$(PY) -m sao.chaos $(CHAOS_ARGS)
 
+# Every benchmark at full size (tens of minutes on 2 cores); each takes --small for a run of seconds,
+# which `make test` does (tests/test_bench.py).
 bench: $(STAMP)
 	$(PY) bench/bench_catalog.py
 	$(PY) bench/bench_replica.py
 	$(PY) bench/crawl_bench.py
+	$(PY) bench/attribution_bench.py
 	$(PY) bench/shards_bench.py
 	$(PY) bench/music_screen_bench.py
 	$(PY) bench/dedup_bench.py
 	$(PY) bench/clap_embed_bench.py
 	$(PY) bench/refresh_bench.py
 	$(PY) bench/eval_bench.py
+	$(PY) bench/dit_bench.py
+	$(PY) bench/train_bench.py
 
 corpus: $(STAMP)
 	$(PY) datasets/build_sample_corpus.py

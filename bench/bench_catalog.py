@@ -1,9 +1,13 @@
 """Catalogue write throughput: sao's batched, transactional upsert vs the obvious baseline,
-one INSERT ... ON CONFLICT per item in autocommit. Prints items/s for both, side by side."""
+one INSERT ... ON CONFLICT per item in autocommit. Prints items/s for both, side by side.
+
+    python bench/bench_catalog.py [N]        # default 5000
+    python bench/bench_catalog.py --small    # 200 recordings: a few seconds
+"""
 from __future__ import annotations
 
+import argparse
 import datetime as dt
-import sys
 import tempfile
 import time
 
@@ -39,4 +43,8 @@ def main(n: int = 5000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("n", nargs="?", type=int, help="recordings (default 5000; 200 with --small)")
+    ap.add_argument("--small", action="store_true", help="a few seconds: 200 recordings")
+    a = ap.parse_args()
+    main(a.n or (200 if a.small else 5000))

@@ -1,7 +1,12 @@
 """Freesound replica search throughput: pages/s and items/s when following `next` with a
-keep-alive session (what sao's client does) vs a new connection per request (the baseline)."""
+keep-alive session (what sao's client does) vs a new connection per request (the baseline).
+
+    python bench/bench_replica.py [--rounds 20]
+    python bench/bench_replica.py --small      # 2 rounds
+"""
 from __future__ import annotations
 
+import argparse
 import time
 
 import requests
@@ -39,4 +44,8 @@ def main(rounds: int = 20) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, help="crawls of the whole replica per client (default 20; 2 with --small)")
+    ap.add_argument("--small", action="store_true", help="a few seconds: 2 rounds")
+    a = ap.parse_args()
+    main(a.rounds or (2 if a.small else 20))

@@ -6,9 +6,11 @@ per wall second (file durations; note that laion-clap looks at one 10 s window p
 sao looks at up to 4, so sao does more model work per long file).
 
     python bench/clap_embed_bench.py
+    python bench/clap_embed_bench.py --small     # 2 corpus files (6 s and 34 s of audio)
 """
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
@@ -17,13 +19,16 @@ os.environ.setdefault("SAO_NO_PROGRESS", "1")
 from sao.analysis.clap import embed_files, load_clap  # noqa: E402
 from sao.sources import sample_corpus  # noqa: E402
 
+# --small: one file shorter than a 10 s window and one long enough for 4 (laion-clap reads only its first)
+SMALL = ("minetest-water-1", "fma-entropy")
 
-def main() -> None:
-    entries = sample_corpus.load_metadata()
+
+def main(only: tuple[str, ...] | None = None, warmup: int = 2) -> None:
+    entries = [e for e in sample_corpus.load_metadata() if only is None or e["id"] in only]
     paths = [e["path"] for e in entries]
     total = sum(e["duration"] for e in entries)
     cm = load_clap(None, uncalibrated=True, device="cpu")
-    cm.module.get_audio_embedding_from_filelist(x=paths[:2])          # warm-up, both paths share the model
+    cm.module.get_audio_embedding_from_filelist(x=paths[:warmup])     # warm-up, both paths share the model
     t = time.perf_counter()
     cm.module.get_audio_embedding_from_filelist(x=paths)
     base_s = time.perf_counter() - t
@@ -42,4 +47,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="2 corpus files (6 s and 34 s), a 1-file warm-up")
+    small = ap.parse_args().small
+    main(only=SMALL if small else None, warmup=1 if small else 2)

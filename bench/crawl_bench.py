@@ -7,15 +7,18 @@ Side by side, in the same run: the naive baseline, one INSERT statement per reco
 (measured on a subset and extrapolated). Prints items/s and peak memory (RSS).
 
     python bench/crawl_bench.py [N]          # default 486492
+    python bench/crawl_bench.py --small      # 3,000 records, a 300-row baseline: a few seconds
 """
 from __future__ import annotations
 
+import argparse
+import bisect
 import datetime as dt
 import json
 import pathlib
 import random
+import re
 import resource
-import sys
 import tempfile
 import time
 
@@ -64,18 +67,56 @@ def make_pages(folder: pathlib.Path, n: int, page_size: int = 150, seed: int = 0
 
 
 class DiskPages:
-    """Stands in for FreesoundClient.search_pages: the same JSON pages, read from disk."""
+    """Stands in for FreesoundClient.search_page: the crawl's keyset requests (``created:[T TO *]``
+    sorted by ``created_asc``, page N of that listing) answered from the JSON pages on disk, which
+    hold the records in ``created`` order. A page file is parsed when a request first reaches it."""
     site = "https://freesound.org"
 
     def __init__(self, folder: pathlib.Path):
         self.folder = folder
+        self.files = sorted(folder.glob("page-*.json"))
+        first = json.loads(self.files[0].read_text())
+        self.n, self.file_size = first["count"], len(first["results"])
+        self._cache: dict[int, list] = {0: first["results"]}
+        self.requests = 0
 
-    def search_pages(self, filter, **kw):
-        name, page = "page-00001.json", 1
-        while name:
-            data = json.loads((self.folder / name).read_text())
-            yield page, data
-            name, page = data["next"], page + 1
+    def _file(self, i: int) -> list:
+        if i not in self._cache:
+            if len(self._cache) >= 2:                # the crawl moves forward: two files suffice
+                self._cache.pop(min(self._cache))
+            self._cache[i] = json.loads(self.files[i].read_text())["results"]
+        return self._cache[i]
+
+    def _first_at_or_after(self, since: str | None) -> int:
+        """Index of the first record with created >= since (ISO strings sort as times)."""
+        if since is None:
+            return 0
+        lo, hi = 0, len(self.files)                  # the last file whose first record is < since
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self._file_first(mid) < since else (lo, mid)
+        rows = self._file(lo)
+        return lo * self.file_size + bisect.bisect_left([r["created"] for r in rows], since)
+
+    def _file_first(self, i: int) -> str:
+        if i in self._cache:
+            return self._cache[i][0]["created"]
+        with open(self.files[i]) as f:               # cheap: the first record's created, no full parse
+            head = f.read(4096)
+        return re.search(r'"created": "([^"]+)"', head).group(1)
+
+    def search_page(self, filter: str, page: int = 1, *, page_size: int = 150, fields=None, sort="created_asc",
+                    query: str = "") -> dict:
+        self.requests += 1
+        m = re.search(r"created:\[(\S+) TO \*\]", filter)
+        since = m.group(1).rstrip("Z") if m else None
+        k = self._first_at_or_after(since)
+        lo, hi = k + (page - 1) * page_size, min(self.n, k + page * page_size)
+        results = []
+        for i in range(lo // self.file_size, (hi - 1) // self.file_size + 1 if hi > lo else 0):
+            base = i * self.file_size
+            results += self._file(i)[max(0, lo - base):hi - base]
+        return {"count": self.n - k, "next": "more" if hi < self.n else None, "previous": None, "results": results}
 
 
 def peak_rss_mb() -> float:
@@ -100,7 +141,7 @@ def naive_baseline(records: list[dict], db: pathlib.Path) -> float:
         return len(records) / (time.perf_counter() - t)
 
 
-def main(n: int = 486_492) -> None:
+def main(n: int = 486_492, subset: int = 3000) -> None:
     with tempfile.TemporaryDirectory(prefix="sao-crawl-bench-") as d:
         d = pathlib.Path(d)
         pages_dir = d / "pages"
@@ -111,15 +152,15 @@ def main(n: int = 486_492) -> None:
 
         with Catalog(d / "sao.duckdb") as cat:
             t = time.perf_counter()
-            crawl_freesound(cat, DiskPages(pages_dir), license_names=("all",))
+            source = DiskPages(pages_dir)
+            crawl = crawl_freesound(cat, source, license_names=("all",))
             crawl_s = time.perf_counter() - t
             t = time.perf_counter()
             gate = run_license_gate(cat, LicensePolicy(), config_hash="bench")
             gate_s = time.perf_counter() - t
-            assert cat.counts()["recordings"] == n
+            assert cat.counts()["recordings"] == n == crawl.new, (cat.counts(), crawl)
         sao_peak = peak_rss_mb()
 
-        subset = 3000
         now = dt.datetime.now()
         first = json.loads((pages_dir / "page-00001.json").read_text())["results"]
         recs = [sound_to_record(s, crawl_time=now, site="https://freesound.org")[0] for s in first]
@@ -128,7 +169,7 @@ def main(n: int = 486_492) -> None:
 
     total = crawl_s + gate_s
     kept, rejected = sum(gate.kept.values()), sum(gate.rejected.values())
-    print(f"\ncrawl + license gate, {n:,} records, {pages:,} pages (2 cores)")
+    print(f"\ncrawl + license gate, {n:,} records, {pages:,} pages, {source.requests:,} keyset requests (2 cores)")
     print(f"  {'stage':34s} {'seconds':>9s} {'items/s':>10s}")
     print(f"  {'crawl (parse, upsert, cursor)':34s} {crawl_s:9.1f} {n / crawl_s:10,.0f}")
     print(f"  {'license gate (+ decisions)':34s} {gate_s:9.1f} {n / gate_s:10,.0f}")
@@ -141,4 +182,8 @@ def main(n: int = 486_492) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 486_492)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("n", nargs="?", type=int, help="records (default 486,492; 3,000 with --small)")
+    ap.add_argument("--small", action="store_true", help="a few seconds: 3,000 records, a 300-row baseline")
+    a = ap.parse_args()
+    main(a.n or (3000 if a.small else 486_492), subset=300 if a.small else 3000)

@@ -4,6 +4,10 @@
 20 diffusion steps/s, 5.9 GB during diffusion, 14.5 GB during decoding.
 
     python bench/dit_bench.py [--skip-official] [--no-compile] [--decode-latents N]
+    python bench/dit_bench.py --small     # 64 latents to decode, torch.compile with the "eager" backend
+                                          # (Dynamo traces, no Inductor codegen, which alone takes about a
+                                          # minute on 2 cores); the official shape only on a GPU, at 256
+                                          # latents, one timed step
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ def timed(fn, n: int, device) -> float:
     return (time.perf_counter() - t) / n
 
 
-def dit_numbers(config: str, latents: int, device, compile_: bool, n: int) -> dict:
+def dit_numbers(config: str, latents: int, device, compile_: bool, n: int, backend: str = "inductor") -> dict:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     model = create_model(config)
     dit = model.dit.to(device, dtype).eval()
@@ -40,7 +44,9 @@ def dit_numbers(config: str, latents: int, device, compile_: bool, n: int) -> di
     cross = torch.randn(2, 130, cond_dim, device=device, dtype=dtype)
     glob = torch.randn(2, gdim, device=device, dtype=dtype)
     out = {}
-    for label, fn_model in (("eager", dit), ("compiled", torch.compile(dit) if compile_ else None)):
+    compiled = torch.compile(dit, backend=backend) if compile_ else None
+    for label, fn_model in (("eager", dit), ("compiled" if backend == "inductor" else f"compiled ({backend} backend)",
+                                             compiled)):
         if fn_model is None:
             continue
         if device.type == "cuda":
@@ -80,13 +86,22 @@ def main() -> None:
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--decode-latents", type=int, default=None)
+    ap.add_argument("--small", action="store_true",
+                    help="64 latents to decode, torch.compile with the eager backend; the official shape only "
+                         "on a GPU (256 latents, 1 step)")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    official = ("stable_audio_open_1_0", 1024, 3 if device.type == "cuda" else 1)
+    if a.small:
+        a.skip_official = a.skip_official or device.type != "cuda"
+        a.decode_latents = a.decode_latents or 64
+        official = ("stable_audio_open_1_0", 256, 1)
+    backend = "eager" if a.small else "inductor"
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}")
-    runs = [("tiny", 32, 5)] + ([] if a.skip_official else [("stable_audio_open_1_0", 1024, 3 if device.type == "cuda" else 1)])
+    runs = [("tiny", 32, 5)] + ([] if a.skip_official else [official])
     for config, latents, n in runs:
-        res = dit_numbers(config, latents, device, not a.no_compile, n)
+        res = dit_numbers(config, latents, device, not a.no_compile, n, backend)
         for label, r in res.items():
             mem = f", peak {r['peak_gb']:.1f} GB" if r["peak_gb"] is not None else ""
             print(f"  DiT {config:22s} {latents:5d} latents, CFG batch 2, {label:8s}: {r['step_s'] * 1000:9.1f} ms/step "

@@ -2,7 +2,8 @@
 SI-SDR implementations (same 10 s stereo 44.1 kHz clips, one run). Models carry random weights:
 the speed is what is measured.
 
-    python bench/eval_bench.py [--clips 8]
+    python bench/eval_bench.py [--clips 8] [--seconds 10]
+    python bench/eval_bench.py --small      # 1 clip of 3 s, FD on 500 x 128-d sets, KL on 500 pairs
 """
 from __future__ import annotations
 
@@ -27,14 +28,19 @@ def timed(fn, n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--clips", type=int, help="clips per metric (default 8; 1 with --small)")
+    ap.add_argument("--seconds", type=float, help="clip length (default 10; 3 with --small)")
+    ap.add_argument("--small", action="store_true", help="1 clip of 3 s, FD on 500 x 128-d sets, KL on 500 pairs")
     a = ap.parse_args()
+    a.clips = a.clips or (1 if a.small else 8)
+    a.seconds = a.seconds or (3.0 if a.small else 10.0)
+    sets, dim = (500, 128) if a.small else (2000, 512)
     from sao.eval import autoencoder, metrics
     from sao.eval.embedders import PannsTagger, load_clap_scorer
     from sao.analysis.panns import load_model
     rng = np.random.default_rng(0)
     sr, n = 44_100, a.clips
-    refs = [rng.standard_normal((2, 10 * sr)).astype(np.float32) * 0.1 for _ in range(n)]
+    refs = [rng.standard_normal((2, int(a.seconds * sr))).astype(np.float32) * 0.1 for _ in range(n)]
     ests = [(0.9 * r + 0.02 * rng.standard_normal(r.shape)).astype(np.float32) for r in refs]
     rows = []
 
@@ -60,11 +66,12 @@ def main() -> None:
     add("CLAP text embedding (CLAP score)", timed(lambda: text.embed([f"caption {i}" for i in range(n)]), n), unit="captions/s")
     tagger = PannsTagger(load_model(None, uncalibrated=True, device="cpu"))
     add("PANNs logits (KL tagger)", timed(lambda: tagger.logits(clips), n))
-    emb = rng.standard_normal((2000, 512))
-    add("Frechet distance, 2000 x 512-d sets", timed(lambda: metrics.fd(emb, emb + 0.1), 1), unit="sets/s")
-    add("KL, 2000 caption pairs of 527 logits", timed(lambda: metrics.kl_generated_vs_reference(
-        rng.standard_normal((2000, 527)), rng.standard_normal((2000, 527))), 2000), unit="pairs/s")
-    print(f"\nevaluation metrics on CPU ({torch.get_num_threads()} threads), {n} clips of 10 s stereo 44.1 kHz")
+    emb = rng.standard_normal((sets, dim))
+    add(f"Frechet distance, {sets} x {dim}-d sets", timed(lambda: metrics.fd(emb, emb + 0.1), 1), unit="sets/s")
+    add(f"KL, {sets} caption pairs of 527 logits", timed(lambda: metrics.kl_generated_vs_reference(
+        rng.standard_normal((sets, 527)), rng.standard_normal((sets, 527))), sets), unit="pairs/s")
+    print(f"\nevaluation metrics on CPU ({torch.get_num_threads()} threads), {n} clips of {a.seconds:g} s "
+          "stereo 44.1 kHz")
     print(f"{'metric':42s} {'sao':>12s} {'auraloss':>12s}  unit")
     for metric, ours, b, unit in rows:
         print(f"{metric:42s} {ours:12.2f} {(f'{b:.2f}' if b else '-'):>12s}  {unit}")

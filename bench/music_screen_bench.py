@@ -11,11 +11,12 @@ Prints audio-seconds screened per wall second for:
 Target: the pipeline at least 2x the baseline.
 
     python bench/music_screen_bench.py [REPEATS]     # the sample corpus, default 1 (~11.6 min)
+    python bench/music_screen_bench.py --small       # 3 corpus files (2 short, 1 long: ~40 s of audio)
 """
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -28,10 +29,13 @@ from sao.analysis.music_screen import ScreenConfig, screen_audio  # noqa: E402
 from sao.analysis.panns import _ensure_labels, load_model  # noqa: E402
 from sao.sources import sample_corpus  # noqa: E402
 
+# --small: two files shorter than the rule needs (skipped) and one long enough to stop early
+SMALL = ("minetest-water-1", "lomiri-camera-click", "fma-entropy")
 
-def main(repeats: int = 1) -> None:
-    torch.set_num_threads(os.cpu_count() or 2)
-    entries = sample_corpus.load_metadata() * repeats
+
+def main(repeats: int = 1, only: tuple[str, ...] | None = None) -> None:
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 2)   # the env var wins
+    entries = [e for e in sample_corpus.load_metadata() if only is None or e["id"] in only] * repeats
     total = sum(e["duration"] for e in entries)
     with tempfile.TemporaryDirectory(prefix="sao-screen-bench-") as d:
         ckpt = os.path.join(d, "Cnn14_DecisionLevelMax_random.pth")
@@ -77,4 +81,8 @@ def main(repeats: int = 1) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("repeats", nargs="?", type=int, default=1, help="copies of the sample corpus (default 1)")
+    ap.add_argument("--small", action="store_true", help="3 corpus files, 2 short and 1 long: ~40 s of audio")
+    a = ap.parse_args()
+    main(a.repeats, only=SMALL if a.small else None)

@@ -7,7 +7,10 @@ groups repeats; then runs again with nothing new (the incremental rerun). Models
 weights (no checkpoints here): the timings are what they measure, the verdicts mean nothing.
 A local Prefect server on loopback is started for the run (process workers need one).
 
-    python bench/refresh_bench.py [--workers 2] [--batch-files 8]
+    python bench/refresh_bench.py [--workers 2] [--batch-files 8] [--runners thread,dask]
+    python bench/refresh_bench.py --small   # 4 Freesound sounds and 2 FMA tracks (~65 s of audio), batches
+                                            # of 2 files, the thread pool only (a Dask cluster, whose workers
+                                            # load both models again, adds ~40 s on 2 cores); --runners overrides
 """
 from __future__ import annotations
 
@@ -34,6 +37,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# --small: one Freesound item per allowed license name (CC0, Attribution, Sampling+), one long enough
+# for the music screen's model to run (the rule skips the short ones), an FMA track the gate admits
+# and one it rejects (BY-SA)
+SMALL = ("minetest-water-1", "minetest-dig-metal", "gcompris-drum-kit", "lomiri-time-not-lost",
+         "fma-sakenointi", "fma-marimbach")
+
+
 def _config(folder: pathlib.Path, fma_dir: pathlib.Path, runner: str, workers: int, batch: int) -> pathlib.Path:
     folder.mkdir(parents=True)
     cfg = folder / "sao.toml"
@@ -43,6 +53,8 @@ def _config(folder: pathlib.Path, fma_dir: pathlib.Path, runner: str, workers: i
         "[freesound]", "rate_limit_per_minute = 6000",
         "[music_screen]", "uncalibrated = true",
         "[dedup]", "uncalibrated = true", f'embeddings_dir = "{folder / "emb"}"',
+        # the FMA match has no built-in catalogue: the shipped sample one, as the tests use
+        "[review]", f'copyright_catalogue = "{REPO / "datasets" / "copyright_catalogue" / "sample.csv"}"',
         "[orchestration]", f'task_runner = "{runner}"', f"workers = {workers}", f"batch_files = {batch}",
         f'results_dir = "{folder / "results"}"', ""]))
     return cfg
@@ -51,13 +63,20 @@ def _config(folder: pathlib.Path, fma_dir: pathlib.Path, runner: str, workers: i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch-files", type=int, default=8)
+    ap.add_argument("--batch-files", type=int, help="files per mapped batch (default 8; 2 with --small)")
+    ap.add_argument("--runners", help="comma-separated task runners (default thread,dask; thread with --small)")
+    ap.add_argument("--small", action="store_true",
+                    help="6 corpus files, batches of 2, the thread pool only")
     a = ap.parse_args()
+    a.batch_files = a.batch_files or (2 if a.small else 8)
+    runners = (a.runners or ("thread" if a.small else "thread,dask")).split(",")
     from flows.serve import start_server, stop_server
     from sao.sources import sample_corpus
     from sao.sources.replica import ReplicaServer, ReplicaSettings, build_fma_replica, build_freesound_sounds
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="sao-refresh-bench-"))
     corpus = sample_corpus.load_metadata(REPO / "datasets" / "sample")
+    if a.small:
+        corpus = [e for e in corpus if e["id"] in SMALL]
     sounds = build_freesound_sounds(corpus)
     fma_dir = build_fma_replica(corpus, tmp / "fma")
     server, api = start_server(port=_free_port(), home=tmp / "prefect-home")
@@ -67,7 +86,7 @@ def main() -> None:
     rows = []
     try:
         with ReplicaServer(sounds, ReplicaSettings(api_tokens=[TOKEN], rate_limit_per_minute=0)) as srv:
-            for runner in ("thread", "dask"):
+            for runner in runners:
                 cfg = _config(tmp / runner, fma_dir, runner, a.workers, a.batch_files)
                 t = time.perf_counter()
                 out = run(str(cfg), base_url=srv.api_url)
@@ -85,8 +104,8 @@ def main() -> None:
                              "rerun_s": round(rerun, 1), "rerun_new": again["freesound"]["new"],
                              "rerun_cache_hits": again["cache_hits"]})
     finally:
-        from prefect.logging.handlers import APILogHandler
-        APILogHandler.flush()                     # send the runs' logs before the server goes
+        from prefect.logging.handlers import APILogWorker
+        APILogWorker.drain_all(timeout=10)        # send the runs' logs before the server goes
         stop_server(server)
     print(f"\nrefresh flow on the sample corpus ({len(sounds)} Freesound sounds served, "
           f"{sum(e['replica'] == 'fma' for e in corpus)} FMA tracks), batch_files={a.batch_files}, "

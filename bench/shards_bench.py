@@ -7,14 +7,18 @@ Side by side, in one run:
     and FLAC-encodes exactly the same clips and nothing else.
 Prints audio-seconds written per wall second. Target: 2 workers >= 1.6 x the baseline.
 
+The catalogue is decoded first (sao.audio.stage.run_decode, not timed): shards admit only what
+the decode stage passed.
+
     python bench/shards_bench.py [REPEATS]      # default 3 (about 35 minutes of source audio)
+    python bench/shards_bench.py --small        # every 5th corpus file once (~1.5 min of audio)
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
@@ -26,6 +30,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import soxr  # noqa: E402
 
+from sao.audio.stage import run_decode  # noqa: E402
 from sao.catalog import Catalog, Decision  # noqa: E402
 from sao.shards import PlanConfig, build_shards, eligible_recordings, plan_samples  # noqa: E402
 from sao.sources import sample_corpus  # noqa: E402
@@ -33,8 +38,11 @@ from sao.sources import sample_corpus  # noqa: E402
 PLAN = PlanConfig(seed=0, target_shard_bytes=48 * 1024 * 1024)
 
 
-def make_catalogue(path: pathlib.Path, repeats: int) -> tuple[pathlib.Path, float]:
-    entries = sample_corpus.load_metadata()
+def make_catalogue(path: pathlib.Path, repeats: int, every: int = 1, only: tuple[str, ...] | None = None
+                   ) -> tuple[pathlib.Path, float]:
+    """A catalogue of the sample corpus (every ``every``-th file, or the ids in ``only``) repeated
+    ``repeats`` times, license gate passed and decoded; returns (audio store, source seconds)."""
+    entries = [e for e in sample_corpus.load_metadata()[::every] if only is None or e["id"] in only]
     corpus = pathlib.Path(entries[0]["path"]).parent
     now = dt.datetime.now()
     recs, decisions, seconds = [], [], 0.0
@@ -53,6 +61,10 @@ def make_catalogue(path: pathlib.Path, repeats: int) -> tuple[pathlib.Path, floa
     with Catalog(path) as cat:
         cat.upsert_recordings(recs)
         cat.add_decisions(decisions)
+        t = time.perf_counter()
+        dec = run_decode(cat, audio_store=corpus, config_hash="bench", show_progress=False)
+        assert dec["rejected"] == 0, dec["errors"]
+        print(f"decode stage: {dec['decoded']} files in {time.perf_counter() - t:.1f} s (not timed below)")
     return corpus, seconds
 
 
@@ -80,11 +92,12 @@ def baseline(cat: Catalog, store: pathlib.Path) -> tuple[float, float]:
     return audio, time.perf_counter() - t
 
 
-def main(repeats: int = 3) -> None:
+def main(repeats: int = 3, every: int = 1) -> None:
     with tempfile.TemporaryDirectory(prefix="sao-shards-bench-") as d:
         d = pathlib.Path(d)
-        store, source_seconds = make_catalogue(d / "c.duckdb", repeats)
-        print(f"catalogue: sample corpus x{repeats} = {source_seconds / 60:.1f} minutes of source audio")
+        store, source_seconds = make_catalogue(d / "c.duckdb", repeats, every)
+        part = "sample corpus" if every == 1 else f"every {every}th file of the sample corpus"
+        print(f"catalogue: {part} x{repeats} = {source_seconds / 60:.1f} minutes of source audio")
         with Catalog(d / "c.duckdb") as cat:
             base_audio, base_s = baseline(cat, store)
             runs = {}
@@ -94,6 +107,7 @@ def main(repeats: int = 3) -> None:
                                    required_stages=["license_gate"], plan_cfg=PLAN, config_hash="bench",
                                    workers=workers)
                 runs[workers] = (out["audio_seconds"], time.perf_counter() - t, out)
+                assert out["status"] == "complete" and out["audio_seconds"] > 0, out
     base = base_audio / base_s
     print(f"\nshard build, {runs[2][0]:,.0f} audio-seconds written ({runs[2][2]['shards']} shards, "
           f"{runs[2][2]['bytes'] / 1e6:.0f} MB)")
@@ -106,4 +120,8 @@ def main(repeats: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("repeats", nargs="?", type=int, help="copies of the sample corpus (default 3; 1 with --small)")
+    ap.add_argument("--small", action="store_true", help="every 5th corpus file once: ~1.5 minutes of audio")
+    a = ap.parse_args()
+    main(a.repeats or (1 if a.small else 3), every=5 if a.small else 1)
