@@ -9,8 +9,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import math
-import numbers
 import os
 import pathlib
 import re
@@ -22,6 +20,7 @@ import pyarrow as pa
 
 from ..fsutil import atomic_path
 from ..licensing import canonical_license
+from .columns import _REC_ARROW, _REC_COLUMNS, _REC_REQUIRED, _column_problem, _fits
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -31,24 +30,6 @@ TABLES = ("recordings", "decisions", "takedowns", "releases", "release_items", "
           "schema_migrations")
 VERDICTS = ("pass", "reject", "review", "flag")
 
-_REC_COLUMNS = ("recording_id", "source", "source_id", "title", "author", "description", "tags", "duration",
-                "sample_rate", "channels", "license_raw", "license_canonical", "license_url", "page_url",
-                "audio_url", "preview_url", "md5", "content_sha256", "audio_path", "created_at", "crawl_time",
-                "first_seen", "extra")
-_REC_REQUIRED = ("source", "source_id", "crawl_time")
-_REC_ARROW = {c: pa.string() for c in _REC_COLUMNS}
-_REC_ARROW.update(tags=pa.list_(pa.string()), duration=pa.float64(), sample_rate=pa.int32(), channels=pa.int32(),
-                  created_at=pa.timestamp("us"), crawl_time=pa.timestamp("us"), first_seen=pa.timestamp("us"))
-
-
-def _fits(value: Any, typ: pa.DataType) -> bool:
-    try:
-        pa.array([value], type=typ)
-        return True
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return False
-
-
 class CatalogError(ValueError):
     """Bad input to the catalogue; the message names the item and the reason."""
 
@@ -56,44 +37,6 @@ class CatalogError(ValueError):
 class CatalogInUse(CatalogError):
     """Another process holds the catalogue's DuckDB lock (transient: wait for it and retry)."""
     transient = True
-
-
-_REC_TEXT = tuple(c for c in _REC_COLUMNS if _REC_ARROW[c] == pa.string() and c not in ("source_id", "extra"))
-_REC_TIMES = ("created_at", "crawl_time", "first_seen")
-_INT32_MAX = 2**31 - 1
-
-
-def _column_problem(c: str, v: Any) -> str | None:
-    """Why ``v`` is not exactly of column ``c``'s type (None when it is). Nothing is coerced:
-    Arrow would store ``True`` as 1, ``1005.7`` as 1005 and NaN as a duration."""
-    if v is None:
-        return None
-    if c in _REC_TEXT:
-        return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
-    if c == "source_id":
-        ok = isinstance(v, str) or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
-        return None if ok else f"expected a string or an integer, got {type(v).__name__}"
-    if c == "duration":
-        if not isinstance(v, numbers.Real) or isinstance(v, bool):
-            return f"expected a number, got {type(v).__name__}"
-        try:
-            return None if math.isfinite(v) and v >= 0 else "expected a finite number >= 0"
-        except OverflowError:                # an integer beyond any float
-            return "expected a finite number >= 0"
-    if c in ("sample_rate", "channels"):
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
-            return f"expected an integer, got {type(v).__name__}"
-        return None if 1 <= v <= _INT32_MAX else f"expected an integer from 1 to {_INT32_MAX}"
-    if c in _REC_TIMES:
-        return None if isinstance(v, dt.datetime) else f"expected a datetime, got {type(v).__name__}"
-    if c == "extra":
-        if not isinstance(v, dict):
-            return f"expected an object, got {type(v).__name__}"
-        try:
-            json.dumps(v, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return f"not JSON: {exc}"
-    return None
 
 
 @dataclass(frozen=True)

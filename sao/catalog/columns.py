@@ -1,0 +1,67 @@
+"""The ``recordings`` columns as the catalogue stores them, and the exact type rule for each:
+nothing is coerced on the way in (Arrow would store ``True`` as 1, ``1005.7`` as 1005 and NaN
+as a duration), so every record is checked against these before it is written."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import numbers
+from typing import Any
+
+import pyarrow as pa
+
+_REC_COLUMNS = ("recording_id", "source", "source_id", "title", "author", "description", "tags", "duration",
+                "sample_rate", "channels", "license_raw", "license_canonical", "license_url", "page_url",
+                "audio_url", "preview_url", "md5", "content_sha256", "audio_path", "created_at", "crawl_time",
+                "first_seen", "extra")
+_REC_REQUIRED = ("source", "source_id", "crawl_time")
+_REC_ARROW = {c: pa.string() for c in _REC_COLUMNS}
+_REC_ARROW.update(tags=pa.list_(pa.string()), duration=pa.float64(), sample_rate=pa.int32(), channels=pa.int32(),
+                  created_at=pa.timestamp("us"), crawl_time=pa.timestamp("us"), first_seen=pa.timestamp("us"))
+
+
+def _fits(value: Any, typ: pa.DataType) -> bool:
+    try:
+        pa.array([value], type=typ)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+
+
+_REC_TEXT = tuple(c for c in _REC_COLUMNS if _REC_ARROW[c] == pa.string() and c not in ("source_id", "extra"))
+_REC_TIMES = ("created_at", "crawl_time", "first_seen")
+_INT32_MAX = 2**31 - 1
+
+
+def _column_problem(c: str, v: Any) -> str | None:
+    """Why ``v`` is not exactly of column ``c``'s type (None when it is). Nothing is coerced:
+    Arrow would store ``True`` as 1, ``1005.7`` as 1005 and NaN as a duration."""
+    if v is None:
+        return None
+    if c in _REC_TEXT:
+        return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
+    if c == "source_id":
+        ok = isinstance(v, str) or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+        return None if ok else f"expected a string or an integer, got {type(v).__name__}"
+    if c == "duration":
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+            return f"expected a number, got {type(v).__name__}"
+        try:
+            return None if math.isfinite(v) and v >= 0 else "expected a finite number >= 0"
+        except OverflowError:                # an integer beyond any float
+            return "expected a finite number >= 0"
+    if c in ("sample_rate", "channels"):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            return f"expected an integer, got {type(v).__name__}"
+        return None if 1 <= v <= _INT32_MAX else f"expected an integer from 1 to {_INT32_MAX}"
+    if c in _REC_TIMES:
+        return None if isinstance(v, dt.datetime) else f"expected a datetime, got {type(v).__name__}"
+    if c == "extra":
+        if not isinstance(v, dict):
+            return f"expected an object, got {type(v).__name__}"
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return f"not JSON: {exc}"
+    return None
