@@ -5,7 +5,6 @@ import datetime as dt
 import http.server
 import json
 import logging
-import os
 import pathlib
 import threading
 import time

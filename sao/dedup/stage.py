@@ -12,7 +12,6 @@ import collections
 import datetime as dt
 import json
 import logging
-import pathlib
 from typing import Any
 
 import numpy as np
