@@ -101,3 +101,18 @@ def mark_probed(cat, duration=2.0, sample_rate=44100, channels=1) -> None:
     cat.con.execute("UPDATE recordings SET audio_duration = coalesce(duration, ?), "
                     "audio_sample_rate = coalesce(sample_rate, ?), audio_channels = coalesce(channels, ?) "
                     "WHERE audio_path IS NOT NULL", [duration, sample_rate, channels])
+
+
+def chromium_dom(url: str, profile, *extra: str) -> str:
+    """The DOM headless Chromium renders for ``url`` (skips, or fails under SAO_REQUIRE_BROWSER,
+    when no Chromium is installed: `make test` installs Debian's)."""
+    import shutil
+    import subprocess
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        if os.environ.get("SAO_REQUIRE_BROWSER"):
+            pytest.fail("headless Chromium is required (make test installs Debian's chromium)")
+        pytest.skip("no Chromium on this machine (make test installs it)")
+    return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}", *extra,
+                           "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout

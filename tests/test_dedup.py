@@ -2,7 +2,6 @@
 of real audio, the stage's decisions, the embedding store, the CLAP audio path and the
 memorisation page (opened in headless Chromium)."""
 import datetime as dt
-import os
 import pathlib
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ from sao.dedup import exact_edges, group_components, keep_order, near_duplicate_
 from sao.dedup.stage import run_dedup
 from sao.dedup.store import append_embeddings, load_embeddings
 
-from .conftest import decode_stored
+from .conftest import chromium_dom, decode_stored
 
 NOW = dt.datetime(2026, 1, 1)
 
@@ -195,16 +194,10 @@ def test_memorization_page_plays_in_headless_chromium(clap, corpus_entries, tmp_
     assert text.count("<audio") == 2 * (1 + 2) and "UNCALIBRATED" in text and "Joseph SARDIN" in text
     for src in __import__("re").findall(r"src='([^']+)'", text):
         assert (page.parent / src).is_file()
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        if os.environ.get("SAO_REQUIRE_BROWSER"):
-            pytest.fail("headless Chromium is required (make test installs Debian's chromium)")
-        pytest.skip("no Chromium on this machine (make test installs it)")
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
-                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = chromium_dom(page.as_uri(), tmp_path / "chrome")
     assert dom.count("<audio") == 6 and "Memorisation candidates" in dom
     shot = tmp_path / "page.png"
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")    # there: chromium_dom skips otherwise
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome2'}",
                     f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()], capture_output=True, timeout=120)

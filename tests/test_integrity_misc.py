@@ -18,7 +18,7 @@ import pytest
 from sao import cli
 from sao.catalog import Catalog, CatalogError, Decision
 
-from .conftest import REPO, mark_probed
+from .conftest import REPO, chromium_dom, mark_probed
 
 NOW = dt.datetime(2026, 1, 1)
 HOSTILE_URLS = ["javascript:alert(1)", "JaVaScRiPt:alert(1)", " javascript:alert(1)", "java\tscript:alert(1)",
@@ -112,15 +112,7 @@ def test_report_rows_render_in_headless_chromium_despite_hostile_title_and_urls(
     urls = HOSTILE_URLS + GOOD_URLS
     titles = [TITLE] + [f"t{i}" for i in range(1, len(urls))]
     page_path, out = _report(tmp_path, urls, titles)
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        if os.environ.get("SAO_REQUIRE_BROWSER"):
-            pytest.fail("headless Chromium is required (make test installs Debian's chromium)")
-        pytest.skip("no Chromium on this machine (make test installs it)")
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
-                          "--virtual-time-budget=5000", "--dump-dom", page_path.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = chromium_dom(page_path.as_uri(), tmp_path / "prof", "--virtual-time-budget=5000")
     assert f'data-matches="{len(urls)}"' in dom
     rows = dict(re.findall(r'<tr data-id="([^"$]+)">(.*?)</tr>', dom, re.S))  # rendered rows, not the script
     assert len(rows) == len(urls) == out["recordings"]
