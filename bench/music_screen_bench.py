@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from sao.analysis.music_rule import default_music_classes  # noqa: E402
 from sao.analysis.music_screen import ScreenConfig, screen_audio  # noqa: E402
 from sao.analysis.panns import _ensure_labels, load_model  # noqa: E402
+from sao.models.checkpoint import save_torch_file  # noqa: E402
 from sao.sources import sample_corpus  # noqa: E402
 
 # --small: two files shorter than the rule needs (skipped) and one long enough to stop early
@@ -40,7 +41,7 @@ def main(repeats: int = 1, only: tuple[str, ...] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="sao-screen-bench-") as d:
         ckpt = os.path.join(d, "Cnn14_DecisionLevelMax_random.pth")
         seed_model = load_model(None, uncalibrated=True, device="cpu")
-        torch.save({"model": seed_model.model.state_dict()}, ckpt)      # ~330 MB, as the wrapper expects
+        save_torch_file(ckpt, {"model": seed_model.model.state_dict()})      # ~330 MB, as the wrapper expects
         del seed_model
 
         _ensure_labels()

@@ -29,8 +29,8 @@ def shards(world, tmp_path_factory):  # noqa: F811
 def test_stream_is_deterministic_split_and_resumable(shards):
     urls = list_shards(str(shards / "s"), "diffusion")
     assert len(urls) >= 3
-    mk = lambda rank=0, world=1, streams=0: ShardStream(  # noqa: E731
-        StreamConfig(urls, 65536, seed=2, rank=rank, world_size=world, streams=streams))
+    mk = lambda rank=0, n_ranks=1, streams=0: ShardStream(  # noqa: E731
+        StreamConfig(urls, 65536, seed=2, rank=rank, world_size=n_ranks, streams=streams))
     a = [s["key"] for s in mk().epoch(0)]
     assert a == [s["key"] for s in mk().epoch(0)] and a != [s["key"] for s in mk().epoch(1)]
     r0, r1 = [s["key"] for s in mk(0, 2).epoch(0)], [s["key"] for s in mk(1, 2).epoch(0)]

@@ -80,7 +80,7 @@ def clap_signature(amodel: str, checkpoint_sha256: str | None) -> str:
 
 def load_clap(checkpoint: str | os.PathLike | None, *, amodel: str = "HTSAT-tiny", uncalibrated: bool = False,
               device: str | None = None, seed: int = 0) -> ClapModel:
-    from .panns import CheckpointError, load_state_dict, sha256_file
+    from ..models.checkpoint import CheckpointError, load_weights, read_state_dict, sha256_file, strip_prefix
     if not checkpoint and not uncalibrated:
         raise CheckpointError("no LAION-CLAP checkpoint configured ([dedup].clap_checkpoint); pass --uncalibrated "
                               "to run with random weights, marked as such")
@@ -90,17 +90,14 @@ def load_clap(checkpoint: str | os.PathLike | None, *, amodel: str = "HTSAT-tiny
     module = laion_clap.CLAP_Module(enable_fusion=False, amodel=amodel, tmodel="transformer", device=str(dev))
     sha = None
     if checkpoint:
-        state = load_state_dict(checkpoint)
-        state = state.get("state_dict", state) if isinstance(state.get("state_dict", None), dict) else state
-        audio = {k.removeprefix("module."): v for k, v in state.items()
-                 if k.removeprefix("module.").startswith(("audio_branch.", "audio_projection."))}
+        tower = ("audio_branch.", "audio_projection.")
+        state = strip_prefix(read_state_dict(checkpoint, unwrap=("model", "state_dict")), "module.")
+        audio = {k: v for k, v in state.items() if k.startswith(tower)}
         if not audio:
             raise CheckpointError(f"checkpoint {checkpoint} holds no audio_branch/audio_projection weights")
-        expected = {k for k in module.model.state_dict() if k.startswith(("audio_branch.", "audio_projection."))}
-        missing = expected - set(audio)
-        if missing:
-            raise CheckpointError(f"checkpoint {checkpoint} does not fit {amodel}: missing {sorted(missing)[:5]}")
-        module.model.load_state_dict(audio, strict=False)
+        # the audio tower only: the text tower stays as built
+        load_weights(module.model, audio, source=checkpoint, what=amodel, strict=False,
+                     required=lambda k: k.startswith(tower))
         sha = sha256_file(checkpoint)
     else:
         log.warning("%s with RANDOM weights (--uncalibrated): embeddings and duplicate groups mean nothing",

@@ -15,17 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..fsutil import sha256_file  # noqa: F401  (re-exported: clap, refresh and tests use it from here)
+from ..models.checkpoint import CheckpointError, load_weights, read_state_dict, sha256_file  # noqa: F401
+# (CheckpointError and sha256_file are re-exported: refresh, the cli and tests use them from here)
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "PANNs Cnn14_DecisionLevelMax"
 SAMPLE_RATE = 32_000
 MODEL_KW = dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000, classes_num=527)
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def _ensure_labels() -> None:
@@ -55,23 +52,9 @@ class LoadedModel:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
-    """A state dict from a .pth/.pt (weights_only: no code runs) or a .safetensors file."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(p))
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {p}: cannot be loaded with weights_only=True ({exc}); "
-                              "convert it to a plain state dict or safetensors") from exc
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]                   # the official files hold {"model": state_dict, ...}
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {p}: expected a state dict")
-    return obj
+    """A state dict from a .pth/.pt (weights_only: no code runs) or a .safetensors file; the official
+    files hold {"model": state_dict, ...}."""
+    return read_state_dict(path, unwrap=("model",))
 
 
 def load_model(checkpoint: str | os.PathLike | None, *, uncalibrated: bool = False, device: str | None = None,
@@ -81,11 +64,7 @@ def load_model(checkpoint: str | os.PathLike | None, *, uncalibrated: bool = Fal
     cls = model_class()
     if checkpoint:
         model = cls(**MODEL_KW)
-        state = load_state_dict(checkpoint)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint {checkpoint} does not fit {MODEL_NAME}: "
-                                  f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+        load_weights(model, load_state_dict(checkpoint), source=checkpoint, what=MODEL_NAME)
         sha = sha256_file(checkpoint)
     elif uncalibrated:
         torch.manual_seed(seed)

@@ -33,8 +33,8 @@ def load_autoencoder(checkpoint: str | pathlib.Path | None, model_config: str = 
     """The configured autoencoder with weights from a `sao train vae` checkpoint or a whole-model
     checkpoint (its ``pretransform.model.`` part), read safely by the model factory. Returns
     (autoencoder, checkpoint sha256 or None)."""
-    from ..fsutil import sha256_file
-    from ..models.factory import CheckpointMismatch, create_autoencoder, load_checkpoint, load_config
+    from ..models.checkpoint import CheckpointMismatch, load_checkpoint, sha256_file
+    from ..models.factory import create_autoencoder, load_config
     cfg = load_config(model_config)
     ae = create_autoencoder(cfg["model"]["pretransform"]["config"], cfg["sample_rate"])
     sha = None

@@ -120,7 +120,7 @@ def load_clap_scorer(checkpoint: str | None, *, amodel: str = "HTSAT-tiny", unca
                      device: str | None = None) -> tuple[ClapAudio, ClapText]:
     """CLAP audio and text embedders for the CLAP score, from one checkpoint (audio and text towers)."""
     from ..analysis.clap import ClapModel, import_laion_clap, load_clap
-    from ..analysis.panns import CheckpointError, load_state_dict, sha256_file
+    from ..models.checkpoint import CheckpointError, load_weights, read_state_dict, sha256_file, strip_prefix
     if not checkpoint:
         cm = load_clap(None, amodel=amodel, uncalibrated=uncalibrated, device=device)
         return ClapAudio(cm), ClapText(cm, roberta=False)
@@ -130,13 +130,10 @@ def load_clap_scorer(checkpoint: str | None, *, amodel: str = "HTSAT-tiny", unca
     if len(module.tokenize) < 50_000:
         raise CheckpointError("the CLAP score's roberta text tower needs the roberta-base tokenizer in the local "
                               "Hugging Face cache (HF_HOME); it was not found offline")
-    state = load_state_dict(checkpoint)
-    state = state.get("state_dict", state) if isinstance(state.get("state_dict", None), dict) else state
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = strip_prefix(read_state_dict(checkpoint, unwrap=("model", "state_dict")), "module.")
     state.pop("text_branch.embeddings.position_ids", None)
-    missing, _ = module.model.load_state_dict(state, strict=False)
-    if [k for k in missing if not k.endswith("position_ids")]:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit CLAP {amodel}/roberta: missing {missing[:5]}")
+    load_weights(module.model, state, source=checkpoint, what=f"CLAP {amodel}/roberta", strict=False,
+                 required=lambda k: not k.endswith("position_ids"))
     module.model.eval()
     cm = ClapModel(module, dev, sha256_file(checkpoint), amodel)
     return ClapAudio(cm), ClapText(cm, roberta=True)

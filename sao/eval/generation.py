@@ -163,9 +163,9 @@ def run(checkpoint: str | None, prompts_file: str, out_dir: str | pathlib.Path, 
         clap_checkpoint: str | None = None, clap_model: str = "HTSAT-tiny", panns_checkpoint: str | None = None,
         limit: int | None = None, dataset: str = "audiocaps", device: str | None = None) -> dict[str, Any]:
     from ..analysis.panns import load_model as load_panns
-    from ..fsutil import sha256_file
     from ..log import progress
-    from ..models import create_model, load_checkpoint
+    from ..models import create_model
+    from ..models.checkpoint import load_checkpoint, sha256_file
     from . import report
     from .embedders import PannsTagger, load_clap_scorer
     if not checkpoint and not uncalibrated:

@@ -13,17 +13,19 @@ import torch
 from torch import nn
 
 from .autoencoder import AudioAutoencoder, OobleckDecoder, OobleckEncoder
+from .checkpoint import CheckpointMismatch, load_checkpoint
 from .conditioners import MultiConditioner, NumberConditioner, T5Conditioner
 from .dit import DiffusionTransformer
+
+# CheckpointMismatch and load_checkpoint live in .checkpoint; re-exported, callers import them from here too
+__all__ = ["CONFIG_DIR", "CheckpointMismatch", "ConditionedDiffusionModel", "DiTWrapper", "ModelConfigError",
+           "Pretransform", "create_autoencoder", "create_conditioner", "create_model", "load_checkpoint", "load_config",
+           "parameter_counts"]
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 class ModelConfigError(ValueError):
-    pass
-
-
-class CheckpointMismatch(ValueError):
     pass
 
 
@@ -109,37 +111,6 @@ def create_model(config: dict[str, Any] | str, *, t5_path: str | None = None, de
         return ConditionedDiffusionModel(cfg, t5_path=t5_path, checkpointing=checkpointing)
     with torch.device(device):
         return ConditionedDiffusionModel(cfg, t5_path=t5_path, checkpointing=checkpointing)
-
-
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, prefix: str = "") -> None:
-    """Load ``model.safetensors`` (safetensors) or ``model.ckpt`` ({"state_dict": ...}, weights_only);
-    any missing or unexpected key is an error that names them. With ``prefix``, a checkpoint of a
-    larger model holding keys under it (e.g. a whole model's ``pretransform.model.``) gives just that part."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise CheckpointMismatch(f"checkpoint {p} does not exist")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(p))
-        else:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
-            state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    except Exception as exc:
-        raise CheckpointMismatch(f"checkpoint {p} cannot be read safely: {exc}") from exc
-    if not isinstance(state, dict):
-        raise CheckpointMismatch(f"checkpoint {p}: no state dict inside")
-    if prefix and any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        raise CheckpointMismatch(
-            f"checkpoint {p} does not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} with other shapes (e.g. {wrong[:3]})")
-    model.load_state_dict(state, strict=True)
 
 
 def parameter_counts(model: ConditionedDiffusionModel) -> dict[str, int]:

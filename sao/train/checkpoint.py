@@ -1,8 +1,10 @@
-"""Checkpoints: weights (raw and EMA) in safetensors with their manifest's sha256 in the metadata,
+"""Training checkpoints: weights (raw and EMA) in safetensors with their manifest's sha256 in the metadata,
 the manifest beside them (naming the weights' tensor digest), a DSSE-signed in-toto statement
 binding the two when a signing key is configured (sao.signing), and the resumable state
 (optimizers, schedulers, step, data position) in a torch file loaded with weights_only=True.
-Everything is written under temporary names; the weights appear under their final name last."""
+Everything is written under temporary names; the weights appear under their final name last.
+The files themselves are read and written by sao.models.checkpoint; this layer adds the training
+manifests, signatures and ``latest.json``."""
 from __future__ import annotations
 
 import copy
@@ -15,6 +17,7 @@ import torch
 
 from .. import signing
 from ..fsutil import atomic_path
+from ..models.checkpoint import load_torch_file, save_torch_file, writing_weights
 from .manifest import (AUTOENCODER_PREFIX, ManifestError, absolute_location, checkpoint_statement, envelope_path,
                        manifest_bytes, manifest_sha256, verify)
 
@@ -87,7 +90,6 @@ def _bind(manifest: dict, file_name: str, weights: str, digest: str, key) -> dic
 def save_checkpoint(out_dir: str | pathlib.Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
                     state: dict[str, Any], manifest: dict, *, signing_key=None) -> dict[str, str]:
     """Write each weights set with its own manifest (and, with SIGNING_KEY, its signed statement)."""
-    from safetensors.torch import save_file
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if signing_key is None:
@@ -106,9 +108,8 @@ def save_checkpoint(out_dir: str | pathlib.Path, step: int, weights: dict[str, d
                                "the manifest names")
         man = _bind(manifest, p.name, name, digest, signing_key)
         man_path = p.with_suffix(".manifest.json")
-        with atomic_path(p) as tmp:
-            save_file(tensors, str(tmp), metadata={"sao_manifest_sha256": manifest_sha256(man), "step": str(step),
-                                                  "weights": name})
+        with writing_weights(p, tensors, metadata={"sao_manifest_sha256": manifest_sha256(man), "step": str(step),
+                                                   "weights": name}) as tmp:
             # what was written is what the manifest names (both digests follow one rule: sao.signing)
             if signing.safetensors_digest(tmp)[0] != digest:
                 raise RuntimeError(f"{p.name}: the written tensors differ from the digested ones")
@@ -120,8 +121,7 @@ def save_checkpoint(out_dir: str | pathlib.Path, step: int, weights: dict[str, d
             else:                                # an older run's statement must not sit beside unsigned weights
                 envelope_path(p).unlink(missing_ok=True)
         paths[name] = str(p)
-    with atomic_path(out / f"step-{step:07d}-state.pt") as tmp:
-        torch.save(state, tmp)
+    save_torch_file(out / f"step-{step:07d}-state.pt", state)
     with atomic_path(out / "latest.json") as tmp:
         tmp.write_text(json.dumps({"step": step, **paths, "state": str(out / f"step-{step:07d}-state.pt")}))
     return paths
@@ -132,5 +132,5 @@ def load_latest(out_dir: str | pathlib.Path) -> tuple[dict | None, dict | None]:
     if not p.is_file():
         return None, None
     latest = json.loads(p.read_text())
-    state = torch.load(latest["state"], map_location="cpu", weights_only=True)
+    state = load_torch_file(latest["state"])
     return latest, state

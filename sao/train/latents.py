@@ -52,8 +52,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def encode_latents(shards_dir: str, vae_checkpoint: str | pathlib.Path, *, model_config: str = "tiny",
                    out_dir: str | pathlib.Path | None = None, set_: str = "diffusion",
                    device: str | torch.device | None = None) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
+    from ..models.checkpoint import CheckpointError, load_checkpoint
     from ..models.factory import create_autoencoder, load_config
     from .manifest import shard_build_info
     cfg = load_config(model_config)
@@ -68,9 +67,9 @@ def encode_latents(shards_dir: str, vae_checkpoint: str | pathlib.Path, *, model
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ae = create_autoencoder(cfg["model"]["pretransform"]["config"], cfg["sample_rate"])
     try:
-        ae.load_state_dict(load_file(str(vae_checkpoint)))
-    except RuntimeError as exc:
-        raise LatentShardsError(f"{vae_checkpoint}: does not fit the {model_config} autoencoder: {exc}") from None
+        load_checkpoint(ae, vae_checkpoint, what=f"the {model_config} autoencoder")
+    except CheckpointError as exc:
+        raise LatentShardsError(str(exc)) from None
     ae = ae.to(device).eval().requires_grad_(False)
     plan, rows = shard_build_info(shards_dir)
     shard_sha = {r["shard"]: r["shard_sha256"] for r in rows}
@@ -81,7 +80,7 @@ def encode_latents(shards_dir: str, vae_checkpoint: str | pathlib.Path, *, model
         dest = out / name
         if not dest.is_file():
             with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for key, ext, body, meta in read_tar(url, payload=("flac",)):
+                for key, _ext, body, meta in read_tar(url, payload=("flac",)):
                     audio, sr = sf.read(io.BytesIO(body), dtype="float32", always_2d=True)
                     valid = int(meta.get("n_valid_samples", audio.shape[0]))
                     x = torch.from_numpy(np.ascontiguousarray(audio.T)).to(device)[None]
