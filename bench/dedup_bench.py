@@ -39,7 +39,8 @@ def make_vectors(n: int, d: int = 512, clusters: int = 4000, groups: int = 4549,
     for o, s in zip(originals, sizes):
         members = [int(o)]
         for _ in range(s - 1):
-            j = int(pool[p]); p += 1
+            j = int(pool[p])
+            p += 1
             v = x[o] + rng.standard_normal(d).astype(np.float32) * 0.008
             x[j] = v / np.linalg.norm(v)
             members.append(j)

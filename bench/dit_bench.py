@@ -52,7 +52,7 @@ def dit_numbers(config: str, latents: int, device, compile_: bool, n: int, backe
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():
-            s = timed(lambda: fn_model(x, t, cross, glob), n, device)
+            s = timed(lambda m=fn_model: m(x, t, cross, glob), n, device)
         out[label] = {"step_s": s, "steps_per_s": 1 / s,
                       "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None}
     return out

@@ -87,7 +87,7 @@ def _catalogue_with(tmp_path, items):
     """items: {recording_id: (path, screen verdict)} admitted Freesound recordings."""
     cat = Catalog(tmp_path / "c.duckdb")
     recs, decs = [], []
-    for rid, (path, verdict) in items.items():
+    for rid, (path, _verdict) in items.items():
         sid = rid.split(":")[1]
         recs.append(dict(source="freesound", source_id=sid, title=sid, duration=20.0, crawl_time=NOW,
                          license_raw="http://creativecommons.org/publicdomain/zero/1.0/",

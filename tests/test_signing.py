@@ -296,11 +296,11 @@ def test_private_key_never_leaks_into_outputs_logs_or_messages(tmp_path, capsys,
     secrets = [pem, raw, *(ln.encode() for ln in body)]
     assert cli.main(["keys", "generate", "--out", str(tmp_path / "k")]) == 1     # never replaced
     assert pem == priv.read_bytes()
-    shards = _shards_build(tmp_path / "shards")
+    built = _shards_build(tmp_path / "shards")
     monkeypatch.setenv("SAO_SIGNING_KEY", pem.decode())                          # the PEM text itself
-    _save(tmp_path / "train", shards, signing.load_signing_key())
+    _save(tmp_path / "train", built, signing.load_signing_key())
     monkeypatch.setenv("SAO_SIGNING_KEY", str(priv))                              # a path
-    _save(tmp_path / "train2", shards, signing.load_signing_key())
+    _save(tmp_path / "train2", built, signing.load_signing_key())
     assert verify(tmp_path / "train2" / "step-0000001-raw.safetensors", public_key=_pub(
         {"pub": tmp_path / "k" / "signing.pub"}))["signed_by"]
     bad = tmp_path / "bad.key"
@@ -419,8 +419,8 @@ def test_trainer_save_path_signs_with_the_key_file_from_the_command_line(shards,
 
 # --- review findings 7, 8 and 9 -------------------------------------------------------------------------------------
 
-def test_release_signature_covers_audio_sha_admitting_decisions_and_the_signed_predicate(  # noqa: F811
-        world, tmp_path, keys):
+def test_release_signature_covers_audio_sha_admitting_decisions_and_the_signed_predicate(
+        world, tmp_path, keys):  # noqa: F811 - the `world` fixture, imported above
     """Review finding 7: an item's audio sha256 and admitting decisions, and the release's required stages and
     recording count, could be changed in the catalogue and the release still verified."""
     from sao.attribution import policy
@@ -496,8 +496,8 @@ def test_train_flow_signs_with_the_configured_key_file(tmp_path, keys, monkeypat
 
 def _vae(tmp_path, keys, name="vae", first=11, seed=0):
     """A signed autoencoder checkpoint trained (so its manifest says) on its own recordings."""
-    shards = _shards_build(tmp_path / f"{name}-shards", "autoencoder", first)
-    man = build_manifest(None, str(shards), ["autoencoder"], stage="vae", step=1)
+    built = _shards_build(tmp_path / f"{name}-shards", "autoencoder", first)
+    man = build_manifest(None, str(built), ["autoencoder"], stage="vae", step=1)
     man["training"] = {}
     paths = save_checkpoint(tmp_path / name, 1, {"ema": _weights(seed)}, {}, man, signing_key=keys["key"])
     return pathlib.Path(paths["ema"])
