@@ -71,6 +71,13 @@ class FmaConfig:
 
 
 @dataclass
+class LocalConfig:
+    # a folder of your own CC-licensed audio with metadata.csv or one JSON sidecar per file ("" = none;
+    # sao/sources/local_folder.py says what they hold)
+    folder: str = ""
+
+
+@dataclass
 class PolicyConfig:
     allowed_licenses: list[str] = field(default_factory=lambda: ["cc0-1.0", "cc-by-3.0", "cc-by-4.0",
                                                                  "cc-sampling+-1.0"])
@@ -160,6 +167,7 @@ class Config:
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
     freesound: FreesoundConfig = field(default_factory=FreesoundConfig)
     fma: FmaConfig = field(default_factory=FmaConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     music_screen: MusicScreenConfig = field(default_factory=MusicScreenConfig)
@@ -194,7 +202,7 @@ class Config:
 
 
 _SECTIONS = {"paths": PathsConfig, "replica": ReplicaConfig, "freesound": FreesoundConfig, "fma": FmaConfig,
-             "policy": PolicyConfig, "shards": ShardsConfig, "music_screen": MusicScreenConfig,
+             "local": LocalConfig, "policy": PolicyConfig, "shards": ShardsConfig, "music_screen": MusicScreenConfig,
              "review": ReviewConfig, "dedup": DedupConfig, "logging": LoggingConfig,
              "orchestration": OrchestrationConfig, "signing": SigningConfig}
 

@@ -259,19 +259,22 @@ def screen_audio(items: list[dict[str, Any]], lm: LoadedModel, cfg: ScreenConfig
 
 
 def pending_screen(cat: Catalog, signature: str, audio_store) -> list[dict[str, Any]]:
-    """Freesound items admitted by the license gate, with audio, not taken down, and not yet
-    screened under this exact model + rule signature."""
+    """Items of the screened sources (``Source.music_screen``: Freesound, a local folder) admitted
+    by the license gate, with audio, not taken down, and not yet screened under this exact model +
+    rule signature."""
     import pathlib
+
+    from ..sources import names_where
     # the duration is the one the decode stage read from the file: a crawled `duration` of 5 s
     # on a 1-hour file must not let it pass as too short to be music
     rows = cat.query(
         "SELECT r.recording_id, r.content_sha256, r.audio_path, r.audio_duration AS duration "
         "FROM playable p JOIN recordings r USING (recording_id) "
         "LEFT JOIN latest_decisions m ON m.recording_id = r.recording_id AND m.stage = ? "
-        "WHERE r.source = 'freesound' "
+        "WHERE r.source IN (SELECT unnest(?::VARCHAR[])) "
         "AND (m.details IS NULL OR json_extract_string(m.details, '$.signature') IS DISTINCT FROM ? "
         "     OR json_extract_string(m.details, '$.content_sha256') IS DISTINCT FROM r.content_sha256) "
-        "ORDER BY r.recording_id", [STAGE, signature])
+        "ORDER BY r.recording_id", [STAGE, names_where(music_screen=True), signature])
     store = pathlib.Path(audio_store)
     for r in rows:
         r["path"] = str(store / r.pop("audio_path"))

@@ -2,7 +2,8 @@
 
 Files: ``attribution-<source>.csv`` in the published Stable Audio Open format
 (id,title,author,license,url), ``attribution-tasl.csv`` (title, author, source link, license with
-version and link, for every item), ``freesound-attribution.txt`` (Freesound's own line per
+version and link, for every item), each source's own attribution lines where it has them
+(``Source.own_attribution_file``: ``freesound-attribution.txt``, Freesound's own line per
 Freesound item), ``summary.json``, ``report.md`` with ``plots/*.png``, and ``index.html``: one
 self-contained page with the paper-style table, exclusion counts, plots and a searchable table
 of every attributed work (``index.html#q=TEXT`` opens it filtered). Every count comes from a
@@ -26,6 +27,7 @@ from typing import Any
 from ..catalog import Catalog
 from ..licensing.attribution import license_name_with_version
 from ..licensing.table import BY_ID, license_name
+from ..sources import SOURCES
 from . import policy
 from .release import check_name, get_release
 
@@ -149,6 +151,11 @@ def _plots(cat: Catalog, name: str, s: dict[str, Any]) -> dict[str, bytes]:
     return out
 
 
+def own_attribution_files() -> dict[str, str]:
+    """{source: file of its own attribution lines} for the sources that have them."""
+    return {n: s.own_attribution_file for n, s in SOURCES.items() if s.own_attribution_file}
+
+
 def _write_csvs(cat: Catalog, name: str, folder: pathlib.Path) -> dict[str, int]:
     written: dict[str, int] = {}
     cur = cat.con.execute(
@@ -157,7 +164,8 @@ def _write_csvs(cat: Catalog, name: str, folder: pathlib.Path) -> dict[str, int]
     files: dict[str, Any] = {}
     writers: dict[str, Any] = {}
     tasl_f = open(folder / "attribution-tasl.csv", "w", newline="", encoding="utf-8")
-    fs_f = open(folder / "freesound-attribution.txt", "w", encoding="utf-8")
+    # every source's own file is written, empty when the release holds none of its items
+    own = {src: open(folder / fn, "w", encoding="utf-8") for src, fn in own_attribution_files().items()}
     try:
         tasl = csv.writer(tasl_f)
         tasl.writerow(["recording_id", "source", "id", "title", "author", "source_url", "license", "license_name",
@@ -172,10 +180,10 @@ def _write_csvs(cat: Catalog, name: str, folder: pathlib.Path) -> dict[str, int]
                 written[source] = written.get(source, 0) + 1
                 tasl.writerow([rid, source, sid, title or "", author or "", url or "", lic,
                                license_name_with_version(lic), lic_url or "", line or ""])
-                if source == "freesound":
-                    fs_f.write(line + "\n")
+                if source in own:
+                    own[source].write(line + "\n")
     finally:
-        for f in (*files.values(), tasl_f, fs_f):
+        for f in (*files.values(), tasl_f, *own.values()):
             f.close()
     return written
 
@@ -194,7 +202,8 @@ def _markdown(s: dict[str, Any], files: dict[str, int]) -> str:
     lines += [f"- `attribution-{src}.csv`: {n:,} rows in the published format (id,title,author,license,url)"
               for src, n in sorted(files.items())]
     lines += ["- `attribution-tasl.csv`: title, author, source link, license with version and link, every item",
-              "- `freesound-attribution.txt`: Freesound's own attribution line per Freesound item",
+              *(f"- `{fn}`: {SOURCES[src].title}'s own attribution line per {SOURCES[src].title} item"
+                for src, fn in own_attribution_files().items()),
               "- `index.html`: this report with a searchable table of every attributed work", "", "## Plots", ""]
     lines += [f"![{k}](plots/{k}.png)" for k in ("durations", "licenses", "tags", "format")]
     return "\n".join(lines) + "\n"

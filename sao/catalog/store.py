@@ -29,6 +29,9 @@ TABLES = ("recordings", "decisions", "takedowns", "releases", "release_items", "
           "review_queue", "copyright_catalogue", "duplicate_groups", "release_exclusions", "catalog_meta",
           "schema_migrations")
 VERDICTS = ("pass", "reject", "review", "flag")
+# the sources' names (sao.sources.SOURCES, which imports the catalogue: kept here so the catalogue imports
+# no source; tests/test_sources.py checks that the two agree, and the migrations' CHECK allows the same)
+SOURCE_NAMES = ("freesound", "fma", "local")
 
 class CatalogError(ValueError):
     """Bad input to the catalogue; the message names the item and the reason."""
@@ -159,8 +162,8 @@ class Catalog:
         unknown = set(rec) - set(_REC_COLUMNS)
         if unknown:
             raise CatalogError(f"recording {ident}: unknown field(s) {', '.join(sorted(unknown))}")
-        if rec["source"] not in ("freesound", "fma", "local"):
-            raise CatalogError(f"recording {ident}: source must be freesound, fma or local")
+        if rec["source"] not in SOURCE_NAMES:
+            raise CatalogError(f"recording {ident}: source must be one of {', '.join(SOURCE_NAMES)}")
         for c in _REC_COLUMNS:
             why = _column_problem(c, rec.get(c)) if c != "tags" else None
             if why:

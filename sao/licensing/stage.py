@@ -10,6 +10,7 @@ import logging
 from collections import Counter
 
 from ..catalog import Catalog, Decision
+from ..sources import source_for
 from .gate import LicensePolicy, license_gate
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,15 @@ def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -
         "json_extract(extra, '$.gen_ai_preference') AS gen_ai FROM recordings").fetchall()
     decisions, new_takedowns = [], []
     policy_desc = policy.describe()
+    reads: dict[str, str] = {}
     for rid, source, raw, url, title, gen_ai_json in rows:
         stats.evaluated += 1
         gen_ai = json.loads(gen_ai_json) if gen_ai_json is not None else None
-        if source == "fma":
+        if source not in reads:
+            reads[source] = source_for(source).gate_reads
+        if reads[source] == "license_url":         # a deed URL, with the published license title beside it
             result = license_gate(url, title, gen_ai_preference=gen_ai, policy=policy)
-        else:
+        else:                                      # the source's license field as it says it
             result = license_gate(raw, None, gen_ai_preference=gen_ai, policy=policy)
         if result.verdict == "pass":
             stats.kept[(source, result.canonical)] += 1

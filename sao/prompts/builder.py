@@ -2,6 +2,8 @@
 
 * Freesound items: a random subset of description, title and tags; FMA items: a random
   subset of year, genres, album, title and artist. The chosen fields appear in random order.
+  Each source picks one of these two styles (``PROMPT_STYLES``; a local folder's sounds use
+  Freesound's).
 * List values (tags, genres) are shuffled and a random non-empty prefix of them is kept.
 * The whole prompt then gets a random case transform: as-is, lower, upper or title case.
 * FMA only: half of the prompts carry the metadata type ("year: 2021, artist: dadabots, ...")
@@ -27,7 +29,7 @@ _URL = re.compile(r"https?://\S+|www\.\S+")
 @dataclass(frozen=True)
 class PromptInputs:
     """The metadata a prompt is made from; stored beside every sample so a loader can redraw."""
-    kind: str                                   # "freesound" or "fma"
+    kind: str                                   # the prompt style its source chose: "freesound" or "fma"
     title: str = ""
     description: str = ""
     tags: tuple[str, ...] = ()
@@ -113,6 +115,13 @@ def fma_prompt(inp: PromptInputs, rng: random.Random, cfg: PromptConfig = Prompt
     return apply_case(", ".join(parts), rng.choices(CASES, cfg.case_weights)[0])
 
 
+# The prompt styles a source may choose (sao.sources.base.Source.prompt_style): "freesound" for sounds
+# described by title, description and tags (Freesound, a local folder), "fma" for music tracks.
+PROMPT_STYLES = {"freesound": freesound_prompt, "fma": fma_prompt}
+
+
 def build_prompt(inp: PromptInputs, *, seed: int, key: str, epoch: int = 0, cfg: PromptConfig = PromptConfig()) -> str:
-    rng = prompt_rng(seed, key, epoch)
-    return fma_prompt(inp, rng, cfg) if inp.kind == "fma" else freesound_prompt(inp, rng, cfg)
+    style = PROMPT_STYLES.get(inp.kind)
+    if style is None:
+        raise ValueError(f"prompt style {inp.kind!r}: not one of {', '.join(PROMPT_STYLES)}")
+    return style(inp, prompt_rng(seed, key, epoch), cfg)

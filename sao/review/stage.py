@@ -1,10 +1,13 @@
 """The copyright review stages.
 
-* Freesound: items the music screen flagged go to the content-detection service (submit,
-  then poll); its verdict clears or flags them. Items the screen passed need no review and
-  get a ``copyright_review`` pass saying why.
-* FMA: every admitted track is matched against the copyrighted-recordings catalogue; no
-  potential match -> pass; a potential match -> ``review`` decision and a human-review item.
+Which review a recording gets is its source's (``Source.copyright_review``, sao/sources):
+
+* "content" (Freesound, a local folder): items the music screen flagged go to the
+  content-detection service (submit, then poll); its verdict clears or flags them. Items the
+  screen passed need no review and get a ``copyright_review`` pass saying why.
+* "catalogue" (FMA): every admitted track is matched against the copyrighted-recordings
+  catalogue; no potential match -> pass; a potential match -> ``review`` decision and a
+  human-review item.
 Service errors and timeouts leave items pending; the next run picks them up.
 
 Every review decision names what it judged: the audio (``details.content_sha256``, the content
@@ -23,6 +26,7 @@ from typing import Any
 from ..catalog import Catalog, CatalogError, Decision
 from ..fsutil import UnsafePathError, safe_join
 from ..log import progress
+from ..sources import names_where
 from . import queue
 from .catalogue_match import catalogue_version, find_matches, require_catalogue
 from .detection_client import DetectionClient, DetectionError
@@ -34,13 +38,21 @@ def _latest(cat: Catalog, stage: str) -> dict[str, dict]:
     return cat.latest_decision_map(stage)
 
 
-def _admitted(cat: Catalog, source: str, view: str = "gate_admitted") -> list[str]:
-    """Ids of ``source`` in one of the catalogue's admission views (``gate_admitted``: the
+def reviewed_sources(kind: str) -> list[str]:
+    """The sources whose copyright review is ``kind`` ("content" or "catalogue")."""
+    return names_where(copyright_review=kind)
+
+
+_IN_SOURCES = "source IN (SELECT unnest(?::VARCHAR[]))"
+
+
+def _admitted(cat: Catalog, sources: list[str], view: str = "gate_admitted") -> list[str]:
+    """Ids of ``sources`` in one of the catalogue's admission views (``gate_admitted``: the
     metadata review; ``playable``: the content review, which needs decoded audio)."""
     if view not in ("gate_admitted", "playable"):
         raise ValueError(f"unknown admission view {view!r}")
-    return [r[0] for r in cat.con.execute(f"SELECT recording_id FROM {view} WHERE source = ? "  # noqa: S608
-                                          "ORDER BY recording_id", [source]).fetchall()]
+    return [r[0] for r in cat.con.execute(f"SELECT recording_id FROM {view} WHERE {_IN_SOURCES} "  # noqa: S608
+                                          "ORDER BY recording_id", [list(sources)]).fetchall()]
 
 
 def _details(d: dict | None) -> dict:
@@ -64,17 +76,18 @@ def _pending_decision(rid: str, kind: str, reason: str, entry_id: int, bound: di
 
 
 def _current_content(cat: Catalog) -> dict[str, str]:
-    """{recording id: content sha256 stored now} for playable Freesound recordings."""
+    """{recording id: content sha256 stored now} for playable recordings of the content-reviewed sources."""
     return {r[0]: r[1] for r in cat.con.execute(
-        "SELECT p.recording_id, r.content_sha256 FROM playable p JOIN recordings r USING (recording_id) "
-        "WHERE p.source = 'freesound' AND r.content_sha256 IS NOT NULL ORDER BY p.recording_id").fetchall()}
+        f"SELECT p.recording_id, r.content_sha256 FROM playable p JOIN recordings r USING (recording_id) "  # noqa: S608
+        f"WHERE p.{_IN_SOURCES} AND r.content_sha256 IS NOT NULL ORDER BY p.recording_id",
+        [reviewed_sources("content")]).fetchall()}
 
 
 def _live(cat: Catalog, status: str) -> list[dict]:
     """Content-detection entries of ``status`` about the audio their recording holds now (an entry
     about replaced audio waits, in case that audio comes back, but is neither sent nor counted)."""
-    sha = {r[0]: r[1] for r in cat.con.execute("SELECT recording_id, content_sha256 FROM recordings "
-                                               "WHERE source = 'freesound'").fetchall()}
+    sha = {r[0]: r[1] for r in cat.con.execute(f"SELECT recording_id, content_sha256 FROM recordings "  # noqa: S608
+                                               f"WHERE {_IN_SOURCES}", [reviewed_sources("content")]).fetchall()}
     return [i for i in queue.items(cat, status, queue.CONTENT)
             if sha.get(i["recording_id"]) and queue.binding(i).get("content_sha256") == sha[i["recording_id"]]]
 
@@ -137,7 +150,8 @@ def run_content_review(cat: Catalog, client: DetectionClient | None, *, audio_st
         out["pending"] = len(_live(cat, "pending"))
         return out
     paths = {r["recording_id"]: r["audio_path"] for r in cat.query(
-        "SELECT recording_id, audio_path FROM recordings WHERE source = 'freesound'")}
+        f"SELECT recording_id, audio_path FROM recordings WHERE {_IN_SOURCES}",  # noqa: S608
+        [reviewed_sources("content")])}
     for item in progress(_live(cat, "pending"), desc="submit", unit="file"):
         try:
             ref = client.submit(safe_join(audio_store, paths[item["recording_id"]], what="audio_path"))
@@ -177,10 +191,10 @@ def run_content_review(cat: Catalog, client: DetectionClient | None, *, audio_st
     return out
 
 
-def run_fma_review(cat: Catalog, *, config_hash: str, title_min: float = 90.0) -> dict[str, Any]:
-    """Match each admitted FMA track's title and artist against the copyright catalogue. A track is
-    checked again whenever its title or artist, the catalogue or the threshold differ from what its
-    latest review decision checked (``details.checked``). A human's flag is not undone by a new
+def run_catalogue_review(cat: Catalog, *, config_hash: str, title_min: float = 90.0) -> dict[str, Any]:
+    """Match the title and artist of each admitted track of the catalogue-reviewed sources (FMA)
+    against the copyright catalogue. A track is checked again whenever its title or artist, the
+    catalogue or the threshold differ from what its latest review decision checked (``details.checked``). A human's flag is not undone by a new
     title: the track goes back to a human instead. (These decisions are about metadata: they name
     no audio content.)"""
     catalogue = cat.query("SELECT entry_id, artist, title, album, year, artist_norm, title_norm "
@@ -188,12 +202,13 @@ def run_fma_review(cat: Catalog, *, config_hash: str, title_min: float = 90.0) -
     titles = [r["title_norm"] for r in catalogue]
     version = catalogue_version(catalogue)
     review = _latest(cat, queue.STAGE)
+    sources = reviewed_sources("catalogue")
     recs = {r["recording_id"]: r for r in cat.query(
-        "SELECT recording_id, title, author FROM recordings WHERE source = 'fma'")}
+        f"SELECT recording_id, title, author FROM recordings WHERE {_IN_SOURCES}", [sources])}  # noqa: S608
     checked = {rid: {**queue.metadata(rec), "catalogue": version, "title_min": float(title_min)}
                for rid, rec in recs.items()}
     out = {"checked": 0, "no_match": 0, "to_human_review": 0, "catalogue_rows": len(catalogue)}
-    todo = [rid for rid in _admitted(cat, "fma") if _details(review.get(rid)).get("checked") != checked[rid]]
+    todo = [rid for rid in _admitted(cat, sources) if _details(review.get(rid)).get("checked") != checked[rid]]
     require_catalogue(len(catalogue), len(todo))
     flagged = {i["recording_id"]: i for i in queue.items(cat, "flagged", queue.METADATA)}
     decisions, entries = [], queue.by_subject(cat, queue.METADATA)
@@ -230,6 +245,9 @@ def run_fma_review(cat: Catalog, *, config_hash: str, title_min: float = 90.0) -
     cat.add_decisions(decisions)
     out["pending_human_review"] = len(queue.items(cat, "pending", queue.METADATA))
     return out
+
+
+run_fma_review = run_catalogue_review      # its name before sources declared their review
 
 
 def describe_item(cat: Catalog, review_id: int, audio_store: str | pathlib.Path) -> str:

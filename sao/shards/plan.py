@@ -4,7 +4,9 @@ to the list of samples of both sets and their assignment to shards.
 * Autoencoder set (paper 3.1): 5 s chunks; up to 3 random chunks per Freesound recording
   (one per full 5 s of audio, at least one); then extra random chunks from the high-fidelity
   subset: every FMA track, and Freesound recordings that are stereo and >= 48 kHz (their
-  extra chunks are written only if the audio passes the high-frequency check).
+  extra chunks are written only if the audio passes the high-frequency check). Which policy a
+  recording gets is its source's (``Source.autoencoder_chunks``, ``Source.always_hifi``); its
+  prompt inputs are its source's too (``Source.prompt_inputs``).
 * Diffusion set (paper 4.2): consecutive windows of 2,097,152 samples at 44.1 kHz (~47.5 s,
   1024 latents); the last or only window is padded with silence.
 
@@ -22,6 +24,7 @@ from typing import Any
 
 from ..licensing import tasl
 from ..prompts import PromptInputs, build_prompt, prompt_rng
+from ..sources import source_for
 
 SAMPLE_RATE = 44_100
 AE_CHUNK = 5 * SAMPLE_RATE
@@ -72,13 +75,7 @@ def sample_key(recording_id: str, set_: str, n: int) -> str:
 
 
 def prompt_inputs(rec: dict[str, Any]) -> PromptInputs:
-    extra = rec.get("extra") or {}
-    if rec["source"] == "fma":
-        return PromptInputs("fma", title=rec.get("title") or "", artist=rec.get("author") or "",
-                            album=extra.get("album") or "", genres=tuple(extra.get("genres") or ()),
-                            year=str(extra.get("year") or ""))
-    return PromptInputs("freesound", title=rec.get("title") or "", description=rec.get("description") or "",
-                        tags=tuple(rec.get("tags") or ()))
+    return source_for(rec["source"]).prompt_inputs(rec)
 
 
 def _meta(rec: dict[str, Any], inputs: PromptInputs, prompt: str) -> dict[str, Any]:
@@ -96,20 +93,21 @@ def plan_samples(recs: list[dict[str, Any]], cfg: PlanConfig) -> list[Sample]:
     for rec in sorted(recs, key=lambda r: r["recording_id"]):
         rid = rec["recording_id"]
         n = max(1, int(round((rec.get("duration") or 0.0) * SAMPLE_RATE)))
-        inputs = prompt_inputs(rec)
+        src = source_for(rec["source"])
+        inputs = src.prompt_inputs(rec)
         rng = prompt_rng(cfg.seed, rid, epoch=-1)          # chunk positions; prompts use their own stream
         chunk = cfg.ae_chunk_samples
         span = max(0, n - chunk)
         # autoencoder chunks
-        regular = min(cfg.ae_max_chunks, max(1, n // chunk)) if rec["source"] == "freesound" else 0
-        hifi_candidate = rec["source"] == "fma" or (
+        regular = min(cfg.ae_max_chunks, max(1, n // chunk)) if src.autoencoder_chunks else 0
+        hifi_candidate = src.always_hifi or (
             rec.get("channels") == 2 and (rec.get("sample_rate") or 0) >= cfg.hifi_min_rate)
         extra = cfg.hifi_extra_chunks if hifi_candidate else 0
         for i in range(regular + extra):
             key = sample_key(rid, "autoencoder", i)
             prompt = build_prompt(inputs, seed=cfg.seed, key=key)
             samples.append(Sample(key, "autoencoder", rid, rec["path"], rng.randint(0, span), chunk, i,
-                                  hifi_extra=i >= regular, needs_hf_check=i >= regular and rec["source"] != "fma",
+                                  hifi_extra=i >= regular, needs_hf_check=i >= regular and not src.always_hifi,
                                   meta=_meta(rec, inputs, prompt)))
         # diffusion windows
         w = cfg.diffusion_window

@@ -45,7 +45,9 @@ class FmaStats:
     malformed: int = 0        # rows that could not be stored (unusable track_id, NUL byte)
     malformed_fields: int = 0  # tracks stored with bad fields left NULL and a ``record`` reject
     removed: int = 0
+    audio_seconds: float = 0.0  # probed duration of the audio copied into the store
     seconds: float = 0.0
+    refused: dict = dataclasses.field(default_factory=dict)   # row label -> why it could not be stored
 
 
 def audio_relpath(track_id: int) -> str:
@@ -133,8 +135,8 @@ def read_fma_metadata(root: str | os.PathLike) -> tuple[list[dict[str, Any]], li
             refused.append((str(label), str(exc)))
             continue
         r = raw_rows.get(tid)
-        get = lambda top, col: str(row.get((top, col), ""))  # noqa: E731
-        rawget = lambda col: str(r.get(col, "")) if r is not None else ""  # noqa: E731
+        get = lambda top, col, row=row: str(row.get((top, col), ""))  # noqa: E731
+        rawget = lambda col, r=r: str(r.get(col, "")) if r is not None else ""  # noqa: E731
         f = rc.Fields({})
         genre_ids = f.check("genres", get("track", "genres"), _literal_list(int)) or []
         duration = get("track", "duration")
@@ -222,7 +224,8 @@ def track_file(root: pathlib.Path, audio_dir: str, track_id: int) -> tuple[pathl
     return None, rel
 
 
-def _store_copy(src: pathlib.Path, store: pathlib.Path, sha: str) -> pathlib.Path:
+def store_copy(src: pathlib.Path, store: pathlib.Path, sha: str) -> pathlib.Path:
+    """Copy ``src`` into the content-addressed store as ``ab/cd/<sha256>.<ext>`` (once, atomically)."""
     dst = safe_join(store, sha[:2], sha[2:4], f"{sha}.{audio_ext(src.suffix.lower()[1:], what='file type')}")
     if dst.exists():
         return dst
@@ -269,6 +272,7 @@ def ingest_fma(cat: Catalog, root: str | os.PathLike, *, audio_store: str | os.P
     for label, why in refused:
         log.error("fma tracks.csv row %s: skipping malformed row: %s", rc.short(label), why)
     stats.malformed = len(refused)
+    stats.refused = {f"tracks.csv row {rc.short(label)}": why for label, why in refused}
     records, decisions, problems = [], [], {}
     previous = cat.latest_decision_map("audio")
     already = cat.active_takedowns()
@@ -292,6 +296,7 @@ def ingest_fma(cat: Catalog, root: str | os.PathLike, *, audio_store: str | os.P
         except CatalogError as exc:
             stats.malformed += 1
             log.error("fma track %s: skipping malformed row: %s", t["track_id"], exc)
+            stats.refused[f"track {t['track_id']}"] = str(exc)
             continue
         # the same pure gate, on the same inputs, as the license_gate stage will run
         admissible = (not bad and rid not in already
@@ -307,8 +312,9 @@ def ingest_fma(cat: Catalog, root: str | os.PathLike, *, audio_store: str | os.P
                 sha, md5 = file_digests(path)
                 rec.update(md5=md5, audio_url=rel)
                 if admissible:
-                    stored = _store_copy(path, store, sha)
+                    stored = store_copy(path, store, sha)
                     rec.update(content_sha256=sha, audio_path=str(stored.relative_to(store)))
+                    stats.audio_seconds += info.duration
                 else:
                     stats.withheld += 1
                 stats.with_audio += 1

@@ -212,7 +212,7 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
         pending: list[dict[str, Any]] = []
         pending_pages = 0
 
-        def flush(next_page: int) -> None:
+        def flush(next_page: int) -> None:      # called only inside this license's loop pass
             nonlocal pending, pending_pages, watermark
             newest = max((r["created_at"] for r in pending if r["created_at"]), default=None)
             if newest is not None and (watermark is None or newest > watermark):
@@ -227,7 +227,7 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
             with cat.transaction():          # these pages, their record decisions and the cursor commit together
                 cat.upsert_recordings(pending)
                 cat.add_decisions(decisions)
-                cat.set_cursor(SOURCE, key, watermark, next_page)
+                cat.set_cursor(SOURCE, key, watermark, next_page)  # noqa: B023 - flush runs in this pass
             for r in pending:
                 stats.seen_ids.add(r["source_id"])
                 if r["source_id"] in known:
