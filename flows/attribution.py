@@ -1,5 +1,5 @@
 """The `attribution` flow: freeze a release of the admitted recordings (optional), then build the
-attribution files and report of the newest release (attribution/releases/NAME/).
+attribution files and report of that release, or the newest (attribution/releases/NAME/).
 
     python -m flows.attribution [--config sao.toml] [--release NAME] [--create]
 """
@@ -8,32 +8,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
-from sao import config as config_mod
-from sao.refresh import stage_attribution, stage_release
-
-from . import runtime
-
-
-@task(name="create-release", cache_policy=NO_CACHE)
-def release_task(config_path: str | None, name: str | None) -> dict[str, Any]:
-    return stage_release(config_mod.load(config_path), name)
-
-
-@task(name="attribution-report", cache_policy=NO_CACHE)
-def report_task(config_path: str | None, name: str | None) -> dict[str, Any]:
-    return stage_attribution(config_mod.load(config_path), name)
+from flows import runtime
+from flows.stages import run_stages
+from sao.pipeline import registry
+from sao.pipeline.stage import RunOptions
 
 
 @flow(name="attribution")
 def attribution(config_path: str | None = None, release: str | None = None, create: bool = False) -> dict[str, Any]:
+    names = ["release", "attribution_report"] if create else ["attribution_report"]
     with runtime.recorded_run(config_path, "attribution", runtime.current_runner()) as (stages, tally):
-        created = tally.result(release_task(config_path, release, return_state=True)) if create else None
-        report = tally.result(report_task(config_path, created["name"] if created else release, return_state=True))
-        stages.update(release=created, report=report)
-    return {"release": created, "report": report}
+        done = run_stages(config_path, registry.select(names), RunOptions(release_name=release), tally, stages)
+    return {"release": done["release"].details if create else None, "report": done["attribution_report"].details}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,35 +1,26 @@
-"""The `dedup` flow on its own: LAION-CLAP embeddings of new admitted audio, mapped over batches
-(cached by content, like the refresh flow's embedding), stored in Parquet, then the grouping of
-repeated recordings. The refresh flow runs the same tasks as its last stages.
+"""The `dedup` flow on its own: LAION-CLAP embeddings of new playable audio, mapped over batches
+(cached by content), then the grouping of repeated recordings: the refresh flow's last two stages.
 
     python -m flows.dedup --config sao.toml [--runner dask] [--workers 2]
 """
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
-from prefect import flow, unmapped
+from prefect import flow
 
+from flows import runtime
+from flows.stages import run_stages
 from sao import config as config_mod
-
-from . import runtime
-from .refresh import batches, embed_batch, group_duplicates, plan_embed, store_embeddings
+from sao.pipeline import registry
+from sao.pipeline.stage import RunOptions
 
 
 @flow(name="dedup", log_prints=True)
 def dedup(config_path: str | None = None) -> dict[str, Any]:
-    cfg = config_mod.load(config_path)
     with runtime.recorded_run(config_path, "dedup", runtime.current_runner()) as (out, tally):
-        t0 = time.perf_counter()
-        plan = tally.result(plan_embed(config_path, return_state=True))
-        got = tally.results(runtime.cached(embed_batch, cfg).map(
-            unmapped(config_path), unmapped(plan["signature"]), batches(plan["files"], cfg.orchestration.batch_files)))
-        out["embed"] = tally.result(store_embeddings(config_path, {k: v for k, v in plan.items() if k != "files"},
-                                                     got, time.perf_counter() - t0, return_state=True))
-        out["dedup"] = tally.result(group_duplicates(config_path, return_state=True))
-        print(out)
+        run_stages(config_path, registry.select(["embed", "dedup"]), RunOptions(), tally, out)
     return out
 
 

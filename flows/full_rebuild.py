@@ -18,12 +18,13 @@ from typing import Any
 
 from prefect import flow
 
+from flows import refresh as refresh_flow
+from flows import runtime
+from flows import shards as shards_flow
+from flows.stages import run_stages
 from sao import config as config_mod
-
-from . import attribution as attribution_flow
-from . import refresh as refresh_flow
-from . import runtime
-from . import shards as shards_flow
+from sao.pipeline import registry
+from sao.pipeline.stage import RunOptions
 
 
 @flow(name="scheduled-refresh", log_prints=True)
@@ -34,12 +35,23 @@ def scheduled_refresh(config_path: str | None = None, base_url: str | None = Non
 
 @flow(name="rebuild", log_prints=True)
 def rebuild(config_path: str | None = None, release: str | None = None) -> dict[str, Any]:
+    """The pipeline's release stages (registry.REBUILD); the shards as their own flow, on a process pool."""
     with runtime.recorded_run(config_path, "rebuild", runtime.current_runner()) as (stages, tally):
-        rel = tally.result(attribution_flow.release_task(config_path, release, return_state=True))
+        rel = run_stages(config_path, registry.select(["release"]), RunOptions(release_name=release), tally,
+                         stages)["release"].details
         built = shards_flow.run(config_path, release=rel["name"])
-        report = attribution_flow.attribution(config_path, rel["name"])
-        stages.update(release=rel, shards=shards_flow.summary(built), report=report["report"])
-    return {"release": rel, "shards": built, "report": report["report"]}
+        stages["shards"] = {"stage": "shards", **_stats(built)}
+        report = run_stages(config_path, registry.select(["attribution_report"]),
+                            RunOptions(release_name=rel["name"]), tally, stages)["attribution_report"].details
+    return {"release": rel, "shards": built, "report": report,
+            "stages": {k: v for k, v in stages.items() if k != "run_id"}}
+
+
+def _stats(built: dict[str, Any]) -> dict[str, Any]:
+    from sao.pipeline.stage import Stats
+    n = built["recordings"]
+    return Stats("shards", items_in=n, passed=n - len(built["decode_failures"]),
+                 audio_seconds=built["audio_seconds"]).to_dict()
 
 
 @flow(name="full_rebuild", log_prints=True)
@@ -52,9 +64,9 @@ def full_rebuild(config_path: str | None = None, release: str | None = None, bas
         stages.update({k: v for k, v in out.items() if k not in ("run_id", "cache_hits")})
         tally.cache_hits += out.get("cache_hits", 0)
         built = rebuild(config_path, release)
-        stages.update(release=built["release"], shards=shards_flow.summary(built["shards"]), report=built["report"])
+        stages.update(built["stages"])
         if train:
-            from .train import train as train_flow
+            from flows.train import train as train_flow
             out_dir = train_out or str(cfg.path(cfg.paths.checkpoints) / built["release"]["name"])
             stages["train"] = train_flow(built["shards"]["location"], out_dir, vae_steps=vae_steps,
                                          dit_steps=dit_steps, t5_path=t5_path, config_path=config_path)

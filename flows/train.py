@@ -17,7 +17,7 @@ from sao import config as config_mod
 from sao.signing import key_file_for
 from sao.train.trainer import TrainSettings, train_dit, train_vae
 
-from . import runtime
+from flows import runtime
 
 
 @task(name="train-autoencoder", cache_policy=NO_CACHE)

@@ -29,6 +29,8 @@ class DemoContext:
     outputs: dict[str, str] = field(default_factory=dict)
     release: str | None = None
     signing_key: Any = None
+    detection: Any = None             # the demo's loopback content-detection service
+    detection_key: str = ""
 
 
 def step_verify_corpus(ctx: DemoContext) -> dict[str, Any]:
@@ -79,80 +81,58 @@ def step_serve_replicas(ctx: DemoContext) -> dict[str, Any]:
     return {"api": ctx.replica.api_url, "fma": f"{ctx.replica.base_url}/fma/"}
 
 
-def step_crawl_freesound(ctx: DemoContext) -> dict[str, Any]:
-    from .refresh import stage_crawl_freesound
-    return stage_crawl_freesound(ctx.cfg, base_url=ctx.replica.api_url, token=ctx.cfg.replica.api_tokens[0])
+# what the demo prints of each pipeline stage's details, beside its items/rejected/errors line
+DEMO_DETAILS = {
+    "crawl_freesound": ("pages", "new", "updated", "malformed", "per_license", "requests", "retries"),
+    "ingest_fma": ("tracks", "with_audio", "withheld", "audio_missing", "audio_corrupt", "unchanged"),
+    "license_gate": ("written", "takedowns", "table"),
+    "download": ("downloaded", "failed", "megabytes"),
+    "music_screen": ("music", "not_music", "too_short", "rule", "checkpoint_sha256"),
+    "copyright_review": ("catalogue_rows", "content", "catalogue_match"),
+    "embed": ("embedded", "already_stored", "signature"),
+    "dedup": ("groups", "exact_links", "near_links", "model_name"),
+    "release": ("name", "status", "version", "content_sha256", "signature"),
+    "shards": ("location", "shards", "shards_written", "shards_skipped", "bytes", "samples", "license_mix"),
+    "attribution_report": ("folder", "files"),
+}
 
 
-def step_ingest_fma(ctx: DemoContext) -> dict[str, Any]:
-    from .refresh import stage_ingest_fma
-    return stage_ingest_fma(ctx.cfg, str(ctx.cfg.path(ctx.cfg.replica.data_dir) / "fma"))
-
-
-def step_license_gate(ctx: DemoContext) -> dict[str, Any]:
-    from .licensing.stage import counts_table
-    from .refresh import stage_license_gate
-    st = stage_license_gate(ctx.cfg)
-    return {"decisions written": st.written, "take-downs": st.takedowns,
-            "license counts": "\n" + "\n".join("        " + line for line in counts_table(st).splitlines())}
-
-
-def step_download(ctx: DemoContext) -> dict[str, Any]:
-    from .refresh import stage_download
-    out = stage_download(ctx.cfg, base_url=ctx.replica.api_url, token=ctx.cfg.replica.api_tokens[0])
-    ctx.outputs["audio store"] = str(ctx.cfg.path(ctx.cfg.paths.audio_store))
-    return out
-
-
-def step_decode(ctx: DemoContext) -> dict[str, Any]:
-    from .refresh import stage_decode
-    return stage_decode(ctx.cfg)
-
-
-def step_music_screen(ctx: DemoContext) -> dict[str, Any]:
-    from .refresh import stage_music_screen
-    ckpt = ctx.cfg.music_screen.checkpoint
-    out = stage_music_screen(ctx.cfg, uncalibrated=not ckpt)
-    if out["uncalibrated"]:
-        out = {"WARNING": "UNCALIBRATED screen: random PANNs weights (no checkpoint configured); "
-                          "its music verdicts are marked as such and mean nothing", **out}
-    return out
-
-
-def step_review(ctx: DemoContext) -> dict[str, Any]:
+def step_detection_service(ctx: DemoContext) -> dict[str, Any]:
+    """The demo's content-detection service (its references: the corpus's unlicensed music) and its
+    copyright catalogue sample, for the pipeline's copyright review."""
     import secrets
     import shutil
 
-    from .refresh import stage_review
     from .review.detection_service import DetectionService
     refs = ctx.cfg.path(ctx.cfg.replica.data_dir) / "detection_references"
     refs.mkdir(parents=True, exist_ok=True)
-    # the demo's "copyrighted" reference: the corpus's music that carries no license
     for e in ctx.corpus:
         if e["music"] and e["license"] == "unknown" and e["replica"] == "fma":
             shutil.copyfile(e["path"], refs / pathlib.Path(e["path"]).name)
-    demo_catalogue = {}
+    out = {}
     if not ctx.cfg.review.copyright_catalogue:    # a configured catalogue wins; else the demo's own sample
         from .catalog import Catalog
         from .review.catalogue_match import load_catalogue
         with Catalog(ctx.cfg.catalog_path) as cat:
             n = load_catalogue(cat, DEMO_COPYRIGHT_CATALOGUE)
-        demo_catalogue = {"copyright catalogue": f"{DEMO_COPYRIGHT_CATALOGUE} (demo sample, {n} recordings)"}
-    key = secrets.token_urlsafe(24)        # this demo run's own key (the service has no default one)
-    with DetectionService(refs, api_key=key) as svc:
-        out = stage_review(ctx.cfg, detection_url=svc.url, detection_key=key)
-        out["detection service"] = f"{svc.url} ({len(svc.index.names)} reference track(s))"
-    return {**demo_catalogue, **out}
+        out["copyright catalogue"] = f"{DEMO_COPYRIGHT_CATALOGUE} (demo sample, {n} recordings)"
+    ctx.detection_key = secrets.token_urlsafe(24)      # this demo run's own key (the service has no default one)
+    ctx.detection = DetectionService(refs, api_key=ctx.detection_key).__enter__()
+    out["detection service"] = f"{ctx.detection.url} ({len(ctx.detection.index.names)} reference track(s))"
+    return out
 
 
-def step_dedup(ctx: DemoContext) -> dict[str, Any]:
-    from .refresh import stage_dedup, stage_embed
-    unc = not ctx.cfg.dedup.clap_checkpoint
-    emb = stage_embed(ctx.cfg, uncalibrated=unc)
-    out = stage_dedup(ctx.cfg, uncalibrated=unc)
-    head = {"WARNING": "UNCALIBRATED CLAP: random weights (no checkpoint configured); near-replica groups "
-                       "from these embeddings mean nothing and are marked as such"} if unc else {}
-    return {**head, "embedded": emb["embedded"], "already_stored": emb["already_stored"], **out}
+def pipeline_options(ctx: DemoContext, **kw):
+    from .pipeline.stage import RunOptions
+    cfg = ctx.cfg
+    return RunOptions(base_url=ctx.replica.api_url, fma_dir=str(cfg.path(cfg.replica.data_dir) / "fma"),
+                      detection_url=ctx.detection.url,
+                      # no checkpoints configured: the screens run with random weights, marked as such
+                      uncalibrated=not (cfg.music_screen.checkpoint and cfg.dedup.clap_checkpoint), **kw)
+
+
+def pipeline_secrets(ctx: DemoContext) -> dict[str, str]:
+    return {"freesound_token": ctx.cfg.replica.api_tokens[0], "detection_key": ctx.detection_key}
 
 
 def demo_keys_dir(cfg: Config) -> pathlib.Path:
@@ -177,37 +157,21 @@ def step_signing_key(ctx: DemoContext) -> dict[str, Any]:
             "verify": f"sao manifest verify CKPT --key {keys / PUBLIC_NAME}; sao release verify NAME --key ..."}
 
 
-def step_release(ctx: DemoContext) -> dict[str, Any]:
-    from .refresh import stage_release
-    out = stage_release(ctx.cfg, None, notes="make demo", signing_key=ctx.signing_key)
-    ctx.release = out["name"]
-    return {"release": f"{out['name']} ({out['status']}, version {out['version']})", "recordings": out["recordings"],
-            "content sha256": out["content_sha256"], "excluded": out.get("excluded", "unchanged"),
-            "signature": out.get("signature") or "UNSIGNED"}
-
-
-def step_shards(ctx: DemoContext) -> dict[str, Any]:
-    from .refresh import stage_shards
+def check_shards_match_release(ctx: DemoContext, shards: dict[str, Any]) -> dict[str, Any]:
+    """What trains the model is exactly what the attribution names: checked, not assumed."""
     import pyarrow.parquet as pq
 
     from .attribution.release import release_items
     from .catalog import Catalog
-    out = stage_shards(ctx.cfg, release=ctx.release)
-    ctx.outputs["shards"] = out["location"]
-    lines = [f"        {k:36s} {v:5d}" for k, v in out["license_mix"].items()]
-    # what trains the model is exactly what the attribution names: checked, not assumed
-    in_shards = set(pq.read_table(f"{out['location']}/index.parquet", columns=["recording_id"])
+    in_shards = set(pq.read_table(f"{shards['location']}/index.parquet", columns=["recording_id"])
                     .column("recording_id").to_pylist())
     with Catalog(ctx.cfg.catalog_path, read_only=True) as cat:
         in_release = set(release_items(cat, ctx.release)) if ctx.release else set()
-    warning = {}
+    out = {"recordings": f"{len(in_shards)}, the same recordings as the release: {in_shards == in_release}"}
     if ctx.release and in_shards != in_release:     # e.g. a file that stopped decoding after the release
-        warning = {"WARNING": f"shards and release {ctx.release} differ: only in the shards "
-                              f"{sorted(in_shards - in_release)}, only in the release {sorted(in_release - in_shards)}"}
-    return {**warning, "recordings": f"{len(in_shards)}, the same recordings as the release: {in_shards == in_release}",
-            "shards": f"{out['shards']} ({out['shards_written']} written, {out['shards_skipped']} already there)",
-            "size": f"{out['bytes'] / 1e6:.1f} MB", "samples": out["samples"],
-            "audio_s_per_s": out["audio_s_per_s"], "license mix (set:license samples)": "\n" + "\n".join(lines)}
+        out["WARNING"] = (f"shards and release {ctx.release} differ: only in the shards {sorted(in_shards - in_release)}, "
+                          f"only in the release {sorted(in_release - in_shards)}")
+    return out
 
 
 def step_generate(ctx: DemoContext) -> dict[str, Any]:
@@ -236,13 +200,6 @@ def step_generate(ctx: DemoContext) -> dict[str, Any]:
             "official config": "sao generate PROMPT --ckpt model.safetensors --t5-path T5_DIR"}
 
 
-def step_attribution(ctx: DemoContext) -> dict[str, Any]:
-    from .refresh import stage_attribution
-    out = stage_attribution(ctx.cfg, ctx.release)
-    ctx.outputs["attribution report"] = out["html"]
-    return {"report": out["folder"], "files": out["files"], "seconds": out["seconds"]}
-
-
 def step_export(ctx: DemoContext) -> dict[str, Any]:
     from .catalog import TABLES, Catalog
     dest = ctx.cfg.path(ctx.cfg.paths.exports)
@@ -253,49 +210,86 @@ def step_export(ctx: DemoContext) -> dict[str, Any]:
     return {"tables": len(TABLES)}
 
 
-STEPS: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
+SETUP: list[tuple[str, Callable[[DemoContext], dict[str, Any]]]] = [
     ("verify sample corpus", step_verify_corpus),
     ("open catalogue (migrate)", step_catalog),
     ("build replicas", step_build_replicas),
     ("serve replicas on loopback", step_serve_replicas),
-    ("crawl Freesound replica", step_crawl_freesound),
-    ("ingest FMA replica", step_ingest_fma),
-    ("license gate", step_license_gate),
-    ("download audio (HQ previews)", step_download),
-    ("decode every stored file (duration, rate, channels from the audio itself)", step_decode),
-    ("music screen (PANNs Cnn14_DecisionLevelMax)", step_music_screen),
-    ("copyright review (content detection, FMA catalogue match)", step_review),
-    ("repeated recordings (LAION-CLAP + faiss)", step_dedup),
-    ("demo signing key (ed25519, under the demo's data folder)", step_signing_key),
-    ("freeze the release (signed with the demo key)", step_release),
-    ("build WebDataset shards (from the release)", step_shards),
-    ("generate with the tiny model (DiT + sampler + VAE decode)", step_generate),
-    ("export catalogue to Parquet", step_export),
-    ("attribution report of the release", step_attribution),
+    ("content-detection service and copyright catalogue (for the review)", step_detection_service),
 ]
+# then the pipeline's refresh stages (sao.pipeline.registry.group("refresh")), the demo's signing key, the
+# release stages (REBUILD), and two checks of the model stack and the exports
+AFTER_REFRESH = [("demo signing key (ed25519, under the demo's data folder)", step_signing_key)]
+FINALLY = [("generate with the tiny model (DiT + sampler + VAE decode)", step_generate),
+           ("export catalogue to Parquet", step_export)]
+
+
+def _stage_lines(stage, st) -> list[tuple[str, Any]]:
+    from .pipeline.runner import summary_lines
+    lines = summary_lines(st)
+    if st.details.get("uncalibrated"):
+        lines.insert(0, ("WARNING", "UNCALIBRATED: random weights (no checkpoint configured); these verdicts "
+                                    "are marked as such and mean nothing"))
+    for k in DEMO_DETAILS.get(stage.name, ()):
+        v = st.details.get(k)
+        if v not in (None, "", {}, []):
+            lines.append((k, "\n" + "\n".join("        " + x for x in v.splitlines()) if isinstance(v, str)
+                          and "\n" in v else v))
+    return lines
 
 
 def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> DemoContext:
     from .config import secrets
+    from .pipeline import registry
+    from .pipeline.runner import run_stages
+    from .pipeline.stage import StageContext
     from .runs import recording
     ctx = DemoContext(cfg)
     t0 = time.perf_counter()
+    n_steps = len(SETUP) + len(registry.group("refresh")) + len(AFTER_REFRESH) + len(registry.group("rebuild")) + len(FINALLY)
+    done = [0]
+    t_step = [time.perf_counter()]
+
+    def show(name: str, lines) -> None:
+        done[0] += 1
+        echo(f"[{done[0]}/{n_steps}] {name} ({time.perf_counter() - t_step[0]:.2f}s)")
+        for k, v in lines:
+            echo(f"      {k}: {v}")
+        t_step[0] = time.perf_counter()
+
     # the demo's run summary, like a flow run's (once its catalogue exists)
     with recording(cfg.catalog_path, flow="demo", config_hash=cfg.config_hash(), task_runner="inline",
                    secrets=secrets(cfg), only_if_exists=True) as rec:
-        try:
-            for i, (name, fn) in enumerate(STEPS, 1):
-                t = time.perf_counter()
+        def steps(todo) -> None:
+            for name, fn in todo:
                 stats = fn(ctx)
                 rec.stages[name] = stats
-                echo(f"[{i}/{len(STEPS)}] {name} ({time.perf_counter() - t:.2f}s)")
-                for k, v in stats.items():
-                    echo(f"      {k}: {v}")
+                show(name, stats.items())
+
+        def on_stage(stage, st) -> None:
+            rec.stages[stage.name] = st.to_dict()
+            show(f"pipeline stage {stage.name}", _stage_lines(stage, st))
+        try:
+            steps(SETUP)
+            sctx = StageContext(cfg, pipeline_options(ctx), pipeline_secrets(ctx))
+            run_stages(sctx, registry.group("refresh"), on_stage)
+            ctx.outputs["audio store"] = str(cfg.path(cfg.paths.audio_store))
+            steps(AFTER_REFRESH)
+            sctx.options = pipeline_options(ctx, key_file=str(demo_keys_dir(cfg) / "signing.key"),
+                                            release_notes="make demo")
+            out = run_stages(sctx, registry.group("rebuild"), on_stage)
+            ctx.release = out["release"].details["name"]
+            ctx.outputs["shards"] = out["shards"].details["location"]
+            ctx.outputs["attribution report"] = out["attribution_report"].details["html"]
+            for k, v in check_shards_match_release(ctx, out["shards"].details).items():
+                echo(f"      {k}: {v}")
+            steps(FINALLY)
         finally:
+            if ctx.detection is not None:
+                ctx.detection.__exit__(None, None, None)
             if ctx.replica is not None:
                 ctx.replica.stop()
     echo(f"\ndemo finished in {time.perf_counter() - t0:.1f}s (`sao status` lists the runs). Outputs:")
     for k, v in ctx.outputs.items():
         echo(f"  {k:18s} {pathlib.Path(v).resolve()}")
     return ctx
-

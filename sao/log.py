@@ -6,6 +6,7 @@ lines, exception messages, CLI error output and run summaries before they are wr
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -92,8 +93,25 @@ def install_excepthook() -> None:
         sys.excepthook = _redacting_excepthook
 
 
-def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", disable: bool = False):
-    """A tqdm bar on stderr; silent when SAO_NO_PROGRESS=1 or stderr is not a terminal in CI."""
-    disable = disable or os.environ.get("SAO_NO_PROGRESS") == "1"
+_OUTER = threading.local()
+
+
+@contextlib.contextmanager
+def one_bar():
+    """Inside: only the outermost bar shows (the pipeline runner's, one per stage); the bars of the
+    functions a stage calls stay silent instead of stacking under it."""
+    depth = getattr(_OUTER, "depth", 0)
+    _OUTER.depth = depth + 1
+    try:
+        yield
+    finally:
+        _OUTER.depth = depth
+
+
+def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", disable: bool = False,
+             outer: bool = False):
+    """A tqdm bar on stderr; silent when SAO_NO_PROGRESS=1, and inside ``one_bar()`` unless ``outer``."""
+    disable = disable or os.environ.get("SAO_NO_PROGRESS") == "1" or (
+        not outer and getattr(_OUTER, "depth", 0) > 0)
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr,
                 dynamic_ncols=True, leave=False)

@@ -25,60 +25,27 @@ log = logging.getLogger(__name__)
 
 
 def summarize(flow: str, stages: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """items_in / passed / rejected {reason: n} / throughput from the stats the stages returned
-    (whichever stages the flow ran: a full rebuild has them all)."""
+    """items_in / passed / rejected {stage:reason: n} / throughput from the ``Stats`` the stages
+    returned (sao.pipeline.stage.Stats.to_dict), whichever stages the flow ran. Items in are the
+    sources' ingests (else the first stage's input); passed is what the last stage that ran kept."""
     rejected: Counter = Counter()
-    items_in = passed = None
-
-    def st(name: str) -> dict[str, Any]:
-        v = stages.get(name)
-        return v if isinstance(v, dict) else {}
-
-    fs, fma, gate, dl, ms, dd = st("freesound"), st("fma"), st("gate"), st("download"), st("music_screen"), st("dedup")
-    if fs or fma:
-        items_in = int(fs.get("items") or 0) + int(fma.get("tracks") or 0)
-    if gate:
-        # what this run decided (new or changed items), not the whole catalogue's standing
-        passed = gate.get("new_pass", 0)
-        for key, n in (gate.get("new_rejected") or {}).items():
-            rejected[f"license_gate:{key.split(':', 1)[-1]}"] += n
-    bad_fma = int(fma.get("audio_missing") or 0) + int(fma.get("audio_corrupt") or 0)
-    if bad_fma:
-        rejected["fma:audio-missing-or-corrupt"] += bad_fma
-    if dl.get("failed"):
-        rejected["download:failed (retried next run)"] += dl["failed"]
-    if ms.get("music"):
-        rejected["music_screen:music (to copyright review)"] += ms["music"]
-    if ms.get("errors"):
-        rejected["decode:audio-corrupt"] += ms["errors"]
-    for source, n in (dd.get("repeated_excluded") or {}).items():
-        rejected[f"dedup:repeated recording ({source})"] += n
-    if items_in is None and st("embed"):
-        items_in = int(st("embed").get("embedded") or 0) + int(st("embed").get("reused_from_freesound") or 0)
-    sh = st("shards")
-    if sh:
-        samples = sh.get("samples") or {}
-        items_in = sh.get("recordings") if items_in is None else items_in
-        if passed is None and isinstance(samples, dict):
-            passed = sum(samples.values())
-        if sh.get("decode_failures"):
-            rejected["shards:decode-failure"] += len(sh["decode_failures"])
-    rel, rep = st("release"), st("report")
-    if rel or rep:
-        items_in = rel.get("recordings", rep.get("recordings")) if items_in is None else items_in
-        passed = rep.get("recordings", rel.get("recordings")) if passed is None else passed
-        for k, n in (rel.get("excluded") or {}).items() if isinstance(rel.get("excluded"), dict) else []:
-            rejected[f"release:{k}"] += n
+    stats = [v for v in stages.values() if isinstance(v, dict) and "stage" in v and "items_in" in v]
+    ran = [v for v in stats if not v.get("skipped")]
+    ingest = [v for v in ran if v.get("ingest")]
+    items_in = sum(int(v["items_in"]) for v in ingest) if ingest else (int(ran[0]["items_in"]) if ran else None)
+    passed = int(ran[-1]["passed"]) if ran else None
+    for v in ran:
+        for reason, n in (v.get("rejected") or {}).items():
+            rejected[f"{v['stage']}:{reason}"] += int(n)
     if flow == "train":
         items_in = sum(int(v.get("step") or 0) for v in stages.values() if isinstance(v, dict))
     throughput: dict[str, Any] = {"seconds": round(seconds, 2)}
     if items_in:
         throughput["items_per_s"] = round(items_in / seconds, 2) if seconds else 0.0
-    for name, v in stages.items():
-        if isinstance(v, dict):
-            for key in ("audio_s_per_s", "items_per_s", "files_per_s", "tracks_per_s"):
-                if v.get(key) is not None:
-                    throughput[f"{name}.{key}"] = v[key]
+    for v in ran:
+        for key in ("items_per_s", "audio_s_per_s"):
+            if v.get(key):
+                throughput[f"{v['stage']}.{key}"] = v[key]
     return {"items_in": items_in, "passed": passed, "rejected": dict(sorted(rejected.items())),
             "throughput": throughput}
 
@@ -161,8 +128,7 @@ def catalogue_state(cat: Catalog) -> dict[str, Any]:
         "license_gate": {r["verdict"]: r["n"] for r in q("SELECT verdict, count(*) AS n FROM latest_decisions "
                                                          "WHERE stage = 'license_gate' GROUP BY 1 ORDER BY 1")},
         "with_audio": q("SELECT count(*) AS n FROM recordings WHERE audio_path IS NOT NULL")[0]["n"],
-        "pending_download": q("SELECT count(*) AS n FROM gate_admitted WHERE source = 'freesound' "
-                              "AND NOT has_audio")[0]["n"],
+        "pending_download": q("SELECT count(*) AS n FROM gate_admitted WHERE NOT has_audio")[0]["n"],
         "playable": q("SELECT count(*) AS n FROM playable")[0]["n"],
         "review_queue": {r["status"]: r["n"] for r in q("SELECT status, count(*) AS n FROM review_queue GROUP BY 1 ORDER BY 1")},
         "active_takedowns": q("SELECT count(*) AS n FROM active_takedowns")[0]["n"],

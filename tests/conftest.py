@@ -116,3 +116,11 @@ def chromium_dom(url: str, profile, *extra: str) -> str:
     return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                            "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}", *extra,
                            "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+
+
+def run_stage(cfg, name: str, *, secrets: dict | None = None, **options):
+    """One pipeline stage through the one runner (no run summary, no progress bar): its Stats."""
+    from sao.pipeline.runner import run_pipeline
+    from sao.pipeline.stage import RunOptions
+    return run_pipeline(cfg, [name], options=RunOptions(**options), secrets=secrets, record=False,
+                        show_progress=False)[name]

@@ -36,18 +36,18 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "data" / "replica" / "fma" / "fma_metadata" / "tracks.csv").exists()
     # 26 Freesound previews + the 5 FMA tracks the gate admits (no share-alike or unknown-license audio)
     assert len(list((tmp_path / "data" / "audio").rglob("*.mp3"))) == 26 + 5
-    assert "build WebDataset shards" in out and "diffusion:cc0-1.0" in out
+    assert "pipeline stage shards" in out and "diffusion:cc0-1.0" in out
     assert "the same recordings as the release: True" in out
     assert len(list((tmp_path / "data" / "shards").glob("snap-*/*/shard-*.tar"))) == 2
     # a second demo is incremental: nothing new to write
     assert cli.main(["--config", str(cfg), "demo"]) == 0
     again = capsys.readouterr().out
-    assert "decisions written: 0" in again and "(0 written, 2 already there)" in again
+    assert "      written: 0\n" in again and "shards_written: 0\n      shards_skipped: 2" in again
     # the demo ends with its release's attribution report; the same content is the same release
     import re
     first = re.search(r"attribution report\s+(\S+index\.html)", out).group(1)
     assert re.search(r"attribution report\s+(\S+index\.html)", again).group(1) == first
-    assert pathlib.Path(first).is_file() and "rel-" in first and "(unchanged, version 1)" in again
+    assert pathlib.Path(first).is_file() and "rel-" in first and "status: unchanged\n      version: 1" in again
     from sao.catalog import SCHEMA_VERSION
     assert cli.main(["--config", str(cfg), "catalog", "status"]) == 0
     assert f"schema version {SCHEMA_VERSION}" in capsys.readouterr().out

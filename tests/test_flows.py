@@ -27,14 +27,16 @@ def test_refresh_flow_runs_and_reruns(prefect_server, freesound_sounds, fma_dir,
     with ReplicaServer(freesound_sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv:
         srv.inject_fault(r"/apiv2/search/", 503, times=1)   # absorbed by the client's own retry
         out = refresh(str(cfg), base_url=srv.api_url)
-        assert out["music_screen"]["uncalibrated"] and out["music_screen"]["screened"] == 26
-        assert out["review"]["fma"]["to_human_review"] == 1
-        assert out["freesound"]["new"] == 26 and out["fma"]["tracks"] == 10
-        assert out["gate"]["written"] == 36 and out["download"]["downloaded"] == 26
-        assert out["embed"]["embedded"] == 31 and out["dedup"]["recordings"] == 31
+        d = {k: v["details"] for k, v in out.items() if isinstance(v, dict) and "details" in v}
+        assert d["music_screen"]["uncalibrated"] and d["music_screen"]["screened"] == 26
+        assert d["copyright_review"]["catalogue_match"]["to_human_review"] == 1
+        assert d["crawl_freesound"]["new"] == 26 and d["ingest_fma"]["tracks"] == 10
+        assert d["license_gate"]["written"] == 36 and d["download"]["downloaded"] == 26
+        assert d["embed"]["embedded"] == 31 and d["dedup"]["recordings"] == 31
+        assert out["ingest_local"]["skipped"]                                 # no local folder configured
         again = refresh(str(cfg), base_url=srv.api_url)
-        assert again["freesound"]["new"] == 0 and again["gate"]["written"] == 0
-        assert again["download"]["candidates"] == 0
+        assert again["crawl_freesound"]["details"]["new"] == 0 and again["license_gate"]["details"]["written"] == 0
+        assert again["download"]["details"]["candidates"] == 0 and "unchanged" in again["ingest_fma"]["skipped"]
     with Catalog(tmp_path / "c.duckdb") as cat:
         assert cat.counts()["recordings"] == 36
         assert SECRET.encode() not in (tmp_path / "c.duckdb").read_bytes()
@@ -60,7 +62,8 @@ def test_shards_flow_writes_each_shard_as_a_task(prefect_server, freesound_sound
     plan = json.loads((tmp_path / "shards" / "f" / "plan.json").read_text())
     assert plan["samples"] == out["samples"]
     again = shards.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(str(cfg), "f")
-    assert again["shards_skipped"] == again["shards"] and again["shard_sha256"] == out["shard_sha256"]
+    assert again["shards_skipped"] == again["shards"]
+    assert json.loads((tmp_path / "shards" / "f" / "plan.json").read_text())["shard_sha256"] == plan["shard_sha256"]
 
 
 def test_dedup_flow_embeds_in_parallel_and_groups(prefect_server, tmp_path, corpus_entries):
@@ -81,9 +84,9 @@ def test_dedup_flow_embeds_in_parallel_and_groups(prefect_server, tmp_path, corp
             cat.add_decisions([Decision(f"freesound:{e['id']}", "license_gate", "pass", "ok", config_hash="t")])
         decode_stored(cat, store)                      # dedup reads only audio the decode stage passed
     out = dedup(str(cfg))
-    assert out["embed"]["embedded"] == 6 and out["dedup"]["recordings"] == 6
+    assert out["embed"]["details"]["embedded"] == 6 and out["dedup"]["details"]["recordings"] == 6
     again = dedup(str(cfg))
-    assert again["embed"]["embedded"] == 0 and again["embed"]["already_stored"] == 6
+    assert again["embed"]["details"]["embedded"] == 0 and again["embed"]["details"]["already_stored"] == 6
 
 
 def test_train_flow_runs_both_stages_in_order(prefect_server, tmp_path, freesound_sounds, fma_dir, monkeypatch):

@@ -189,6 +189,17 @@ def test_no_demo_copyright_catalogue_by_default_and_fma_review_fails_loudly_with
         with pytest.raises(CatalogError, match=r"no copyright catalogue.*\[review\]\.copyright_catalogue"):
             run_fma_review(cat, config_hash="t")
         assert cat.latest_decision_map("copyright_review") == {}               # nothing passed unchecked
+    # in a pipeline run the track stays pending and the stage names why; asked for by name, it is an error
+    from sao import cli
+    from sao import config as config_mod
+    from tests.conftest import run_stage
+    cfg_file = tmp_path / "sao.toml"
+    cfg_file.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\n')
+    st = run_stage(config_mod.load(cfg_file), "copyright_review")
+    assert "no copyright catalogue loaded" in st.errors["catalogue match"]
+    assert cli.main(["--config", str(cfg_file), "review", "run"]) == 1
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        assert cat.latest_decision_map("copyright_review") == {}
 
 
 def test_demo_configures_the_sample_catalogue_explicitly():
@@ -267,8 +278,8 @@ class _FakeClapModule:
 
 
 def test_embed_names_and_records_undecodable_files(tmp_path, corpus_entries, capsys, monkeypatch):
-    from sao import refresh
     from sao.analysis.clap import ClapModel
+    from sao.pipeline.stages import embed as embed_stage
     import torch
     good = next(e for e in corpus_entries if e["id"] == "kenney-laser1-wav")
     store = tmp_path / "audio"
@@ -288,7 +299,7 @@ def test_embed_names_and_records_undecodable_files(tmp_path, corpus_entries, cap
     cfgfile = tmp_path / "sao.toml"
     cfgfile.write_text(f'[paths]\ncatalog = "{tmp_path / "c.duckdb"}"\naudio_store = "{store}"\n'
                        f'[dedup]\nuncalibrated = true\nembeddings_dir = "{tmp_path / "emb"}"\n')
-    monkeypatch.setattr(refresh, "load_clap_for", lambda cfg, unc=None: ClapModel(
+    monkeypatch.setattr(embed_stage, "load_clap_for", lambda cfg, unc=None: ClapModel(
         _FakeClapModule(), torch.device("cpu"), None, "HTSAT-tiny"))
     assert cli.main(["--config", str(cfgfile), "embed"]) == 0
     cap = capsys.readouterr()

@@ -370,7 +370,7 @@ def test_download_failures_name_the_item_and_the_reason(tmp_path):
 
 def test_download_limits_come_from_the_config(tmp_path):
     from sao import config as config_mod
-    from sao.refresh import make_client
+    from sao.sources.freesound_source import make_client
     p = tmp_path / "sao.toml"
     p.write_text("[freesound]\nmax_download_mb = 3\ndownload_deadline_s = 42\n")
     cfg = config_mod.load(p)
@@ -386,14 +386,21 @@ def test_download_limits_come_from_the_config(tmp_path):
 
 # -- 5. `sao download` fails loudly -----------------------------------------------------------------------
 def test_download_command_exits_nonzero_when_a_download_failed(tmp_path, capsys, monkeypatch):
-    from sao import cli, refresh
-    outcome = {"candidates": 3, "downloaded": 1, "failed": 2, "megabytes": 0.1, "audio_s_per_s": 1.0,
+    from sao import cli
+    from sao.pipeline.stage import Plan, Stats
+    from sao.sources import freesound_source
+    outcome = {"candidates": 3, "downloaded": 1, "failed": 2, "megabytes": 0.1,
                "failures": {"freesound:1": "deadline", "freesound:2": "HTTP 404"}}
-    monkeypatch.setattr(refresh, "stage_download", lambda cfg, **kw: dict(outcome))
+
+    def store(details):
+        return lambda self, ctx, plan, results: Stats("download", items_in=3, details=dict(details))
+    monkeypatch.setattr(freesound_source.Download, "skip", lambda self, ctx: None)
+    monkeypatch.setattr(freesound_source.Download, "plan", lambda self, ctx: Plan())
+    monkeypatch.setattr(freesound_source.Download, "store", store(outcome))
     assert cli.main(["download"]) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("sao: download: 2 of 3 downloads failed")
-    monkeypatch.setattr(refresh, "stage_download", lambda cfg, **kw: dict(outcome, failed=0, failures={}))
+    monkeypatch.setattr(freesound_source.Download, "store", store(dict(outcome, failed=0, failures={})))
     assert cli.main(["download"]) == 0
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["download"].format_help()
     assert "exit" in help_text.lower() and "1" in help_text

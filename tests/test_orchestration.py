@@ -56,23 +56,26 @@ def test_refresh_second_run_fetches_and_computes_only_what_is_new(prefect_server
             srv.add_sound(s)
         two = run(str(cfg), base_url=srv.api_url)
     n_first = sum(any(k in s["license"] for k in ALLOWED) for s in first)
-    assert one["freesound"]["new"] == n_first and one["fma"]["tracks"] == 10
-    assert one["download"]["downloaded"] == n_first and one["download"]["batches"] == -(-n_first // 8)
-    assert one["music_screen"]["screened"] == n_first and one["embed"]["embedded"] == one["dedup"]["recordings"]
+    d1 = {k: v["details"] for k, v in one.items() if isinstance(v, dict) and "details" in v}
+    d2 = {k: v["details"] for k, v in two.items() if isinstance(v, dict) and "details" in v}
+    assert d1["crawl_freesound"]["new"] == n_first and d1["ingest_fma"]["tracks"] == 10
+    assert d1["download"]["downloaded"] == n_first and one["download"]["batches"] == -(-n_first // 8)
+    assert d1["music_screen"]["screened"] == n_first and d1["embed"]["embedded"] == d1["dedup"]["recordings"]
     # the second run: the crawl's cursors, the catalogue and the cache keep every old item out
-    assert two["freesound"]["new"] == 4 and two["gate"]["new_pass"] == 4 and two["gate"]["written"] == 4
-    assert two["download"]["candidates"] == two["download"]["downloaded"] == 4
-    assert two["music_screen"]["screened"] == 4 and two["embed"]["embedded"] == 4
-    assert two["embed"]["already_stored"] == one["embed"]["embedded"]
-    assert two["fma"] == {"unchanged": "same dump and catalogue as the last ingest (cached)", "tracks": 0}
-    assert one["cache_hits"] == 0 and two["cache_hits"] == 1          # the FMA ingest was not read again
+    assert d2["crawl_freesound"]["new"] == 4 and d2["license_gate"]["new_pass"] == 4
+    assert d2["license_gate"]["written"] == 4
+    assert d2["download"]["candidates"] == d2["download"]["downloaded"] == 4
+    assert d2["music_screen"]["screened"] == 4 and d2["embed"]["embedded"] == 4
+    assert d2["embed"]["already_stored"] == d1["embed"]["embedded"]
+    assert "unchanged since its last complete ingest" in two["ingest_fma"]["skipped"]   # the dump was not read again
+    assert one["cache_hits"] == two["cache_hits"] == 0                # nothing computed twice
     with Catalog(tmp_path / "c.duckdb") as cat:
         runs = cat.query("SELECT * FROM runs ORDER BY started_at")
         n = cat.query("SELECT count(*) AS n FROM recordings WHERE source = 'freesound'")[0]["n"]
     assert n == n_first + 4
-    assert [r["status"] for r in runs] == ["completed", "completed"] and [r["cache_hits"] for r in runs] == [0, 1]
-    assert runs[1]["items_in"] == two["freesound"]["items"] and runs[1]["passed"] == 4
-    assert runs[0]["passed"] == one["gate"]["new_pass"] and json.loads(runs[0]["rejected"])["license_gate:license-not-allowed"] == 4
+    assert [r["status"] for r in runs] == ["completed", "completed"] and [r["cache_hits"] for r in runs] == [0, 0]
+    assert runs[1]["items_in"] == two["crawl_freesound"]["items_in"] and runs[1]["passed"] == two["dedup"]["passed"]
+    assert json.loads(runs[0]["rejected"])["license_gate:fma:license-not-allowed"] == 4
     assert runs[0]["task_runner"] == "thread:2" and runs[0]["duration_s"] > 0
     assert "items_per_s" in json.loads(runs[1]["throughput"]) and runs[1]["flow_run_id"]
     # `sao status` shows both runs and the catalogue's state
@@ -86,19 +89,20 @@ def test_refresh_second_run_fetches_and_computes_only_what_is_new(prefect_server
 def test_transient_failure_is_retried_and_a_failed_run_resumes_from_the_cache(prefect_server, uploads, tmp_path,
                                                                               monkeypatch):
     import flows.refresh as fr
-    from sao import refresh as stages
+    import flows.stages as fs
     from sao.analysis import music_screen
+    from sao.pipeline.stages.copyright_review import CopyrightReview
     first, _ = uploads
     cfg = flow_config(tmp_path, orchestration={"batch_files": 6})
     monkeypatch.setenv("FREESOUND_API_TOKEN", SECRET)
     calls = {"review": 0, "store": 0}
-    real_review, real_store = stages.stage_review, music_screen.screen_decisions
+    real_review, real_store = CopyrightReview.store, music_screen.screen_decisions
 
-    def flaky_review(cfg_):                     # a transient failure: the detection service's connection drops
+    def flaky_review(self, ctx, plan, results):  # a transient failure: the detection service's connection drops
         calls["review"] += 1
         if calls["review"] == 1:
             raise ConnectionError("detection service reset the connection")
-        return real_review(cfg_)
+        return real_review(self, ctx, plan, results)
 
     def broken_store(*a, **kw):                 # a data error: not retried, the run fails
         calls["store"] += 1
@@ -106,9 +110,9 @@ def test_transient_failure_is_retried_and_a_failed_run_resumes_from_the_cache(pr
             raise ValueError("store refused the batch")
         return real_store(*a, **kw)
 
-    monkeypatch.setattr(stages, "stage_review", flaky_review)
+    monkeypatch.setattr(CopyrightReview, "store", flaky_review)
     monkeypatch.setattr(music_screen, "screen_decisions", broken_store)
-    monkeypatch.setattr(fr, "copyright_review", fr.copyright_review.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(fs, "store_task", fs.store_task.with_options(retry_delay_seconds=0))
     with _replica(first) as srv:
         with pytest.raises(ValueError, match="store refused"):
             fr.run(str(cfg), base_url=srv.api_url, dedup=False)
@@ -117,16 +121,16 @@ def test_transient_failure_is_retried_and_a_failed_run_resumes_from_the_cache(pr
             assert cat.query("SELECT count(*) AS n FROM decisions WHERE stage = 'music_screen'")[0]["n"] == 0
         assert failed == [{"status": "failed", "error": "ValueError: store refused the batch", "cache_hits": 0}]
         out = fr.run(str(cfg), base_url=srv.api_url, dedup=False)
-    assert out["download"]["candidates"] == 0                           # audio kept from the failed run
-    screened = out["music_screen"]["screened"]
+    assert out["download"]["details"]["candidates"] == 0                # audio kept from the failed run
+    screened = out["music_screen"]["details"]["screened"]
     batches = out["music_screen"]["batches"]
     assert screened == sum(any(k in s["license"] for k in ALLOWED) for s in first) and batches == -(-screened // 6)
     assert out["cache_hits"] == batches                                  # every screen batch came from the cache
     assert calls == {"review": 2, "store": 2}                            # the review was retried once
-    assert out["review"]["freesound"] is not None
+    assert out["copyright_review"]["details"]["content"] is not None
 
 
-def test_refresh_on_a_dask_cluster_gives_the_thread_pools_catalogue(prefect_server, freesound_sounds, fma_dir,
+def test_refresh_on_dask_threads_and_inline_gives_one_catalogue(prefect_server, freesound_sounds, fma_dir,
                                                                     tmp_path, monkeypatch):
     from flows.refresh import run
     monkeypatch.delenv("PREFECT_API_URL", raising=False)      # the Dask runner exports the harness's URL
@@ -136,14 +140,21 @@ def test_refresh_on_a_dask_cluster_gives_the_thread_pools_catalogue(prefect_serv
         (tmp_path / kind).mkdir()
         cfgs[kind] = flow_config(tmp_path / kind, fma={"metadata_dir": str(fma_dir)},
                                  orchestration={"task_runner": kind, "workers": 2, "batch_files": 8})
+    (tmp_path / "inline").mkdir()
+    inline = flow_config(tmp_path / "inline", fma={"metadata_dir": str(fma_dir)}, orchestration={"batch_files": 8})
     outs = {}
+    from sao.cli import main as sao_main
     with _replica(freesound_sounds) as srv:
         for kind, cfg in cfgs.items():
             outs[kind] = run(str(cfg), base_url=srv.api_url)
+        # `sao refresh` runs the same stage list through the inline runner: the same catalogue
+        assert sao_main(["--config", str(inline), "refresh", "--base-url", srv.api_url]) == 0
     assert _snapshot(tmp_path / "thread" / "c.duckdb") == _snapshot(tmp_path / "dask" / "c.duckdb")
+    assert _snapshot(tmp_path / "inline" / "c.duckdb") == _snapshot(tmp_path / "thread" / "c.duckdb")
     from sao.dedup.store import load_embeddings
-    emb = {k: load_embeddings(tmp_path / k / "emb", outs[k]["embed"]["signature"]) for k in cfgs}
-    assert emb["thread"].keys() == emb["dask"].keys() and len(emb["thread"]) == outs["thread"]["embed"]["embedded"]
+    emb = {k: load_embeddings(tmp_path / k / "emb", outs[k]["embed"]["details"]["signature"]) for k in cfgs}
+    assert emb["thread"].keys() == emb["dask"].keys()
+    assert len(emb["thread"]) == outs["thread"]["embed"]["details"]["embedded"]
     for sha, v in emb["thread"].items():
         assert abs(float(v @ emb["dask"][sha]) - 1.0) < 1e-5
     with Catalog(tmp_path / "dask" / "c.duckdb") as cat:
@@ -179,16 +190,31 @@ def test_run_summary_is_pure_and_redacts_secrets(catalog):
     import datetime as dt
 
     from sao.runs import latest_runs, record_run, summarize
-    stages = {"freesound": {"items": 7, "new": 4}, "fma": {"tracks": 0},
-              "gate": {"new_pass": 4, "new_rejected": {"fma:license-not-allowed": 2}},
-              "download": {"failed": 1, "audio_s_per_s": 50.0}, "music_screen": {"music": 1, "errors": 1},
-              "dedup": {"repeated_excluded": {"freesound": 2}}}
+    from sao.pipeline.stage import Stats
+
+    def st(name, **kw):
+        rejected = kw.pop("rejected", {})
+        out = Stats(name, **kw)
+        for k, n in rejected.items():
+            out.reject(k, n)
+        return out.to_dict()
+    stages = {"crawl_freesound": st("crawl_freesound", ingest=True, items_in=7, passed=7),
+              "ingest_fma": st("ingest_fma", ingest=True, skipped="no dump"),
+              "ingest_local": st("ingest_local", ingest=True, items_in=2, passed=2),
+              "license_gate": st("license_gate", items_in=9, passed=7, rejected={"fma:license-not-allowed": 2}),
+              "download": st("download", items_in=5, passed=4, audio_seconds=100.0, seconds=2.0,
+                             rejected={"failed (retried next run)": 1}),
+              "music_screen": st("music_screen", items_in=4, passed=3, rejected={"music (to copyright review)": 1}),
+              "dedup": st("dedup", items_in=6, passed=4, rejected={"repeated recording (freesound)": 2}),
+              "cache_hits": 0, "run_id": None}
     s = summarize("refresh", stages, 2.0)
-    assert s["items_in"] == 7 and s["passed"] == 4 and s["throughput"]["items_per_s"] == 3.5
-    assert s["rejected"] == {"decode:audio-corrupt": 1, "dedup:repeated recording (freesound)": 2,
-                             "download:failed (retried next run)": 1, "license_gate:license-not-allowed": 2,
+    # items in: what the sources' ingests read (a skipped one adds nothing); passed: what the last stage kept
+    assert s["items_in"] == 9 and s["passed"] == 4 and s["throughput"]["items_per_s"] == 4.5
+    assert s["rejected"] == {"dedup:repeated recording (freesound)": 2, "download:failed (retried next run)": 1,
+                             "license_gate:fma:license-not-allowed": 2,
                              "music_screen:music (to copyright review)": 1}
     assert s["throughput"]["download.audio_s_per_s"] == 50.0
+    assert summarize("x", {"a": {"not": "a Stats"}}, 1.0)["items_in"] is None       # nothing to count
     record_run(catalog, flow="refresh", started=dt.datetime(2026, 1, 1), status="failed",
                stages={"freesound": {"url": "https://x/?token=tok-SECRET-1"}}, seconds=1.0, config_hash="h",
                error="HTTPError: 401 for https://x/?token=tok-SECRET-1", secrets=["tok-SECRET-1", None])

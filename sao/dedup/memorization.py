@@ -95,3 +95,26 @@ def memorization_report(generated_dir: str | pathlib.Path, cm, train: dict[str, 
     page = write_report(pathlib.Path(out_dir), candidates, model_note=note)
     return {"generations": len(names), "candidates": len(candidates), "page": str(page),
             "max_similarity": float(sims[:, 0].max()), "uncalibrated": cm.uncalibrated}
+
+
+def memorization_for_config(cfg, generated_dir: str, out_dir: str, *, top: int = 50, k: int = 3,
+                            uncalibrated: bool | None = None) -> dict[str, Any]:
+    """`sao memorization`: the page for GENERATED_DIR against the configured catalogue's admitted audio,
+    embedded with the configured CLAP model (the embeddings the dedup stage stored)."""
+    import json as _json
+
+    from ..catalog import Catalog
+    from ..fsutil import safe_join
+    from ..pipeline.stages.embed import load_clap_for
+    from .stage import admitted
+    from .store import load_embeddings
+    cm = load_clap_for(cfg, uncalibrated)
+    train = load_embeddings(cfg.path(cfg.dedup.embeddings_dir), cm.signature)
+    store = cfg.path(cfg.paths.audio_store)
+    with Catalog(cfg.catalog_path) as cat:
+        recs = {r["content_sha256"]: {
+            "recording_id": r["recording_id"], "path": str(safe_join(store, r["audio_path"], what="audio_path")),
+            "attribution": _json.loads(r["attribution"]) if r["attribution"] else {
+                "title": r["title"] or "", "author": r["author"] or "", "license": r["license_canonical"],
+                "source_url": r["page_url"] or ""}} for r in admitted(cat)}
+    return memorization_report(generated_dir, cm, train, recs, out_dir, top=top, k=k, batch_size=cfg.dedup.batch_size)

@@ -42,7 +42,7 @@ def load_catalogue(cat: Catalog, path: str | pathlib.Path) -> int:
         raise CatalogError(f"copyright catalogue {p}: needs a 'title' column (has {list(df.columns)})")
     get = lambda row, c: str(row[cols[c]]).strip() if c in cols and row[cols[c]] is not None else ""  # noqa: E731
     rows = []
-    for i, row in df.iterrows():
+    for _, row in df.iterrows():
         title = get(row, "title")
         if not title:
             continue
@@ -64,11 +64,15 @@ def load_catalogue(cat: Catalog, path: str | pathlib.Path) -> int:
     return len(rows)
 
 
+class NoCatalogue(CatalogError):
+    """Tracks wait to be matched and no copyright catalogue is loaded."""
+
+
 def require_catalogue(catalogue_rows: int, waiting: int) -> None:
     """An empty catalogue would pass every track unchecked ("no match against 0 recordings"):
     refuse instead when any track waits to be matched. There is no built-in default catalogue."""
     if waiting and not catalogue_rows:
-        raise CatalogError(f"no copyright catalogue loaded: {waiting} FMA track(s) cannot be matched and stay "
+        raise NoCatalogue(f"no copyright catalogue loaded: {waiting} FMA track(s) cannot be matched and stay "
                            "pending; set [review].copyright_catalogue to a CSV/Parquet of copyrighted recordings "
                            "(artist,title[,album,year]) or run `sao review load-catalogue FILE`")
 

@@ -61,7 +61,8 @@ def test_bad_audio_becomes_decisions_not_crashes(tmp_path):
     from sao.analysis.panns import load_model
     from sao.dedup.stage import run_embed
     from sao.analysis.clap import load_clap
-    from sao.refresh import screen_config, stage_shards
+    from sao.pipeline.stages.music_screen import screen_config
+    from tests.conftest import run_stage
     from sao import config as config_mod
     from sao.audio.stage import run_decode
     store = tmp_path / "audio"
@@ -96,7 +97,7 @@ def test_bad_audio_becomes_decisions_not_crashes(tmp_path):
         if name in ("ok.wav", "8k.wav", "96k.wav", "six.wav", "short.wav"):
             assert d["stage"] == "music_screen", (name, d)
     assert emb["embedded"] + emb.get("decode_errors", 0) == dec["decoded"]
-    built = stage_shards(cfg, name="bad")
+    built = run_stage(cfg, "shards", shards_name="bad").details
     assert built["status"] == "complete"
     index = pd.read_parquet(pathlib.Path(built["location"]) / "index.parquet")
     rejected = {rid for rid, d in latest.items() if d["stage"] == "decode"}
@@ -116,8 +117,7 @@ HOSTILE = {
 
 def test_hostile_metadata_is_stored_verbatim_and_goes_nowhere(tmp_path, freesound_sounds, monkeypatch):
     from sao import config as config_mod
-    from sao.refresh import stage_attribution, stage_crawl_freesound, stage_decode, stage_download, \
-        stage_license_gate, stage_release, stage_shards
+    from tests.conftest import run_stage
     from sao.sources.replica import ReplicaServer, ReplicaSettings
     sounds = copy.deepcopy(freesound_sounds)
     victims = [s for s in sounds if "publicdomain/zero" in s["license"]][:3]
@@ -130,10 +130,10 @@ def test_hostile_metadata_is_stored_verbatim_and_goes_nowhere(tmp_path, freesoun
                                                         "required_stages": ["license_gate"], "target_shard_mb": 1},
                                       paths={"releases": str(tmp_path / "releases")}))
     with ReplicaServer(sounds, ReplicaSettings(api_tokens=[SECRET], rate_limit_per_minute=0)) as srv:
-        crawled = stage_crawl_freesound(cfg, base_url=srv.api_url)
-        stage_license_gate(cfg)
-        stage_download(cfg, base_url=srv.api_url)
-        stage_decode(cfg)
+        crawled = run_stage(cfg, "crawl_freesound", base_url=srv.api_url).details
+        run_stage(cfg, "license_gate")
+        run_stage(cfg, "download", base_url=srv.api_url)
+        run_stage(cfg, "decode")
     # the NUL byte in a title is refused item by item (logged with the sound's id); the rest goes on
     assert crawled["malformed"] == 1 and crawled["new"] == sum(
         any(k in s["license"] for k in ("publicdomain/zero", "/licenses/by/", "sampling+")) for s in sounds) - 1
@@ -145,9 +145,9 @@ def test_hostile_metadata_is_stored_verbatim_and_goes_nowhere(tmp_path, freesoun
     assert got[str(victims[1]["id"])]["description"] == victims[1]["description"]
     v = got[str(victims[2]["id"])]
     assert v["title"] == victims[2]["name"] and len(v["description"]) == 100_000 and v["tags"] == HOSTILE["tags"]
-    built = stage_shards(cfg, name="hostile")
-    rel = stage_release(cfg, None)
-    report = stage_attribution(cfg, rel["name"])
+    built = run_stage(cfg, "shards", shards_name="hostile").details
+    rel = run_stage(cfg, "release").details
+    report = run_stage(cfg, "attribution_report", release_name=rel["name"]).details
     assert built["status"] == "complete" and rel["recordings"] > 0
     for tar in (tmp_path / "shards").rglob("*.tar"):
         with tarfile.open(tar) as t:

@@ -19,13 +19,13 @@ def _cfg(tmp_path):
 
 
 def _crawl(tmp_path, sounds, kind, opts, monkeypatch):
-    from sao.refresh import stage_crawl_freesound
+    from tests.conftest import run_stage
     from sao.sources.replica import ReplicaServer, ReplicaSettings
     monkeypatch.setenv("FREESOUND_API_TOKEN", TOKEN)
     cfg = _cfg(tmp_path)
     with ReplicaServer(sounds, ReplicaSettings(api_tokens=[TOKEN], rate_limit_per_minute=0, max_page_size=4)) as srv:
         srv.inject(SEARCH, kind, times=1, **opts)
-        out = stage_crawl_freesound(cfg, base_url=srv.api_url)
+        out = run_stage(cfg, "crawl_freesound", base_url=srv.api_url).details
         live = {str(s["id"]) for s in srv.sounds() if any(k in s["license"] for k in ALLOWED)}
         fired = srv.faults_injected[kind]
     with Catalog(cfg.catalog_path, read_only=True) as cat:
@@ -47,18 +47,18 @@ def test_the_crawl_survives_each_fault(kind, opts, tmp_path, freesound_sounds, m
 
 @pytest.mark.parametrize("kind", ["truncate", "corrupt", "reset", "stall"])
 def test_a_bad_original_download_is_refused_then_fetched_again(kind, tmp_path, freesound_sounds, monkeypatch):
-    from sao.refresh import stage_crawl_freesound, stage_download, stage_license_gate
+    from tests.conftest import run_stage
     from sao.sources.replica import ReplicaServer, ReplicaSettings
     monkeypatch.setenv("FREESOUND_API_TOKEN", TOKEN)
     monkeypatch.setenv("FREESOUND_OAUTH_TOKEN", OAUTH)
     cfg = _cfg(tmp_path)
     sounds = [s for s in freesound_sounds if "publicdomain/zero" in s["license"]][:3]
     with ReplicaServer(sounds, ReplicaSettings(api_tokens=[TOKEN], oauth_tokens=[OAUTH], rate_limit_per_minute=0)) as srv:
-        stage_crawl_freesound(cfg, base_url=srv.api_url)
-        stage_license_gate(cfg)
+        run_stage(cfg, "crawl_freesound", base_url=srv.api_url)
+        run_stage(cfg, "license_gate")
         srv.inject(r"/apiv2/sounds/\d+/download/", kind, times=1, **({"seconds": 1.5} if kind == "stall" else {}))
-        first = stage_download(cfg, base_url=srv.api_url)
-        second = stage_download(cfg, base_url=srv.api_url)
+        first = run_stage(cfg, "download", base_url=srv.api_url).details
+        second = run_stage(cfg, "download", base_url=srv.api_url).details
         assert srv.faults_injected[kind] == 1
     # truncated and corrupted bodies fail their size/md5 check and are fetched on the next run;
     # resets and stalls are retried within the run
