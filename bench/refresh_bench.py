@@ -94,14 +94,15 @@ def main() -> None:
                 t = time.perf_counter()
                 again = run(str(cfg), base_url=srv.api_url)
                 rerun = time.perf_counter() - t
-                items = out["freesound"]["items"] + out["fma"].get("tracks", 0)
+                items = sum(v["items_in"] for v in out.values() if isinstance(v, dict) and v.get("ingest"))
                 from sao.catalog import Catalog
                 with Catalog(tmp / runner / "c.duckdb", read_only=True) as cat:   # the audio the run stored
                     audio = cat.query("SELECT sum(duration) AS s FROM recordings WHERE audio_path IS NOT NULL")[0]["s"]
                 rows.append({"runner": f"{runner}:{a.workers}", "items": items, "first_s": round(first, 1),
                              "items_per_s": round(items / first, 2), "audio_s_per_s": round(audio / first, 1),
-                             "screened": out["music_screen"]["screened"], "embedded": out["embed"]["embedded"],
-                             "rerun_s": round(rerun, 1), "rerun_new": again["freesound"]["new"],
+                             "screened": out["music_screen"]["details"]["screened"],
+                             "embedded": out["embed"]["details"]["embedded"],
+                             "rerun_s": round(rerun, 1), "rerun_new": again["crawl_freesound"]["details"]["new"],
                              "rerun_cache_hits": again["cache_hits"]})
     finally:
         from prefect.logging.handlers import APILogWorker
