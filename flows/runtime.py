@@ -24,9 +24,10 @@ from sao.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
-# A batch's inputs name its content (sha256s) and the model/rule signature; the config path
-# only says where to load the model from, so it is left out of the key.
-BATCH_CACHE = (INPUTS - "config_path") + TASK_SOURCE
+# A batch's inputs name its content (sha256s) and the model/rule signature (its meta), and the stage's
+# code version; the config path, the run's options and the rate-limit flag only say where and how to
+# run it, so they are left out of the key.
+BATCH_CACHE = (INPUTS - "config_path" - "options" - "shared_limit") + TASK_SOURCE
 
 
 def api_url() -> str | None:

@@ -94,6 +94,12 @@ def compute_task(config_path: str | None, stage: str, code: str, options: dict, 
     return registry.get(stage).compute(context(config_path, options, shared_limit), meta, batch)
 
 
+@task(name="store-batch", **_RETRY)
+def store_batch_task(config_path: str | None, stage: str, options: dict, shared_limit: bool, plan: Plan,
+                     result: Any) -> None:
+    registry.get(stage).store_batch(context(config_path, options, shared_limit), plan, result)
+
+
 @task(name="store", **_RETRY)
 def store_task(config_path: str | None, stage: str, options: dict, shared_limit: bool, plan: Plan,
                results: list) -> dict[str, Any]:
@@ -123,9 +129,14 @@ def run_stage(config_path: str | None, stage: Stage, options: RunOptions, tally:
             compute = compute_task.with_options(name=f"{stage.name}-batch", **timeout)
             if stage.cacheable:
                 compute = runtime.cached(compute, cfg, refresh=options.refresh_cache)
-            results = tally.results(compute.map(
+            futures = compute.map(
                 unmapped(config_path), unmapped(stage.name), unmapped(code_version(stage.name)), unmapped(opts),
-                unmapped(shared_limit), unmapped(plan.meta), batches(plan.items, batch_size(stage, StageContext(cfg)))))
+                unmapped(shared_limit), unmapped(plan.meta), batches(plan.items, batch_size(stage, StageContext(cfg))))
+            for fut in futures:              # in order: each is stored once it and those before it are done
+                results.append(tally.result(fut))
+                if stage.stores_batches:
+                    tally.result(store_batch_task.with_options(name=f"store-{stage.name}-batch")(
+                        config_path, stage.name, opts, shared_limit, plan, results[-1], return_state=True))
         stats = Stats.from_dict(tally.result(store_task.with_options(name=f"store-{stage.name}", **timeout)(
             config_path, stage.name, opts, shared_limit, plan, results, return_state=True)))
         stats.batches = len(results)

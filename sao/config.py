@@ -48,6 +48,7 @@ class ReplicaConfig:
 
 @dataclass
 class FreesoundConfig:
+    enabled: bool = True                     # false: no crawl and no downloads (e.g. only a local folder)
     base_url: str = "https://freesound.org/apiv2"
     token_env: str = "FREESOUND_API_TOKEN"   # the API token is read from this variable...
     token_file: str = ""                     # ...or from this file (first line); never from the config itself

@@ -264,3 +264,16 @@ def test_a_local_folder_through_the_pipeline_runner(tmp_path):
         assert {f"local:{r[0]}" for r in list(csv.reader(f))[1:]} == set(ADMITTED)
     again = run_pipeline(cfg, ["ingest_local"], show_progress=False)["ingest_local"]
     assert "unchanged since its last complete ingest" in again.skipped
+
+
+def test_an_unreadable_local_folder_is_reported_and_the_refresh_goes_on(tmp_path):
+    from sao.pipeline.runner import run_pipeline
+    from tests.conftest import flow_config
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "metadata.csv").write_bytes(b"file,title\n\xff\xfe broken\n")        # no required columns, not UTF-8
+    cfg = config_mod.load(flow_config(tmp_path, local={"folder": str(root)}, freesound={"enabled": False}))
+    out = run_pipeline(cfg, "refresh", show_progress=False)
+    assert "cannot be read" in out["ingest_local"].skipped and str(root) in out["ingest_local"].errors
+    assert out["crawl_freesound"].skipped == out["download"].skipped == "[freesound].enabled = false"
+    assert not out["license_gate"].skipped and not out["dedup"].skipped       # the rest of the run went on

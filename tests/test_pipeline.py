@@ -104,3 +104,56 @@ def test_stats_round_trip_through_a_dict():
     assert d["audio_s_per_s"] == 2.0 and d["items_per_s"] == 1.5 and d["rejected"] == {"bad": 1}
     back = Stats.from_dict(d)
     assert back.rejected == st.rejected and back.errors == st.errors and back.items_in == 3
+
+
+def test_a_killed_download_keeps_the_batches_it_fetched(tmp_path, freesound_sounds, monkeypatch):
+    """Downloads are recorded batch by batch (Stage.stores_batches): a run that dies in its second
+    batch leaves the first batch's files in the catalogue, and the next run fetches only the rest."""
+    from sao import config as config_mod
+    from sao.sources.freesound_source import Download
+    from sao.sources.replica import ReplicaServer, ReplicaSettings
+    from tests.conftest import run_stage
+    cfg = config_mod.load(flow_config(tmp_path, orchestration={"batch_files": 4}))
+    sounds = [s for s in freesound_sounds if "publicdomain/zero" in s["license"]][:7]
+    real, calls = Download.compute, []
+
+    def dies_in_the_second_batch(self, ctx, meta, batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(self, ctx, meta, batch)
+    with ReplicaServer(sounds, ReplicaSettings(api_tokens=["t"], rate_limit_per_minute=0)) as srv:
+        secrets = {"freesound_token": "t"}
+        run_stage(cfg, "crawl_freesound", base_url=srv.api_url, secrets=secrets)
+        run_stage(cfg, "license_gate")
+        monkeypatch.setattr(Download, "compute", dies_in_the_second_batch)
+        with pytest.raises(KeyboardInterrupt):
+            run_stage(cfg, "download", base_url=srv.api_url, secrets=secrets)
+        with Catalog(cfg.catalog_path, read_only=True) as cat:
+            assert cat.query("SELECT count(*) AS n FROM recordings WHERE audio_path IS NOT NULL")[0]["n"] == 4
+        monkeypatch.setattr(Download, "compute", real)
+        again = run_stage(cfg, "download", base_url=srv.api_url, secrets=secrets)
+    assert again.details["candidates"] == again.details["downloaded"] == 3
+
+
+def test_models_are_cached_per_weight_file_and_bounded(tmp_path):
+    import os
+
+    from sao.pipeline import stage as stage_mod
+    from sao.pipeline.stage import file_identity
+    ctx = StageContext(__import__("sao.config", fromlist=["Config"]).Config())
+    w = tmp_path / "w.pth"
+    w.write_bytes(b"one")
+    loads = []
+
+    def get(path):
+        return ctx.model(("m", file_identity(path)), lambda: loads.append(path.read_bytes()) or len(loads))
+    assert get(w) == get(w) == 1                              # loaded once
+    w.write_bytes(b"two!")                                    # replaced at the same path: loaded again
+    os.utime(w, ns=(1, 10**18))
+    assert get(w) == 2 and loads == [b"one", b"two!"]
+    for i in range(3):
+        p = tmp_path / f"{i}.pth"
+        p.write_bytes(b"x")
+        get(p)
+    assert len(stage_mod._MODELS) == stage_mod.MODELS_KEPT    # never more than two held

@@ -54,7 +54,7 @@ def cmd_crawl_fma(args, cfg) -> int:
 
 
 def cmd_crawl_local(args, cfg) -> int:
-    return _one(cfg, "ingest_local", _options(args, local_dir=args.dir), required=True)[0]
+    return _one(cfg, "ingest_local", _options(args, local_dir=args.dir, refresh_cache=True), required=True)[0]
 
 
 def cmd_gate(args, cfg) -> int:
@@ -89,6 +89,7 @@ def cmd_refresh(args, cfg) -> int:
     names = [s.name for s in registry.group("refresh") if s.name not in skip]
     out = _run(cfg, names, _options(args, full=args.full, reconcile=args.reconcile, fma_dir=args.fma_dir,
                                     local_dir=args.local_dir, base_url=args.base_url,
+                                    refresh_cache=args.refresh_cache,
                                     uncalibrated=True if args.uncalibrated else None), flow="refresh")
     print(json.dumps({n: ({"skipped": st.skipped} if st.skipped else
                           {k: v for k, v in st.details.items() if k != "table"}) for n, st in out.items()},
@@ -164,6 +165,8 @@ def register(sub) -> None:
     rf.add_argument("--local-dir", help="a local folder source (default [local].folder)")
     rf.add_argument("--base-url", help="Freesound API base URL (default [freesound].base_url)")
     rf.add_argument("--skip", action="append", metavar="STAGE", help="leave out this stage (repeatable)")
+    rf.add_argument("--refresh-cache", action="store_true",
+                    help="read an FMA dump or local folder again even when it is unchanged since its last ingest")
     rf.add_argument("--uncalibrated", action="store_true",
                     help="screen and embed with random weights where no checkpoint is configured (marked as such)")
     rf.set_defaults(func=cmd_refresh)

@@ -48,10 +48,14 @@ def compute_all(stage: Stage, ctx: StageContext, plan: Plan) -> list:
                 futures = {pool.submit(_compute, stage, sendable, plan.meta, b): i for i, b in enumerate(parts)}
                 for fut in cf.as_completed(futures):
                     results[futures[fut]] = fut.result()
+                    if stage.stores_batches:
+                        stage.store_batch(ctx, plan, results[futures[fut]])
                     bar.update(len(parts[futures[fut]]))
         else:
             for i, b in enumerate(parts):
                 results[i] = stage.compute(ctx, plan.meta, b)
+                if stage.stores_batches:
+                    stage.store_batch(ctx, plan, results[i])
                 bar.update(len(b))
     finally:
         bar.close()

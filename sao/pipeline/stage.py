@@ -17,6 +17,7 @@ Plans and batch results cross process boundaries (Dask, Ray): keep them JSON-lik
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import pathlib
 from collections import Counter
@@ -57,7 +58,10 @@ class Stats:
         return self.audio_seconds / self.seconds if self.seconds else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        # field by field: dataclasses.asdict would rebuild a Counter inside ``details`` from its pairs
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["details"] = _plain(self.details)
+        d["errors"] = dict(self.errors)
         d["rejected"] = dict(sorted(self.rejected.items()))
         d["items_per_s"] = round(self.items_per_s, 2)
         d["audio_s_per_s"] = round(self.audio_s_per_s, 2)
@@ -70,6 +74,15 @@ class Stats:
         kw = {k: v for k, v in d.items() if k in names}
         kw["rejected"] = Counter(kw.get("rejected") or {})
         return cls(**kw)
+
+
+def _plain(v: Any) -> Any:
+    """Dicts (Counters included) and sequences as plain JSON-like values."""
+    if isinstance(v, dict):
+        return {k if isinstance(k, str) else str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
 
 
 @dataclasses.dataclass
@@ -108,8 +121,23 @@ class RunOptions:
         return cls(**(d or {}))
 
 
-# models loaded once per process (a Prefect worker runs many batches of the same stage)
-_MODELS: dict[tuple, Any] = {}
+# models loaded once per process (a Prefect worker runs many batches of the same stage); at most two
+# kept, the least recently used dropped (a PANNs model is ~340 MB)
+_MODELS: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+MODELS_KEPT = 2
+
+
+def file_identity(path: str | pathlib.Path | None) -> tuple:
+    """A weight file as a cache key: its resolved path, size and modification time (a file replaced at
+    the same path is a new key)."""
+    if not path:
+        return (None,)
+    p = pathlib.Path(path).resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return (str(p), None)
+    return (str(p), st.st_size, st.st_mtime_ns)
 
 
 @dataclasses.dataclass
@@ -133,9 +161,14 @@ class StageContext:
         return Catalog(self.cfg.catalog_path, read_only=read_only)
 
     def model(self, key: tuple, load: Callable[[], Any]) -> Any:
-        """``load()`` once per process and ``key`` (config hash and whatever else picks the weights)."""
+        """``load()`` once per process and ``key``: the config hash plus what picks the weights (give the
+        weight file through ``file_identity``)."""
         k = (self.config_hash, *key)
-        if k not in _MODELS:
+        if k in _MODELS:
+            _MODELS.move_to_end(k)
+        else:
+            while len(_MODELS) >= MODELS_KEPT:
+                _MODELS.popitem(last=False)
             _MODELS[k] = load()
         return _MODELS[k]
 
@@ -153,6 +186,9 @@ class Stage:
     optional: ClassVar[bool] = False      # skipping is normal (a source nobody configured): logged, not warned
     batch_size: ClassVar[int | None] = None   # items per batch (None: [orchestration].batch_files)
     max_reruns: ClassVar[int] = 0         # times ``again`` may ask for the stage to run once more
+    # True: ``store_batch`` writes each batch's result as it arrives (downloads), so a killed run keeps
+    # what it fetched; ``store`` then only sums up
+    stores_batches: ClassVar[bool] = False
 
     def workers(self, ctx: StageContext) -> int:
         """Processes the inline runner may use for ``compute`` (CPU-bound stages say more than 1)."""
@@ -172,6 +208,9 @@ class Stage:
 
     def compute(self, ctx: StageContext, meta: dict[str, Any], batch: list) -> Any:
         raise NotImplementedError(f"stage {self.name!r} has no batched work")
+
+    def store_batch(self, ctx: StageContext, plan: Plan, result: Any) -> None:
+        """With ``stores_batches``: write one batch's result (called as each batch finishes)."""
 
     def store(self, ctx: StageContext, plan: Plan, results: list) -> Stats:
         raise NotImplementedError

@@ -128,6 +128,8 @@ class FolderIngest:
     what: ClassVar[str] = ""              # "the FMA dump", for messages
     missing: ClassVar[str] = ""           # why it is skipped when nothing is configured
     cursor_kind: ClassVar[str] = "dump"
+    # the source's own "this folder cannot be read" error: the stage reports it and the run goes on
+    folder_error: ClassVar[tuple] = ()
 
     def root(self, ctx):
         raise NotImplementedError
@@ -148,17 +150,33 @@ class FolderIngest:
         root = self.root(ctx)
         if root is None:
             return Plan(skipped=self.missing)
-        key = input_key(self.digest(root), config_mod.license_policy(ctx.cfg).describe(), str(ctx.audio_store))
+        try:
+            digest = self.digest(root)
+        except self.folder_error as exc:
+            return self._unreadable(root, exc)
+        key = input_key(digest, config_mod.license_policy(ctx.cfg).describe(), str(ctx.audio_store))
         if unchanged_since_last_ingest(ctx, self.source, self.cursor_kind, key):
             return Plan(skipped=f"{self.what} in {root} is unchanged since its last complete ingest "
                                 f"(digest {key[:12]}); refresh_cache reads it again")
         return Plan(meta={"root": str(root), "key": key})
 
+    def _unreadable(self, root, exc):
+        import logging
+
+        from ..pipeline.stage import Plan
+        logging.getLogger(__name__).warning("%s %s cannot be read, nothing ingested from it: %s", self.what, root, exc)
+        return Plan(skipped=f"{self.what} {root} cannot be read: {exc}")
+
     def store(self, ctx, plan, results):
         import time
         t0 = time.perf_counter()
         with ctx.catalog() as cat:
-            out = self.ingest(cat, plan.meta["root"], ctx)
+            try:
+                out = self.ingest(cat, plan.meta["root"], ctx)
+            except self.folder_error as exc:
+                from ..pipeline.stage import Stats
+                return Stats(self.name, ingest=True, errors={plan.meta["root"]: str(exc)},
+                             skipped=self._unreadable(plan.meta["root"], exc).skipped)
             record_ingest_key(cat, self.source, self.cursor_kind, plan.meta["key"])
         out.ingest, out.seconds = True, time.perf_counter() - t0
         out.details["digest"] = plan.meta["key"]

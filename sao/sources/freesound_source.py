@@ -53,6 +53,9 @@ class CrawlFreesound(Stage):
     reads = ("Freesound APIv2", "crawl_cursors")
     writes = ("recordings", "decisions:record", "crawl_cursors", "takedowns")
 
+    def skip(self, ctx: StageContext) -> str | None:
+        return None if ctx.cfg.freesound.enabled else "[freesound].enabled = false"
+
     def store(self, ctx: StageContext, plan: Plan, results: list) -> Stats:
         from .freesound_crawl import crawl_freesound, reconcile_freesound
         t0 = time.perf_counter()
@@ -88,15 +91,16 @@ class Download(Stage):
     reads = ("gate_admitted", "Freesound APIv2")
     writes = ("audio store", "recordings.content_sha256/audio_path")
     batched = True
+    stores_batches = True     # each batch's files are recorded as it lands: a killed run keeps what it fetched
     timeout_s = 12 * 3600
 
     def skip(self, ctx: StageContext) -> str | None:
+        if not ctx.cfg.freesound.enabled:
+            return "[freesound].enabled = false"
         return None if ctx.cfg.freesound.download else "[freesound].download = false"
 
     def plan(self, ctx: StageContext) -> Plan:
         from .audio_download import pending_downloads
-        if not ctx.cfg.freesound.download:
-            return Plan(skipped="[freesound].download = false")
         with ctx.catalog(read_only=True) as cat:
             items = pending_downloads(cat, FreesoundSource.name)
         limit = ctx.options.limit
@@ -114,12 +118,14 @@ class Download(Stage):
             client.close()
         return {"done": done, "stats": dataclasses.asdict(st), "requests": requests, "retries": retries}
 
-    def store(self, ctx: StageContext, plan: Plan, results: list) -> Stats:
+    def store_batch(self, ctx: StageContext, plan: Plan, result: dict) -> None:
         from .audio_download import record_downloads
-        done = [d for r in results for d in r["done"]]
         with ctx.catalog() as cat:
             with cat.transaction():
-                record_downloads(cat, done)
+                record_downloads(cat, result["done"])
+
+    def store(self, ctx: StageContext, plan: Plan, results: list) -> Stats:
+        done = [d for r in results for d in r["done"]]
         tot: dict[str, Any] = {k: sum(r["stats"][k] for r in results)
                                for k in ("candidates", "downloaded", "failed", "bytes", "audio_seconds")}
         failures = {rid: why for r in results for rid, why in r["stats"]["failures"].items()}

@@ -166,6 +166,7 @@ class IngestLocal(FolderIngest, Stage):
     reads = ("local folder (metadata.csv, JSON sidecars, audio)", "crawl_cursors")
     writes = ("recordings", "decisions:record", "decisions:audio", "audio store", "takedowns", "crawl_cursors")
     source, what, missing, cursor_kind = SOURCE, "the local folder", NO_FOLDER, CURSOR_KIND
+    folder_error = (LocalFolderError,)
 
     def root(self, ctx: StageContext):
         return folder(ctx)

@@ -2,21 +2,8 @@
 embeddings of the configured CLAP model; one recording of each group is kept (sao.dedup)."""
 from __future__ import annotations
 
-from ...config import Config
 from ..stage import Plan, Stage, StageContext, Stats
-from .embed import uncalibrated
-
-
-def clap_signature(cfg: Config, unc: bool) -> tuple[str, str | None]:
-    """(the configured model's embedding signature, its checkpoint's sha256); ("", None) when there is
-    no checkpoint and random weights were not asked for."""
-    from ...analysis.clap import clap_signature as signature
-    from ...fsutil import sha256_file
-    dc = cfg.dedup
-    sha = sha256_file(cfg.path(dc.clap_checkpoint)) if dc.clap_checkpoint else None
-    if sha is None and not unc:
-        return "", None
-    return signature(dc.clap_model, sha), sha
+from .embed import clap_signature, uncalibrated
 
 
 class Dedup(Stage):

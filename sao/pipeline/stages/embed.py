@@ -3,7 +3,7 @@ content (sao.dedup.store); the repeated-recording grouping (dedup.py) reads them
 from __future__ import annotations
 
 from ...config import Config
-from ..stage import Plan, Stage, StageContext, Stats
+from ..stage import Plan, Stage, StageContext, Stats, file_identity
 
 
 def load_clap_for(cfg: Config, uncalibrated: bool | None = None):
@@ -11,6 +11,18 @@ def load_clap_for(cfg: Config, uncalibrated: bool | None = None):
     dc = cfg.dedup
     return load_clap(cfg.path(dc.clap_checkpoint) if dc.clap_checkpoint else None, amodel=dc.clap_model,
                      uncalibrated=dc.uncalibrated if uncalibrated is None else uncalibrated, device=dc.device or None)
+
+
+def clap_signature(cfg: Config, unc: bool) -> tuple[str, str | None]:
+    """(the configured model's embedding signature, its checkpoint's sha256); ("", None) when there is
+    no checkpoint and random weights were not asked for."""
+    from ...analysis.clap import clap_signature as signature
+    from ...fsutil import sha256_file
+    dc = cfg.dedup
+    sha = sha256_file(cfg.path(dc.clap_checkpoint)) if dc.clap_checkpoint else None
+    if sha is None and not unc:
+        return "", None
+    return signature(dc.clap_model, sha), sha
 
 
 def uncalibrated(ctx: StageContext) -> bool:
@@ -33,19 +45,20 @@ class Embed(Stage):
         return None
 
     def _model(self, ctx: StageContext):
-        unc = uncalibrated(ctx)
-        return ctx.model(("clap", unc), lambda: load_clap_for(ctx.cfg, unc))
+        unc, path = uncalibrated(ctx), ctx.cfg.dedup.clap_checkpoint
+        return ctx.model(("clap", unc, file_identity(ctx.cfg.path(path) if path else None)),
+                         lambda: load_clap_for(ctx.cfg, unc))
 
     def plan(self, ctx: StageContext) -> Plan:
         from ...dedup.stage import plan_embed
-        cm = self._model(ctx)
+        signature, sha = clap_signature(ctx.cfg, uncalibrated(ctx))   # nothing to embed: nothing loaded
         with ctx.catalog(read_only=True) as cat:
-            todo, reused, origin, stored = plan_embed(cat, cm.signature,
+            todo, reused, origin, stored = plan_embed(cat, signature,
                                                       embeddings_dir=ctx.cfg.path(ctx.cfg.dedup.embeddings_dir),
                                                       audio_store=ctx.audio_store,
                                                       reuse_freesound_sim=ctx.cfg.dedup.reuse_freesound_sim)
-        return Plan(sorted(todo.items()), {"signature": cm.signature},
-                    keep={"reused": reused, "origin": origin, "stored": stored})
+        return Plan(sorted(todo.items()), {"signature": signature},
+                    keep={"reused": reused, "origin": origin, "stored": stored, "sha": sha})
 
     def compute(self, ctx: StageContext, meta: dict, batch: list) -> dict:
         from ...analysis.clap import embed_files
@@ -62,20 +75,19 @@ class Embed(Stage):
         from ...analysis.clap import MODEL_NAME
         from ...dedup.stage import record_undecodable
         from ...dedup.store import append_embeddings
-        cm = self._model(ctx)
         rows = {k: v for b in results for k, v in b["vectors"].items()}
         n = len(rows)
         reused = plan.keep["reused"]
         rows.update(reused)
         append_embeddings(ctx.cfg.path(ctx.cfg.dedup.embeddings_dir), plan.meta["signature"], rows,
-                          plan.keep["origin"], f"{MODEL_NAME} {cm.amodel}", cm.checkpoint_sha256)
+                          plan.keep["origin"], f"{MODEL_NAME} {ctx.cfg.dedup.clap_model}", plan.keep["sha"])
         failed = {p: tuple(f) for b in results for p, f in b["failed_files"].items()}
         with ctx.catalog() as cat:
             undecodable, written = record_undecodable(cat, failed, config_hash=ctx.config_hash)
         st = Stats(self.name, items_in=len(plan.items) + len(reused), passed=n + len(reused),
                    details={"embedded": n, "reused_from_freesound": len(reused),
                             "already_stored": plan.keep["stored"], "undecodable": undecodable, "decode_errors": len(failed),
-                            "decode_rejects_written": written, "uncalibrated": cm.uncalibrated,
+                            "decode_rejects_written": written, "uncalibrated": plan.keep["sha"] is None,
                             "signature": plan.meta["signature"]})
         st.reject("audio-corrupt", len(failed))
         for path, (_sha, why) in sorted(failed.items()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...analysis import music_screen as screen_mod
 from ...config import Config
-from ..stage import Plan, Stage, StageContext, Stats
+from ..stage import Plan, Stage, StageContext, Stats, file_identity
 
 
 def screen_config(cfg: Config):
@@ -45,15 +45,21 @@ class MusicScreen(Stage):
 
     def _model(self, ctx: StageContext):
         unc, ckpt = _uncalibrated(ctx), ctx.options.screen_checkpoint
-        return ctx.model(("panns", unc, ckpt), lambda: load_panns_for(ctx.cfg, unc, ckpt))
+        path = ckpt if ckpt is not None else ctx.cfg.music_screen.checkpoint
+        return ctx.model(("panns", unc, file_identity(ctx.cfg.path(path) if path else None)),
+                         lambda: load_panns_for(ctx.cfg, unc, ckpt))
 
     def plan(self, ctx: StageContext) -> Plan:
-        lm = self._model(ctx)
-        sig = screen_config(ctx.cfg).signature(lm.checkpoint_sha256)
+        # the weights' checksum, not the model: a run with nothing to screen loads nothing (compute
+        # loads it and checks it is the one planned)
+        from ...fsutil import sha256_file
+        ckpt = ctx.options.screen_checkpoint
+        path = ckpt if ckpt is not None else ctx.cfg.music_screen.checkpoint
+        sha = sha256_file(ctx.cfg.path(path)) if path else None
+        sig = screen_config(ctx.cfg).signature(sha)
         with ctx.catalog(read_only=True) as cat:
             items = screen_mod.pending_screen(cat, sig, ctx.audio_store)
-        return Plan(items, {"signature": sig, "checkpoint_sha256": lm.checkpoint_sha256,
-                            "uncalibrated": lm.uncalibrated})
+        return Plan(items, {"signature": sig, "checkpoint_sha256": sha, "uncalibrated": sha is None})
 
     def compute(self, ctx: StageContext, meta: dict, batch: list) -> dict:
         lm = self._model(ctx)
