@@ -277,3 +277,27 @@ def test_an_unreadable_local_folder_is_reported_and_the_refresh_goes_on(tmp_path
     assert "cannot be read" in out["ingest_local"].skipped and str(root) in out["ingest_local"].errors
     assert out["crawl_freesound"].skipped == out["download"].skipped == "[freesound].enabled = false"
     assert not out["license_gate"].skipped and not out["dedup"].skipped       # the rest of the run went on
+
+
+def test_a_take_down_follows_the_audio_to_a_renamed_entry(tmp_path):
+    """Review finding: a take-down of local:x was dodged by giving the same file another id in
+    metadata.csv. The take-down names the recording; the catalogue blocks its audio under any id."""
+    root = tmp_path / "mine"
+    root.mkdir()
+    shutil.copy(AUDIO / "minetest-water-1.ogg", root / "water.ogg")
+
+    def write(entry_id):
+        with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([COLUMNS, ["water.ogg", "Water", "Yuval", CC0, "", entry_id, "", ""]])
+    store = tmp_path / "audio"
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        write("first")
+        ingest_local(cat, root, audio_store=store, config_hash="t")
+        cat.add_takedown("local:first", "author request", "mail 1")
+        write("renamed")                                          # the same bytes under a new id
+        ingest_local(cat, root, audio_store=store, config_hash="t")
+        run_license_gate(cat, LicensePolicy(), config_hash="t")
+        run_decode(cat, audio_store=store, config_hash="t", show_progress=False)
+        why = {r["recording_id"]: r["reason"] for r in cat.admission(["license_gate"])}
+        assert why == {"local:first": "take-down", "local:renamed": "take-down"}
+        assert "local:renamed" in cat.active_takedowns()

@@ -318,6 +318,18 @@ CREATE MACRO admitted(required) AS TABLE
 SELECT r.*, a.admitted_by FROM admission(required) a JOIN recordings r USING (recording_id)
 WHERE a.reason IS NULL;
 """),
+    (9, "a take-down follows the audio, not only the id", """
+-- A take-down names a recording, but what must stay out is its audio: the same bytes under another
+-- id (an entry renamed in a local folder's metadata, a re-upload) are taken down too. Every view
+-- and the admission rule read this one, so the rule is still defined once (recording_state).
+CREATE OR REPLACE VIEW active_takedowns AS
+WITH direct AS (SELECT DISTINCT recording_id FROM takedowns WHERE status = 'active'),
+     audio AS (SELECT DISTINCT r.content_sha256 FROM recordings r JOIN direct USING (recording_id)
+               WHERE r.content_sha256 IS NOT NULL)
+SELECT recording_id FROM direct
+UNION
+SELECT r.recording_id FROM recordings r JOIN audio USING (content_sha256);
+"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
