@@ -91,7 +91,7 @@ DEMO_DETAILS = {
     "copyright_review": ("catalogue_rows", "content", "catalogue_match"),
     "embed": ("embedded", "already_stored", "signature"),
     "dedup": ("groups", "exact_links", "near_links", "model_name"),
-    "release": ("name", "status", "version", "content_sha256", "signature"),
+    "release": ("name", "status", "version", "content_sha256", "signature", "uncalibrated_admissions"),
     "shards": ("location", "shards", "shards_written", "shards_skipped", "bytes", "samples", "license_mix"),
     "attribution_report": ("folder", "files"),
 }

@@ -301,3 +301,20 @@ def test_a_take_down_follows_the_audio_to_a_renamed_entry(tmp_path):
         why = {r["recording_id"]: r["reason"] for r in cat.admission(["license_gate"])}
         assert why == {"local:first": "take-down", "local:renamed": "take-down"}
         assert "local:renamed" in cat.active_takedowns()
+
+
+def test_a_release_admitted_by_random_weights_says_so(tmp_path):
+    """Decisions made with random weights can admit items (the demo, smoke runs), but never pass for
+    calibrated ones: the release names how many, per stage, and its report carries the mark."""
+    from sao.pipeline.runner import run_pipeline
+    from tests.conftest import flow_config
+    root, _ = make_folder(tmp_path)
+    cfg = config_mod.load(flow_config(tmp_path, local={"folder": str(root)}, freesound={"enabled": False},
+                                      shards={"required_stages": ["license_gate", "music_screen"]},
+                                      paths={"releases": str(tmp_path / "releases")}))
+    out = run_pipeline(cfg, ["ingest_local", "license_gate", "decode", "music_screen", "release",
+                             "attribution_report"], show_progress=False)
+    n = out["release"].passed
+    assert n > 0 and out["release"].details["uncalibrated_admissions"] == {"music_screen": n}
+    md = (pathlib.Path(out["attribution_report"].details["folder"]) / "report.md").read_text()
+    assert f"**UNCALIBRATED**: recordings admitted by decisions made with random weights (music_screen: {n})" in md

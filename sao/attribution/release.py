@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
+import logging
 import pathlib
 import re
 import time
@@ -22,6 +23,8 @@ from ..catalog import Catalog
 from ..licensing.attribution import attribution_line
 from . import policy
 from .policy import ReleaseError
+
+log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -137,7 +140,23 @@ def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[
                          "seconds": round(time.perf_counter() - t0, 2)}, signatures_dir, signing_key)
 
 
+def uncalibrated_admissions(cat: Catalog, name: str) -> dict[str, int]:
+    """{stage: recordings} of release NAME admitted by a decision its model made with random weights
+    (decisions.uncalibrated): such a release is a pipeline check, never a curated dataset."""
+    return {r["stage"]: r["n"] for r in cat.query(
+        "SELECT d.stage, count(DISTINCT i.recording_id) AS n FROM release_items i, "
+        "unnest(map_values(CAST(i.admitted_by AS MAP(VARCHAR, BIGINT)))) AS a(id) "      # {stage: decision_id}
+        "JOIN decisions d ON d.decision_id = a.id "
+        "WHERE i.release_name = ? AND d.uncalibrated GROUP BY 1 ORDER BY 1", [name])}
+
+
 def _signed(cat: Catalog, out: dict[str, Any], signatures_dir, signing_key) -> dict[str, Any]:
+    unc = uncalibrated_admissions(cat, out["name"])
+    if unc:
+        out["uncalibrated_admissions"] = unc
+        log.warning("release %s: %s recording(s) admitted by random-weight (uncalibrated) decisions (%s): a "
+                    "pipeline check, not a curated dataset", out["name"], max(unc.values()),
+                    ", ".join(f"{k} {v}" for k, v in unc.items()))
     if signatures_dir is None:
         return out
     from .release_signature import after_create

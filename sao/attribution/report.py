@@ -29,7 +29,7 @@ from ..licensing.attribution import license_name_with_version
 from ..licensing.table import BY_ID, license_name
 from ..sources import SOURCES
 from . import policy
-from .release import check_name, get_release
+from .release import check_name, get_release, uncalibrated_admissions
 
 LINK_SCHEMES = ("http", "https")        # the only URLs that become links; everything else is shown as text
 # what a browser drops from a URL before reading its scheme: tab/CR/LF anywhere, C0 controls and
@@ -100,6 +100,7 @@ def summary(cat: Catalog, name: str) -> dict[str, Any]:
         "table": table, "by_source": by_source, "total": total,
         "exclusions": {r: exclusions.get(r, 0) for r in policy.EXCLUSION_REASONS},
         "top_tags": tags, "sample_rates": rates, "channels": channels, "cc_by_missing_tasl": cc_by_missing,
+        "uncalibrated_admissions": uncalibrated_admissions(cat, name),
     }
 
 
@@ -194,6 +195,10 @@ def _markdown(s: dict[str, Any], files: dict[str, int]) -> str:
              f"Content sha256 `{rel['content_sha256']}`, created {rel['created_at']} UTC, admitted by the latest "
              f"`{'`, `'.join(rel['required_stages'] or [])}` decisions.", "",
              f"**{s['total']['recordings']:,} recordings, {s['total']['hours']:,} hours.**", "",
+             *(["**UNCALIBRATED**: recordings admitted by decisions made with random weights ("
+                + ", ".join(f"{k}: {v:,}" for k, v in s["uncalibrated_admissions"].items())
+                + "). This release checks the pipeline; it is not a curated dataset.", ""]
+               if s["uncalibrated_admissions"] else []),
              "| source | license | recordings | hours |", "|---|---|---:|---:|"]
     lines += [f"| {r['source']} | {r['license']} | {r['recordings']:,} | {r['hours']:,} |" for r in s["table"]]
     lines += ["", "## Excluded recordings", "", "| reason | recordings |", "|---|---:|"]
