@@ -110,7 +110,7 @@ def test_a_local_folder_end_to_end(tmp_path):
         assert "'..' escapes" in record["local:escape"]["reason"]
         assert "absolute path escapes" in record["local:absolute"]["reason"]
         assert "through a symlink" in record["local:link"]["reason"]
-        assert cat.latest_decision_map("audio")["local:gone.wav"]["reason"] == "audio-missing: gone.wav not found"
+        assert cat.latest_decision_map("audio")["local:gone.wav"]["reason"] == "audio-missing: gone.wav not found (or not a plain file)"
 
         assert run_decode(cat, audio_store=store, config_hash="t", show_progress=False)["decoded"] == 4
         # local audio is screened for music (Source.music_screen), then reviewed by content: here as a screen
@@ -318,3 +318,30 @@ def test_a_release_admitted_by_random_weights_says_so(tmp_path):
     assert n > 0 and out["release"].details["uncalibrated_admissions"] == {"music_screen": n}
     md = (pathlib.Path(out["attribution_report"].details["folder"]) / "report.md").read_text()
     assert f"**UNCALIBRATED**: recordings admitted by decisions made with random weights (music_screen: {n})" in md
+
+
+def test_fifos_never_block_the_ingest(tmp_path):
+    """Review finding: a FIFO named like a sidecar or metadata.csv hung the ingest forever. Special files
+    are never opened: a FIFO sidecar is refused, a FIFO metadata.csv is not metadata, a FIFO audio file is missing."""
+    import os
+    import threading
+    root = tmp_path / "mine"
+    root.mkdir()
+    shutil.copy(AUDIO / "minetest-water-1.ogg", root / "water.ogg")
+    (root / "water.ogg.json").write_text(json.dumps({"title": "Water", "author": "Yuval", "license_url": CC0}))
+    os.mkfifo(root / "wind.wav.json")
+    os.mkfifo(root / "wind.wav")
+    os.mkfifo(root / "metadata.csv")
+    done = {}
+
+    def ingest():
+        with Catalog(tmp_path / "c.duckdb") as cat:
+            from sao.sources.local_metadata import folder_digest
+            folder_digest(root)
+            done["stats"] = ingest_local(cat, root, audio_store=tmp_path / "audio", config_hash="t")
+    t = threading.Thread(target=ingest, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the ingest blocked on a FIFO"
+    st = done["stats"]
+    assert st.copied == 1 and "not a plain file" in st.refused["wind.wav.json"]

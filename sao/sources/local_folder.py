@@ -34,7 +34,8 @@ from typing import Any
 from .. import config as config_mod
 from ..pipeline.stage import Stage, StageContext, Stats
 from .base import FolderIngest, Source
-from .local_metadata import SOURCE, LocalFolderError, checked_entry, folder_digest, read_folder
+from .local_metadata import (MAX_AUDIO_BYTES, SOURCE, LocalFolderError, checked_entry, folder_digest, read_folder,
+                             regular_file)
 
 log = logging.getLogger(__name__)
 CURSOR_KIND = "folder"
@@ -109,10 +110,14 @@ def ingest_local(cat, root: str | os.PathLike, *, audio_store: str | os.PathLike
         reason = None
         if path is None:
             pass                                     # the file field is bad: its record reject says why
-        elif not path.is_file():
-            reason, stats.audio_missing = f"audio-missing: {rel} not found", stats.audio_missing + 1
+        elif not regular_file(path):                 # absent, or a FIFO/device: never opened
+            reason, stats.audio_missing = f"audio-missing: {rel} not found (or not a plain file)", \
+                stats.audio_missing + 1
         elif not admissible:
             stats.withheld += 1                      # never read: nothing the gate refuses is stored
+        elif path.stat().st_size > MAX_AUDIO_BYTES:
+            reason, stats.audio_corrupt = (f"audio-corrupt: {rel} is larger than {MAX_AUDIO_BYTES >> 20} MB",
+                                           stats.audio_corrupt + 1)
         else:
             try:
                 info = probe(path)

@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import re
+import stat
 from typing import Any
 
 from ..fsutil import AUDIO_EXTENSIONS, UnsafePathError, audio_ext, safe_join
@@ -27,6 +28,7 @@ METADATA = "metadata.csv"
 REQUIRED_COLUMNS = ("file", "title", "author", "license_url", "source_url")
 OPTIONAL_COLUMNS = ("id", "description", "tags")
 MAX_SIDECAR_BYTES = 1 << 20
+MAX_AUDIO_BYTES = 2 << 30          # a larger audio file is refused, not copied (as Freesound's download cap)
 MAX_ID_CHARS = 200
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PATH_ID = re.compile(r"[^A-Za-z0-9._/-]")
@@ -40,6 +42,21 @@ class LocalFolderError(ValueError):
 def _is_audio_name(name: str) -> bool:
     suffix = pathlib.PurePosixPath(name).suffix
     return bool(suffix) and suffix[1:].lower() in AUDIO_EXTENSIONS
+
+
+def regular_file(path: pathlib.Path) -> bool:
+    """A plain file (a link inside the folder is followed: safe_join checked where it leads). A FIFO, a
+    device or a socket is never opened: reading one could block the ingest forever."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_at_most(path: pathlib.Path, limit: int) -> bytes:
+    """The first LIMIT bytes of a plain file, read in one bounded call (never the whole of a huge file)."""
+    with open(path, "rb") as f:
+        return f.read(limit)
 
 
 def _blank(v: Any) -> bool:
@@ -71,7 +88,7 @@ def csv_entries(root: pathlib.Path) -> list[tuple[str, dict[str, Any]]]:
         path = safe_join(root, METADATA, what=METADATA)
     except UnsafePathError as exc:
         raise LocalFolderError(str(exc)) from None
-    if not path.is_file():
+    if not regular_file(path):
         return []
     out = []
     try:
@@ -121,9 +138,12 @@ def sidecar_entries(root: pathlib.Path, described: set[str]) -> tuple[list[tuple
                 continue
             try:
                 path = safe_join(root, label, what="sidecar")
-                if path.stat().st_size > MAX_SIDECAR_BYTES:
+                if not regular_file(path):
+                    raise ValueError("not a plain file")
+                raw = read_at_most(path, MAX_SIDECAR_BYTES + 1)
+                if len(raw) > MAX_SIDECAR_BYTES:
                     raise ValueError(f"larger than {MAX_SIDECAR_BYTES} bytes")
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(raw.decode("utf-8"))
             except (UnsafePathError, OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
                 refused[label] = f"unreadable sidecar: {exc}"
                 continue
@@ -224,7 +244,8 @@ def folder_digest(root: str | os.PathLike) -> str:
             h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             if fn == METADATA or fn.endswith(".json"):
                 try:
-                    h.update(safe_join(root, rel, what="metadata").read_bytes()[:MAX_SIDECAR_BYTES * 64])
+                    target = safe_join(root, rel, what="metadata")
+                    h.update(read_at_most(target, MAX_SIDECAR_BYTES * 64) if regular_file(target) else b"\0special")
                 except (UnsafePathError, OSError):
                     h.update(b"\0unreadable")
     return h.hexdigest()
