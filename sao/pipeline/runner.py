@@ -64,6 +64,8 @@ def compute_all(stage: Stage, ctx: StageContext, plan: Plan) -> list:
 
 def run_stage(stage: Stage, ctx: StageContext) -> Stats:
     """One stage, start to end (again, when the stage asks for it)."""
+    if not stage.batched:                # no bar of its own: the bars of what it calls (the crawl's) show
+        return _run_stage(stage, ctx)
     with one_bar():                      # the stage's own bar, not those of what it calls
         return _run_stage(stage, ctx)
 
