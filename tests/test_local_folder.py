@@ -318,6 +318,8 @@ def test_a_release_admitted_by_random_weights_says_so(tmp_path):
     assert n > 0 and out["release"].details["uncalibrated_admissions"] == {"music_screen": n}
     md = (pathlib.Path(out["attribution_report"].details["folder"]) / "report.md").read_text()
     assert f"**UNCALIBRATED**: recordings admitted by decisions made with random weights (music_screen: {n})" in md
+    page = (pathlib.Path(out["attribution_report"].details["folder"]) / "index.html").read_text()
+    assert 'id="uncalibrated"' in page and f"music_screen: {n}" in page
 
 
 def test_fifos_never_block_the_ingest(tmp_path):
@@ -345,3 +347,25 @@ def test_fifos_never_block_the_ingest(tmp_path):
     assert not t.is_alive(), "the ingest blocked on a FIFO"
     st = done["stats"]
     assert st.copied == 1 and "not a plain file" in st.refused["wind.wav.json"]
+
+
+def test_a_transient_read_error_is_tried_again_next_run(tmp_path, monkeypatch):
+    """Review finding: a disk-full error while copying froze the entry as corrupt, because the folder's
+    digest was recorded as a complete ingest. Now the next run reads the folder again and stores it."""
+    import errno
+
+    from sao.pipeline.runner import run_pipeline
+    from sao.sources import fma
+    from tests.conftest import flow_config
+    root, _ = make_folder(tmp_path)
+    cfg = config_mod.load(flow_config(tmp_path, local={"folder": str(root)}))
+    real = fma.store_copy
+
+    def disk_full(path, store, sha):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(fma, "store_copy", disk_full)
+    first = run_pipeline(cfg, ["ingest_local"], show_progress=False)["ingest_local"]
+    assert first.details["unreadable"] == 4 and first.details["copied"] == 0
+    monkeypatch.setattr(fma, "store_copy", real)
+    again = run_pipeline(cfg, ["ingest_local"], show_progress=False)["ingest_local"]
+    assert not again.skipped and again.details["copied"] == 4 and again.details["unreadable"] == 0

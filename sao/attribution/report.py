@@ -222,7 +222,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}td.n{{text-align:r
 <body data-plots-rendered="0">
 <h1>Attribution report: release <code>{name}</code> (version {version})</h1>
 <p>Content sha256 <code>{sha}</code>, created {created} UTC. <b>{total:,} recordings, {hours:,} hours.</b></p>
-<h2>Recordings and hours per source and license</h2>
+{uncalibrated}<h2>Recordings and hours per source and license</h2>
 <table id="licenses"><tr><th>source</th><th>license</th><th>recordings</th><th>hours</th></tr>{table}</table>
 <h2>Excluded recordings</h2>
 <table id="exclusions"><tr><th>reason</th><th>recordings</th></tr>{excl}</table>
@@ -277,7 +277,16 @@ def _html(cat: Catalog, name: str, s: dict[str, Any], plots: dict[str, bytes]) -
     data = script_json(rows)
     return _PAGE.format(name=e(name), version=rel["version"], sha=e(rel["content_sha256"]), created=e(rel["created_at"]),
                         total=s["total"]["recordings"], hours=s["total"]["hours"], table=table, excl=excl, plots=imgs,
-                        rows=data)
+                        rows=data, uncalibrated=_uncalibrated_banner(s["uncalibrated_admissions"]))
+
+
+def _uncalibrated_banner(unc: dict[str, int]) -> str:
+    if not unc:
+        return ""
+    per = ", ".join(f"{html.escape(k)}: {v:,}" for k, v in unc.items())
+    return (f'<p id="uncalibrated" style="border:2px solid #c00;padding:6px"><b>UNCALIBRATED</b>: recordings '
+            f"admitted by decisions made with random weights ({per}). This release checks the pipeline; it is "
+            "not a curated dataset.</p>\n")
 
 
 def build_report(cat: Catalog, name: str, releases_root: str | pathlib.Path) -> dict[str, Any]:

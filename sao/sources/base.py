@@ -177,7 +177,8 @@ class FolderIngest:
                 from ..pipeline.stage import Stats
                 return Stats(self.name, ingest=True, errors={plan.meta["root"]: str(exc)},
                              skipped=self._unreadable(plan.meta["root"], exc).skipped)
-            record_ingest_key(cat, self.source, self.cursor_kind, plan.meta["key"])
+            if not out.details.get("unreadable"):   # a transient OSError: read the folder again next run
+                record_ingest_key(cat, self.source, self.cursor_kind, plan.meta["key"])
         out.ingest, out.seconds = True, time.perf_counter() - t0
         out.details["digest"] = plan.meta["key"]
         return out

@@ -54,6 +54,7 @@ class LocalStats:
     withheld: int = 0          # audio present but not read: the gate (or a take-down, a bad record) refuses it
     audio_missing: int = 0
     audio_corrupt: int = 0
+    unreadable: int = 0        # ... of which an OSError (disk full, permissions): tried again next run
     malformed: int = 0         # entries that could not be stored (no usable id, a NUL byte, an unreadable sidecar)
     malformed_fields: int = 0  # entries stored with bad fields left NULL and a ``record`` reject
     ignored: int = 0           # JSON files that describe no audio, sidecars of files metadata.csv describes
@@ -130,6 +131,7 @@ def ingest_local(cat, root: str | os.PathLike, *, audio_store: str | os.PathLike
                 reason, stats.audio_corrupt = decode_reason(path, rel, exc), stats.audio_corrupt + 1
             except (OSError, ValueError) as exc:     # unreadable, or a type the store does not keep
                 reason, stats.audio_corrupt = f"audio-corrupt: cannot store {rel}: {exc}", stats.audio_corrupt + 1
+                stats.unreadable += isinstance(exc, OSError)
         if reason:
             if (previous.get(rid) or {}).get("reason") != reason:
                 log.warning("%s: %s", rid, reason)
