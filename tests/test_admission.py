@@ -350,3 +350,35 @@ def test_a_recording_that_fails_mid_build_leaves_no_window_in_the_shards(tmp_pat
         assert set(idx) == {"freesound:2"}
         rel = create_release(cat, "r1", required_stages=["license_gate"])
         assert set(release_items(cat, rel["name"])) == set(idx)
+
+
+def test_the_runner_builds_shards_again_without_a_recording_that_failed_mid_build(tmp_path):
+    """The same failure through the pipeline's shards stage (Stage.again): the stage runs once more and
+    the result names what made it (details["rerun_after"])."""
+    import pathlib
+
+    import pyarrow.parquet as pq
+    from sao import config as config_mod
+    from sao.licensing import LicensePolicy
+    from sao.licensing.stage import run_license_gate
+    from tests.conftest import flow_config, run_stage
+    store = tmp_path / "a"
+    store.mkdir()
+    sr = 44100
+    x = (0.1 * np.sin(np.arange(150 * sr) * 0.05)).astype(np.float32)
+    x[120 * sr] = np.nan
+    sf.write(store / "n.wav", x, sr, subtype="FLOAT")
+    _write(store / "ok.wav", 3.0)
+    cfg = config_mod.load(flow_config(tmp_path, paths={"audio_store": str(store)},
+                                      shards={"root": str(tmp_path / "shards"), "required_stages": ["license_gate"],
+                                              "ae_max_chunks": 0, "hifi_extra_chunks": 0, "workers": 1}))
+    with Catalog(cfg.catalog_path) as cat:
+        cat.upsert_recordings([_rec(1), _rec(2)])
+        run_license_gate(cat, LicensePolicy(), config_hash="t")
+        cat.set_audio("freesound:1", "shaN", "n.wav", "preview")
+        cat.set_audio("freesound:2", "shaO", "ok.wav", "preview")
+        assert run_decode(cat, audio_store=store, config_hash="t", show_progress=False)["decoded"] == 2
+    st = run_stage(cfg, "shards")
+    assert st.details["status"] == "complete" and "freesound:1" in st.details["rerun_after"]
+    idx = pq.read_table(pathlib.Path(st.details["location"]) / "index.parquet").column("recording_id").to_pylist()
+    assert set(idx) == {"freesound:2"}
