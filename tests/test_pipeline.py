@@ -157,3 +157,28 @@ def test_models_are_cached_per_weight_file_and_bounded(tmp_path):
         p.write_bytes(b"x")
         get(p)
     assert len(stage_mod._MODELS) == stage_mod.MODELS_KEPT    # never more than two held
+
+
+def test_batches_starting_together_load_their_model_once(tmp_path):
+    """The batches of a Prefect thread pool start together: one loads the model, the others wait for it
+    (two threads importing laion_clap at once broke its lazy imports)."""
+    import threading
+    import time as _time
+
+    from sao.config import Config
+    from sao.pipeline.stage import file_identity
+    ctx, w, loads = StageContext(Config()), tmp_path / "w.pt", []
+    w.write_bytes(b"w")
+
+    def slow():
+        loads.append(1)
+        _time.sleep(0.3)
+        return object()
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(ctx.model(("slow", file_identity(w)), slow)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len({id(g) for g in got}) == 1

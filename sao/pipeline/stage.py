@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import pathlib
+import threading
 from collections import Counter
 from typing import Any, Callable, ClassVar
 
@@ -125,6 +126,9 @@ class RunOptions:
 # kept, the least recently used dropped (a PANNs model is ~340 MB)
 _MODELS: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 MODELS_KEPT = 2
+# one load at a time: the batches of a Prefect thread pool start together, and two threads importing
+# laion_clap/transformers at once break its lazy imports
+_MODELS_LOCK = threading.RLock()
 
 
 def file_identity(path: str | pathlib.Path | None) -> tuple:
@@ -164,13 +168,14 @@ class StageContext:
         """``load()`` once per process and ``key``: the config hash plus what picks the weights (give the
         weight file through ``file_identity``)."""
         k = (self.config_hash, *key)
-        if k in _MODELS:
-            _MODELS.move_to_end(k)
-        else:
-            while len(_MODELS) >= MODELS_KEPT:
-                _MODELS.popitem(last=False)
-            _MODELS[k] = load()
-        return _MODELS[k]
+        with _MODELS_LOCK:
+            if k in _MODELS:
+                _MODELS.move_to_end(k)
+            else:
+                while len(_MODELS) >= MODELS_KEPT:
+                    _MODELS.popitem(last=False)
+                _MODELS[k] = load()
+            return _MODELS[k]
 
 
 class Stage:
