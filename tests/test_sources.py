@@ -139,7 +139,10 @@ def test_freesound_stages_against_the_replica(replica, tmp_path):
         run_license_gate(cat, LicensePolicy(), config_hash="t")
     plan = download.plan(ctx)
     assert len(plan.items) == 2 and plan.meta == {"originals": False}
-    out = download.store(ctx, plan, [download.compute(ctx, plan.meta, [it]) for it in plan.items])
+    results = [download.compute(ctx, plan.meta, [it]) for it in plan.items]
+    for r in results:                       # as the runner does (Download.stores_batches): each as it lands
+        download.store_batch(ctx, plan, r)
+    out = download.store(ctx, plan, results)
     assert (out.items_in, out.passed, out.details["downloaded"], out.errors) == (2, 2, 2, {})
     assert out.details["megabytes"] > 0 and out.audio_seconds > 0
     with Catalog(cfg.catalog_path, read_only=True) as cat:
