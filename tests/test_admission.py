@@ -277,10 +277,10 @@ def test_a_relicensed_or_opted_out_recording_is_blocked_before_the_gate_runs_aga
 
 def test_a_gate_pass_stays_valid_while_its_inputs_do_not_change(tmp_path):
     with Catalog(tmp_path / "c.duckdb") as cat:
-        a = _gated_with_audio(cat, 1, extra={"gen_ai_preference": "open-source-models", "license_title": None})
+        a = _gated_with_audio(cat, 1, extra={"gen_ai_preference": "no-additional-preferences", "license_title": None})
         cat.upsert_recordings([_rec(1, license_raw="http://creativecommons.org/publicdomain/zero/1.0/",
                                     license_url="http://creativecommons.org/publicdomain/zero/1.0/",
-                                    extra={"gen_ai_preference": "open-source-models", "license_title": None})])
+                                    extra={"gen_ai_preference": "no-additional-preferences", "license_title": None})])
         assert cat.admitted_ids(["license_gate"]) == {a}
 
 

@@ -68,13 +68,16 @@ def test_non_string_gen_ai_preference_is_refused(pref):
 @pytest.mark.parametrize("pref", [None, "no-additional-preferences", "Open_Source_Models",
                                   "noncommercial open source models"])
 def test_missing_or_known_consenting_preference_passes(pref):
-    assert license_gate(CC0, gen_ai_preference=pref).verdict == "pass"
+    # open-weights-noncommercial is the model use every known preference but no-gen-ai consents to
+    assert license_gate(CC0, gen_ai_preference=pref,
+                        policy=LicensePolicy(model_use="open-weights-noncommercial")).verdict == "pass"
 
 
-def test_configured_refusals_match_normalised_values():
-    strict = LicensePolicy(refused_gen_ai_preferences=frozenset({"no-gen-ai", "noncommercial-open-source-models"}))
-    r = license_gate(CC0, gen_ai_preference="NonCommercial_Open_Source_Models", policy=strict)
-    assert r.verdict == "reject" and r.reason == "opt-out: gen_ai_preference=noncommercial-open-source-models"
+def test_model_use_refusals_match_normalised_values():
+    commercial = LicensePolicy(model_use="open-weights-commercial")
+    r = license_gate(CC0, gen_ai_preference="NonCommercial_Open_Source_Models", policy=commercial)
+    assert r.verdict == "reject" and r.reason == ("opt-out: gen_ai_preference=noncommercial-open-source-models "
+                                                  "does not admit model use open-weights-commercial")
 
 
 def _rec(i, pref, **kw):
@@ -321,27 +324,19 @@ def test_ports_of_licenses_the_gate_does_not_admit_are_named_only_with_a_real_ju
 
 
 # --- review finding 12: the configuration cannot switch the opt-out off --------------------------------------
+# (no [policy].model_use admits no-gen-ai: tests/test_model_use.py pins the whole table)
 
-@pytest.mark.parametrize("refused", ["[]", '["open-source-models"]', '["noncommercial-open-source-models"]'])
-def test_config_refusing_less_than_no_gen_ai_is_an_error(refused, tmp_path):
+def test_a_configured_model_use_decides_the_gate(tmp_path):
     from sao import config
     p = tmp_path / "sao.toml"
-    p.write_text(f"[policy]\nrefused_gen_ai_preferences = {refused}\n")
-    with pytest.raises(config.ConfigError, match=r"\[policy\]\.refused_gen_ai_preferences.*no-gen-ai"):
-        config.load(p)
-
-
-def test_config_may_refuse_more_than_no_gen_ai(tmp_path):
-    from sao import config
-    p = tmp_path / "sao.toml"
-    p.write_text('[policy]\nrefused_gen_ai_preferences = ["no-gen-ai", "noncommercial-open-source-models"]\n')
+    p.write_text('[policy]\nmodel_use = "open-weights-commercial"\n')
     pol = config.license_policy(config.load(p))
     assert license_gate(CC0, gen_ai_preference="no-gen-ai", policy=pol).reason == "opt-out: gen_ai_preference=no-gen-ai"
     assert license_gate(CC0, gen_ai_preference="noncommercial-open-source-models", policy=pol).verdict == "reject"
     assert license_gate(CC0, gen_ai_preference="open-source-models", policy=pol).verdict == "pass"
 
 
-@pytest.mark.parametrize("refused", [frozenset(), frozenset({"open-source-models"}), frozenset({"No-Gen-AI", "x"})])
-def test_a_policy_built_in_code_cannot_drop_the_opt_out_either(refused):
-    with pytest.raises(ValueError, match="no-gen-ai|not one of"):
-        LicensePolicy(refused_gen_ai_preferences=refused)
+@pytest.mark.parametrize("use", ["", "Research-Only", "research_only", " research-only", "open-weights", "none"])
+def test_a_policy_built_in_code_takes_only_a_known_model_use(use):
+    with pytest.raises(ValueError, match="model_use: .*not one of research-only"):
+        LicensePolicy(model_use=use)

@@ -84,22 +84,26 @@ def test_sample_corpus_licenses(corpus_entries):
         assert (r.verdict == "pass") == (e["license"] in allowed), (e["id"], e["license"], r)
 
 
+# the default model use (research-only: no weights released) admits only recordings that ask nothing more
 @pytest.mark.parametrize("pref,verdict", [("no-gen-ai", "reject"), ("no-additional-preferences", "pass"),
-                                          ("open-source-models", "pass"), ("noncommercial-open-source-models", "pass"),
-                                          (None, "pass")])
+                                          ("open-source-models", "reject"),
+                                          ("noncommercial-open-source-models", "reject"), (None, "pass")])
 def test_gen_ai_opt_out_is_excluded_by_default(pref, verdict):
     r = license_gate("http://creativecommons.org/publicdomain/zero/1.0/", gen_ai_preference=pref)
     assert r.verdict == verdict
-    if verdict == "reject":
+    if pref == "no-gen-ai":
         assert r.reason == "opt-out: gen_ai_preference=no-gen-ai"
+    elif verdict == "reject":
+        assert r.reason == f"opt-out: gen_ai_preference={pref} does not admit model use research-only"
 
 
 def test_policy_is_configurable():
-    strict = LicensePolicy(allowed=frozenset({"cc0-1.0"}),
-                           refused_gen_ai_preferences=frozenset({"no-gen-ai", "noncommercial-open-source-models"}))
+    strict = LicensePolicy(allowed=frozenset({"cc0-1.0"}), model_use="open-weights-commercial")
     assert license_gate("http://creativecommons.org/licenses/by/4.0/", policy=strict).verdict == "reject"
     assert license_gate("http://creativecommons.org/publicdomain/zero/1.0/", gen_ai_preference=
                         "noncommercial-open-source-models", policy=strict).verdict == "reject"
+    assert license_gate("http://creativecommons.org/publicdomain/zero/1.0/", gen_ai_preference=
+                        "open-source-models", policy=strict).verdict == "pass"
 
 
 def test_attribution_fields():

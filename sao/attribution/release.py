@@ -2,9 +2,11 @@
 
 ``create_release`` freezes, in one transaction, every admitted recording (ids, license,
 attribution fields, the decisions that admitted it) into ``release_items`` and every other
-recording with the reason it was left out into ``release_exclusions``, under a content hash.
-A name is never reused for other content. ``diff`` compares two releases; ``takedown_impact``
-names every release, shard and checkpoint manifest that contained a recording.
+recording with the reason it was left out into ``release_exclusions``, under a content hash,
+with the model use ([policy].model_use) it was built for: the license gate must have decided
+every recording under that use and policy first. A name is never reused for other content or
+use. ``diff`` compares two releases; ``takedown_impact`` names every release, shard and
+checkpoint manifest that contained a recording.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import pyarrow as pa
 
 from ..catalog import Catalog
 from ..licensing.attribution import attribution_line
+from ..licensing.gate import LicensePolicy
+from ..licensing.stage import decided_under_other_policy
 from . import policy
 from .policy import ReleaseError
 
@@ -87,20 +91,36 @@ def snapshot(cat: Catalog, required_stages: Sequence[str]) -> tuple[list[dict], 
 
 def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[str], config_hash: str = "",
                    notes: str | None = None, signatures_dir: str | pathlib.Path | None = None,
-                   signing_key=None) -> dict[str, Any]:
-    """Freeze release NAME (None: ``rel-<content sha256[:12]>``, so equal content gets an equal name).
-    With SIGNATURES_DIR, the release is signed there with SIGNING_KEY (sao.attribution.release_signature)."""
+                   signing_key=None, gate_policy: LicensePolicy | None = None) -> dict[str, Any]:
+    """Freeze release NAME (None: ``rel-<content sha256[:12]>``, so equal content gets an equal name)
+    for GATE_POLICY's model use (default: the default policy, research-only). With SIGNATURES_DIR, the release
+    is signed there with SIGNING_KEY (sao.attribution.release_signature)."""
     if name is not None:
         check_name(name)
+    gate_policy = gate_policy if gate_policy is not None else LicensePolicy()
+    # the admission view trusts a gate decision while the recording is unchanged, whatever policy made
+    # it: a release for this model use must not hold recordings the gate admitted for another one
+    stale = decided_under_other_policy(cat, gate_policy)
+    if stale:
+        raise ReleaseError(
+            f"the license gate has not decided for model use {gate_policy.model_use} yet: the latest gate decisions of "
+            f"{sum(stale.values())} recording(s) were made under another policy ("
+            + "; ".join(f"{k}: {n}" for k, n in stale.items()) + "); run `sao gate` first")
     t0 = time.perf_counter()
     items, excluded = snapshot(cat, required_stages)
     sha = policy.content_sha256(items)
     name = name or f"rel-{sha[:12]}"
-    existing = cat.query("SELECT name, content_sha256, version, n_recordings FROM releases WHERE name = ?", [name])
+    existing = cat.query("SELECT name, content_sha256, version, n_recordings, model_use FROM releases WHERE name = ?",
+                         [name])
     if existing:
+        if existing[0]["content_sha256"] == sha and existing[0]["model_use"] != gate_policy.model_use:
+            built_for = existing[0]["model_use"] or "no recorded model use (made before [policy].model_use)"
+            raise ReleaseError(f"release {name!r} already exists with this content, built for {built_for}, not "
+                               f"model use {gate_policy.model_use}; a release's model use never changes: choose a new name")
         if existing[0]["content_sha256"] == sha:
             return _signed(cat, {"name": name, "status": "unchanged", "version": existing[0]["version"],
                                  "content_sha256": sha, "recordings": existing[0]["n_recordings"],
+                                 "model_use": gate_policy.model_use,
                                  "seconds": round(time.perf_counter() - t0, 2)}, signatures_dir, signing_key)
         raise ReleaseError(f"release {name!r} already exists with other content (sha256 "
                            f"{existing[0]['content_sha256'][:12]}, now {sha[:12]}); releases are immutable: "
@@ -123,9 +143,9 @@ def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[
     with cat.transaction():
         cat.con.execute(
             "INSERT INTO releases (name, content_sha256, n_recordings, created_at, notes, version, required_stages, "
-            "config_hash, exclusions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "config_hash, exclusions, model_use) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [name, sha, len(items), dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), notes, version,
-             list(required_stages), config_hash, json.dumps(dict(sorted(counts.items())))])
+             list(required_stages), config_hash, json.dumps(dict(sorted(counts.items()))), gate_policy.model_use])
         cat.con.register("_sao_items", item_table)
         cat.con.register("_sao_excl", excl_table)
         try:
@@ -137,6 +157,7 @@ def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[
             cat.con.unregister("_sao_excl")
     return _signed(cat, {"name": name, "status": "created", "version": version, "content_sha256": sha,
                          "recordings": len(items), "excluded": dict(sorted(counts.items())),
+                         "model_use": gate_policy.model_use,
                          "seconds": round(time.perf_counter() - t0, 2)}, signatures_dir, signing_key)
 
 

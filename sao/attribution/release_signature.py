@@ -6,7 +6,7 @@ The statement's subject is ``release/NAME`` with digest ``{"sha256": content sha
 report replaces the folder, never the signature). ``verify_release`` recomputes the sha256 from the
 release's items in the catalogue, so items changed after creation fail even where the recorded
 sha256 was rewritten to match, and compares every field of the signed predicate (name, version,
-recordings, required stages, config hash, creation time) with the catalogue's ``releases`` row.
+recordings, required stages, config hash, creation time, model use) with the catalogue's ``releases`` row.
 """
 from __future__ import annotations
 
@@ -30,7 +30,10 @@ def release_statement(rel: dict[str, Any]) -> dict:
         [(f"release/{rel['name']}", rel["content_sha256"])], PREDICATE_TYPE,
         {"digest_method": "sao-release-items/2", "name": rel["name"], "version": rel.get("version"),
          "recordings": rel.get("n_recordings"), "required_stages": list(rel.get("required_stages") or []),
-         "config_hash": rel.get("config_hash"), "created_at": str(rel.get("created_at"))})
+         "config_hash": rel.get("config_hash"), "created_at": str(rel.get("created_at")),
+         # what the release may train (sao.licensing.model_use); None for releases made before it was recorded,
+         # whose signatures have no such field and so still verify
+         "model_use": rel.get("model_use")})
 
 
 def after_create(cat: Catalog, out: dict[str, Any], releases_root: str | pathlib.Path, key) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from typing import Any
 
 from ..catalog import Catalog
 from ..licensing.attribution import license_name_with_version
+from ..licensing.gate import shown
+from ..licensing.model_use import BY_NAME as MODEL_USES_BY_NAME
 from ..licensing.table import BY_ID, license_name
 from ..sources import SOURCES
 from . import policy
@@ -75,6 +77,20 @@ def license_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "hours": round(r["seconds"] / 3600, 2)} for r in rows]
 
 
+def model_use_statement(use: Any) -> dict[str, Any]:
+    """What the report says about the model use a release was built for (releases.model_use): its name, what
+    the person who declared it promised, and which gen_ai_preference values that let in (sao.licensing.model_use)."""
+    row = MODEL_USES_BY_NAME.get(use) if isinstance(use, str) else None
+    if row is None:
+        text = ("Model use: not recorded (this release was made before [policy].model_use existed)." if use is None
+                else f"Model use {shown(use)}: not one that sao.licensing.model_use knows.")
+        return {"name": use, "summary": None, "admitted_gen_ai_preferences": None, "text": text}
+    admitted = sorted(row.admits)
+    return {"name": row.name, "summary": row.summary, "admitted_gen_ai_preferences": admitted,
+            "text": f"Built for model use {row.name} ({row.summary}). A Freesound recording was admitted only when "
+                    f"its author's gen_ai_preference admits this use: {', '.join(admitted)}, or none stated."}
+
+
 def summary(cat: Catalog, name: str) -> dict[str, Any]:
     rel = get_release(cat, name)
     q = lambda sql, extra=(): cat.query(sql, [name, *extra])  # noqa: E731
@@ -101,6 +117,7 @@ def summary(cat: Catalog, name: str) -> dict[str, Any]:
         "exclusions": {r: exclusions.get(r, 0) for r in policy.EXCLUSION_REASONS},
         "top_tags": tags, "sample_rates": rates, "channels": channels, "cc_by_missing_tasl": cc_by_missing,
         "uncalibrated_admissions": uncalibrated_admissions(cat, name),
+        "model_use": model_use_statement(rel.get("model_use")),
     }
 
 
@@ -194,6 +211,7 @@ def _markdown(s: dict[str, Any], files: dict[str, int]) -> str:
     lines = [f"# Attribution report: release `{rel['name']}` (version {rel['version']})", "",
              f"Content sha256 `{rel['content_sha256']}`, created {rel['created_at']} UTC, admitted by the latest "
              f"`{'`, `'.join(rel['required_stages'] or [])}` decisions.", "",
+             html.escape(s["model_use"]["text"], quote=False), "",     # a renderer may pass HTML through
              f"**{s['total']['recordings']:,} recordings, {s['total']['hours']:,} hours.**", "",
              *(["**UNCALIBRATED**: recordings admitted by decisions made with random weights ("
                 + ", ".join(f"{k}: {v:,}" for k, v in s["uncalibrated_admissions"].items())
@@ -222,6 +240,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}td.n{{text-align:r
 <body data-plots-rendered="0">
 <h1>Attribution report: release <code>{name}</code> (version {version})</h1>
 <p>Content sha256 <code>{sha}</code>, created {created} UTC. <b>{total:,} recordings, {hours:,} hours.</b></p>
+<p id="model-use">{model_use}</p>
 {uncalibrated}<h2>Recordings and hours per source and license</h2>
 <table id="licenses"><tr><th>source</th><th>license</th><th>recordings</th><th>hours</th></tr>{table}</table>
 <h2>Excluded recordings</h2>
@@ -277,7 +296,8 @@ def _html(cat: Catalog, name: str, s: dict[str, Any], plots: dict[str, bytes]) -
     data = script_json(rows)
     return _PAGE.format(name=e(name), version=rel["version"], sha=e(rel["content_sha256"]), created=e(rel["created_at"]),
                         total=s["total"]["recordings"], hours=s["total"]["hours"], table=table, excl=excl, plots=imgs,
-                        rows=data, uncalibrated=_uncalibrated_banner(s["uncalibrated_admissions"]))
+                        rows=data, uncalibrated=_uncalibrated_banner(s["uncalibrated_admissions"]),
+                        model_use=e(s["model_use"]["text"]))
 
 
 def _uncalibrated_banner(unc: dict[str, int]) -> str:

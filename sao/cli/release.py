@@ -11,7 +11,7 @@ def cmd_release_create(args, cfg) -> int:
     from .pipeline import run_one
     out = run_one(cfg, "release", release_name=args.name, release_notes=args.notes, key_file=args.key_file).details
     print(f"release {out['name']} {out['status']} (version {out['version']}): {out['recordings']} recordings, "
-          f"sha256 {out['content_sha256'][:16]}, {out['seconds']} s")
+          f"sha256 {out['content_sha256'][:16]}, {out['seconds']} s; built for model use {out['model_use']}")
     print(f"signature: {out['signature']} (key {out['signed_by'][:16]})" if out.get("signature")
           else "signature: UNSIGNED (no signing key configured)")
     if out.get("excluded"):

@@ -3,39 +3,20 @@
 Policy (paper section 3, plus one rule the paper could not have): keep only CC0 1.0,
 CC-BY 3.0/4.0 and CC Sampling+ 1.0; reject everything else with a reason that names the
 license and shows the raw value; reject Freesound items whose author opted out of generative-AI
-training (``gen_ai_preference``), and those whose preference is not one of Freesound's values.
+training (``gen_ai_preference``) or asked for a release the declared model use does not make (the
+table in sao.licensing.model_use), and those whose preference is not one of Freesound's values.
 Exact matching only (sao.licensing.canonical): "Attribution-NonCommercial" starts with
 "Attribution" and must never pass. The admitted licenses are the table in sao.licensing.table.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from .canonical import UNKNOWN, canonical_license, family
+from .model_use import DEFAULT_MODEL_USE, GEN_AI_PREFERENCES, NO_GEN_AI, model_use
 from .table import ALLOWED_LICENSES
 
-# Freesound's four values (freesound/settings.py of MTG/freesound); only an explicit opt-out is
-# refused by default. Any other value is refused as unknown: it may be a new, stricter one.
-GEN_AI_PREFERENCES = ("no-additional-preferences", "open-source-models", "noncommercial-open-source-models",
-                      "no-gen-ai")
-DEFAULT_REFUSED_GEN_AI = frozenset({"no-gen-ai"})
 _SHOWN_CHARS = 100
-
-
-def refused_gen_ai_problem(values: Iterable[object]) -> str | None:
-    """What is wrong with a list of gen_ai_preference values to refuse, or None. Each must be one of
-    Freesound's values exactly, and the list must hold ``no-gen-ai``: a configuration may refuse
-    more, never admit an author's explicit opt-out (an empty list would have switched it off)."""
-    values = list(values)
-    bad = [v for v in values if v not in GEN_AI_PREFERENCES]
-    if bad:
-        return f"{bad} not one of {list(GEN_AI_PREFERENCES)}"
-    missing = sorted(DEFAULT_REFUSED_GEN_AI - set(values))
-    if missing:
-        return (f"must include {', '.join(missing)} (got {values}): the list may add values to refuse, "
-                "never drop an explicit opt-out")
-    return None
 
 
 def shown(value: object) -> str:
@@ -55,15 +36,20 @@ def normalise_gen_ai_preference(value: object) -> str | None:
 @dataclass(frozen=True)
 class LicensePolicy:
     allowed: frozenset = ALLOWED_LICENSES
-    refused_gen_ai_preferences: frozenset = DEFAULT_REFUSED_GEN_AI
+    model_use: str = DEFAULT_MODEL_USE      # sao.licensing.model_use: which gen_ai_preference values admit
 
     def __post_init__(self) -> None:
-        problem = refused_gen_ai_problem(sorted(self.refused_gen_ai_preferences, key=repr))
-        if problem:
-            raise ValueError(f"refused_gen_ai_preferences: {problem}")
+        model_use(self.model_use)           # ValueError naming the known uses
+
+    @property
+    def admitted_gen_ai_preferences(self) -> frozenset:
+        return model_use(self.model_use).admits
 
     def describe(self) -> dict:
-        return {"allowed": sorted(self.allowed), "refused_gen_ai_preferences": sorted(self.refused_gen_ai_preferences)}
+        # every gate decision records this (details.inputs.policy): a change of model use, or of what the
+        # table says it admits, makes the gate decide again, and a release can tell which use decided
+        return {"allowed": sorted(self.allowed), "model_use": self.model_use,
+                "admitted_gen_ai_preferences": sorted(self.admitted_gen_ai_preferences)}
 
 
 @dataclass(frozen=True)
@@ -132,13 +118,15 @@ def license_gate(license_url: object, license_title: object = None, *, gen_ai_pr
 
 def _gen_ai_refusal(value: object, policy: LicensePolicy) -> str | None:
     """The opt-out reason (always starting ``opt-out``: releases count these as opt-outs), or None
-    when the author consents: no preference stated (None), or a known value the policy does not refuse."""
+    when the author consents: no preference stated (None), or a known value the policy's model use admits."""
     if value is None:
         return None
     pref = normalise_gen_ai_preference(value)
     if pref not in GEN_AI_PREFERENCES:
         what = "is not a string" if pref is None else "is not a known value"
         return f"opt-out-unknown: gen_ai_preference {shown(value)} {what}"
-    if pref in {normalise_gen_ai_preference(p) for p in policy.refused_gen_ai_preferences}:
-        return f"opt-out: gen_ai_preference={pref}"
-    return None
+    if pref in policy.admitted_gen_ai_preferences:          # the model-use table decides, nothing here
+        return None
+    # no-gen-ai refuses every use: naming the use would suggest another one could be admitted
+    why = "" if pref == NO_GEN_AI else f" does not admit model use {policy.model_use}"
+    return f"opt-out: gen_ai_preference={pref}{why}"

@@ -1,7 +1,9 @@
 """The license_gate stage: run the pure gate over every catalogued recording and write one
 decision per recording whose inputs changed since its last decision (so a rerun writes
 nothing). An item that had passed and now fails (re-licensed, or its author opted out)
-also gets a take-down, which every later stage and release must honour."""
+also gets a take-down, which every later stage and release must honour. A change of policy alone
+([policy].model_use, the allowed licenses) re-decides every item but takes nothing down: the
+recording did not change, and a use it suits again (or a release made for its old use) still may have it."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +13,7 @@ from collections import Counter
 
 from ..catalog import Catalog, Decision
 from ..sources import source_for
-from .gate import LicensePolicy, license_gate
+from .gate import LicensePolicy, license_gate, shown
 
 log = logging.getLogger(__name__)
 STAGE = "license_gate"
@@ -68,7 +70,8 @@ def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -
             stats.new_pass += 1
         else:
             stats.new_rejected[(source, result.category)] += 1
-        if prev and prev["verdict"] == "pass" and result.verdict == "reject" and rid not in taken:
+        if (prev and prev["verdict"] == "pass" and result.verdict == "reject" and rid not in taken
+                and not _only_policy_changed(prev["details"], inputs)):
             new_takedowns.append((rid, f"{result.category}-after-admission: {result.reason}"))
     with cat.transaction():
         stats.written = cat.add_decisions(decisions)
@@ -77,6 +80,41 @@ def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -
             log.warning("%s: take-down recorded (%s)", rid, reason)
     stats.takedowns = len(new_takedowns)
     return stats
+
+
+def _only_policy_changed(prev_details: dict | None, inputs: dict) -> bool:
+    """The previous decision read this recording's current values under another policy, so the policy made
+    the difference. Same values and same policy (a fixed gate rule) is the item's own change, and so is a
+    decision that recorded no inputs (older catalogues): those still take the recording down."""
+    prev_inputs = (prev_details or {}).get("inputs")
+    if not isinstance(prev_inputs, dict) or prev_inputs.get("policy") == inputs["policy"]:
+        return False
+    return ({k: v for k, v in prev_inputs.items() if k != "policy"}
+            == {k: v for k, v in inputs.items() if k != "policy"})
+
+
+def decided_under_other_policy(cat: Catalog, policy: LicensePolicy) -> dict[str, int]:
+    """{model use (or what else differs): recordings} whose latest gate decision recorded a policy other
+    than POLICY: the gate has not yet decided them for it (``sao gate`` does). A decision that recorded no
+    policy is not compared, as the admission view compares only the inputs a decision recorded."""
+    want = policy.describe()
+    stale: Counter = Counter()
+    for policy_json, n in cat.con.execute(
+            "SELECT json_extract(details, '$.inputs.policy') AS p, count(*) FROM latest_decisions "
+            "WHERE stage = ? AND coalesce(json_exists(details, '$.inputs.policy'), false) GROUP BY p",
+            [STAGE]).fetchall():
+        recorded = json.loads(policy_json)
+        if recorded == want:
+            continue
+        use = recorded.get("model_use") if isinstance(recorded, dict) else None
+        if not isinstance(use, str):
+            label = "no model use (decided before [policy].model_use existed)"
+        elif use != policy.model_use:
+            label = f"model use {shown(use)}"
+        else:
+            label = f"model use {shown(use)} with other allowed licenses or table"
+        stale[label] += n
+    return dict(sorted(stale.items()))
 
 
 def counts_table(stats: GateStats) -> str:

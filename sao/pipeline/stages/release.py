@@ -31,7 +31,8 @@ class Release(Stage):
         with ctx.catalog() as cat:
             out = create_release(cat, ctx.options.release_name, required_stages=list(ctx.cfg.shards.required_stages),
                                  config_hash=ctx.config_hash, notes=ctx.options.release_notes,
-                                 signatures_dir=ctx.cfg.path(ctx.cfg.paths.releases), signing_key=key)
+                                 signatures_dir=ctx.cfg.path(ctx.cfg.paths.releases), signing_key=key,
+                                 gate_policy=config_mod.license_policy(ctx.cfg))
         excluded = out.get("excluded") if isinstance(out.get("excluded"), dict) else {}
         st = Stats(self.name, items_in=out["recordings"] + sum(excluded.values()), passed=out["recordings"],
                    details=out)
