@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .licensing.model_use import DEFAULT_MODEL_USE, RETIRED_POLICY_KEYS
+
 
 class ConfigError(ValueError):
     """The configuration file is malformed; the message names the key and the reason."""
@@ -52,8 +54,15 @@ class FreesoundConfig:
     base_url: str = "https://freesound.org/apiv2"
     token_env: str = "FREESOUND_API_TOKEN"   # the API token is read from this variable...
     token_file: str = ""                     # ...or from this file (first line); never from the config itself
-    oauth_token_env: str = "FREESOUND_OAUTH_TOKEN"  # OAuth2 access token: enables original downloads
+    oauth_token_env: str = "FREESOUND_OAUTH_TOKEN"  # a plain OAuth2 access token (wins over the token file)
+    oauth_client_id: str = ""                # your API credential's client id, for `sao auth freesound`
+    oauth_client_secret_env: str = "FREESOUND_CLIENT_SECRET"  # its client secret: only from this variable
+    oauth_token_file: str = ""               # OAuth2 tokens; "" = $XDG_CONFIG_HOME/sao/freesound-oauth.json
+                                             # (~/.config/sao/...); never inside the project folder
     rate_limit_per_minute: int = 60
+    # the API key's daily quota (level 1: 2000; level 2: 5000; level 3: 15000), counted over a sliding
+    # day in the catalogue and shared by every run with the same key; the crawl pauses when it is spent
+    requests_per_day: int = 2000
     page_size: int = 150
     commit_every_pages: int = 20             # pages per catalogue transaction (a crash loses at most these)
     timeout_s: int = 60
@@ -82,7 +91,10 @@ class LocalConfig:
 class PolicyConfig:
     allowed_licenses: list[str] = field(default_factory=lambda: ["cc0-1.0", "cc-by-3.0", "cc-by-4.0",
                                                                  "cc-sampling+-1.0"])
-    refused_gen_ai_preferences: list[str] = field(default_factory=lambda: ["no-gen-ai"])
+    # how the trained model will be released: research-only, closed-weights, open-weights-noncommercial or
+    # open-weights-commercial; it decides which Freesound gen_ai_preference values admit a recording
+    # (the table in sao/licensing/model_use.py). The default admits the fewest.
+    model_use: str = DEFAULT_MODEL_USE
 
 
 @dataclass
@@ -239,6 +251,8 @@ def from_dict(data: dict[str, Any], root: pathlib.Path | None = None) -> Config:
         obj = getattr(cfg, section)
         known = {f.name for f in dataclasses.fields(obj)}
         for key, value in values.items():
+            if section == "policy" and key in RETIRED_POLICY_KEYS:   # removed: say what replaced it
+                raise ConfigError(f"[policy].{key}: {RETIRED_POLICY_KEYS[key]}")
             if key not in known:
                 raise ConfigError(f"[{section}].{key}: unknown key (known: {', '.join(sorted(known))})")
             hint = typing.get_type_hints(type(obj))[key]
@@ -251,11 +265,10 @@ def from_dict(data: dict[str, Any], root: pathlib.Path | None = None) -> Config:
     if bad:
         # the allow-list can be narrowed, never widened beyond the paper's policy
         raise ConfigError(f"[policy].allowed_licenses: {bad} not in {sorted(ALLOWED_LICENSES)}")
-    from .licensing.gate import refused_gen_ai_problem
-    problem = refused_gen_ai_problem(cfg.policy.refused_gen_ai_preferences)
+    from .licensing.model_use import model_use_problem
+    problem = model_use_problem(cfg.policy.model_use)
     if problem:
-        # like allowed_licenses, the opt-out can be made stricter, never switched off
-        raise ConfigError(f"[policy].refused_gen_ai_preferences: {problem}")
+        raise ConfigError(f"[policy].model_use: {problem}")
     if not 1 <= cfg.freesound.page_size <= 150:
         raise ConfigError("[freesound].page_size: must be between 1 and 150 (the API maximum)")
     if cfg.freesound.max_download_mb < 1:
@@ -277,6 +290,9 @@ def from_dict(data: dict[str, Any], root: pathlib.Path | None = None) -> Config:
         raise ConfigError("[freesound].commit_every_pages: must be at least 1")
     if cfg.freesound.rate_limit_per_minute < 1:
         raise ConfigError("[freesound].rate_limit_per_minute: must be at least 1")
+    if not 1 <= cfg.freesound.requests_per_day <= 100_000_000:
+        raise ConfigError("[freesound].requests_per_day: must be between 1 and 100000000 "
+                          "(a standard API key allows 2000)")
     oc = cfg.orchestration
     if oc.task_runner not in ("thread", "dask", "ray"):
         raise ConfigError(f"[orchestration].task_runner: {oc.task_runner!r} is not thread, dask or ray")
@@ -299,12 +315,18 @@ def freesound_token(cfg: Config) -> str:
 
 
 def freesound_oauth_token(cfg: Config) -> str | None:
+    """A plain OAuth2 access token from the environment (no refresh), or None."""
     return os.environ.get(cfg.freesound.oauth_token_env, "").strip() or None
+
+
+def freesound_client_secret(cfg: Config) -> str | None:
+    """The OAuth2 client secret, only ever from the environment variable the config names."""
+    return os.environ.get(cfg.freesound.oauth_client_secret_env, "").strip() or None
 
 
 def secrets(cfg: Config) -> list[str]:
     """Every credential this config can reach (to redact from anything stored or printed)."""
-    return [x for x in (freesound_token(cfg), freesound_oauth_token(cfg),
+    return [x for x in (freesound_token(cfg), freesound_oauth_token(cfg), freesound_client_secret(cfg),
                         os.environ.get(cfg.review.detection_key_env), *cfg.replica.api_tokens,
                         *cfg.replica.oauth_tokens, *_signing_key_texts(cfg)) if x]
 
@@ -321,8 +343,7 @@ def shards_root(cfg: Config) -> str:
 
 def license_policy(cfg: Config):
     from .licensing import LicensePolicy
-    return LicensePolicy(allowed=frozenset(cfg.policy.allowed_licenses),
-                         refused_gen_ai_preferences=frozenset(cfg.policy.refused_gen_ai_preferences))
+    return LicensePolicy(allowed=frozenset(cfg.policy.allowed_licenses), model_use=cfg.policy.model_use)
 
 
 def load(path: str | os.PathLike | None = None) -> Config:

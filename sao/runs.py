@@ -138,6 +138,41 @@ def catalogue_state(cat: Catalog) -> dict[str, Any]:
     return state
 
 
+def freesound_state(cat: Catalog, *, requests_per_day: int, page_size: int, now: float | None = None
+                    ) -> dict[str, Any]:
+    """The Freesound crawl's multi-day passes (items listed out of the API's count, the days still
+    needed at ``requests_per_day``) and each credential's requests used and left today."""
+    from .sources.freesound_quota import pass_progress, quota_state
+    return {"requests_per_day": requests_per_day,
+            "passes": pass_progress(cat, page_size=page_size, per_day=requests_per_day, now=now),
+            "quota": quota_state(cat, per_day=requests_per_day, now=now)}
+
+
+def format_freesound(fs: dict[str, Any]) -> list[str]:
+    lines = []
+    for q in fs.get("quota") or []:
+        line = (f"  requests today  {q['used_today']:7d}  used, {q['left_today']} left of {q['requests_per_day']}/day "
+                f"(credential {q['credential_id']})")
+        if q.get("next_allowed"):
+            line += f"; next request allowed {q['next_allowed']:%Y-%m-%d %H:%M} UTC"
+        elif q.get("resets_at"):
+            line += f"; the oldest counted request leaves the day window {q['resets_at']:%Y-%m-%d %H:%M} UTC"
+        lines.append(line)
+    for p in fs.get("passes") or []:
+        of = (f"{p['listed']} of {'' if p.get('total_exact') else 'at least '}{p['total']} listed" if p["total"]
+              else f"{p['listed']} listed")
+        line = f"  crawl pass      {p['kind']:9s} {p['status']:9s} {of}"
+        if p["status"] == "running":
+            if p.get("checks_left") is not None:
+                line += f", {p['checks_left']} reconcile checks left"
+            line += (f"; ~{p['requests_needed']} requests to go, about {p['days_to_finish']:.1f} day(s) at "
+                     f"{fs['requests_per_day']}/day")
+        elif p.get("finished_at"):
+            line += f" (finished {p['finished_at']:%Y-%m-%d %H:%M})"
+        lines.append(line)
+    return lines
+
+
 def format_status(runs: list[dict[str, Any]], state: dict[str, Any]) -> str:
     lines = ["catalogue:"]
     lines.append(f"  recordings      {sum(state['recordings'].values()):7d}  "
@@ -150,6 +185,7 @@ def format_status(runs: list[dict[str, Any]], state: dict[str, Any]) -> str:
     rel = state["latest_release"]
     lines.append(f"  latest release  {rel['name']} ({rel['n_recordings']} recordings, {rel['created_at']:%Y-%m-%d %H:%M})"
                  if rel else "  latest release  none")
+    lines += format_freesound(state.get("freesound") or {})
     lines.append("")
     if not runs:
         lines.append("no flow runs recorded yet")

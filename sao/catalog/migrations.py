@@ -330,6 +330,60 @@ SELECT recording_id FROM direct
 UNION
 SELECT r.recording_id FROM recordings r JOIN audio USING (content_sha256);
 """),
+    (10, "the Freesound request quota and multi-day crawl passes", """
+-- Requests sent to the Freesound API, per credential and second (a sliding day window is summed from
+-- these; rows older than two days are pruned). credential_id is a salted sha256 prefix, never a token.
+CREATE TABLE api_requests (
+    credential_id     VARCHAR NOT NULL,
+    second            BIGINT NOT NULL,              -- Unix time, whole seconds
+    requests          INTEGER NOT NULL CHECK (requests > 0),
+    PRIMARY KEY (credential_id, second)
+);
+-- The rates a credential was run at, and when the server (or the budget) said the day was spent.
+CREATE TABLE api_quota (
+    credential_id     VARCHAR PRIMARY KEY,
+    requests_per_day  INTEGER NOT NULL,
+    requests_per_minute INTEGER NOT NULL,
+    blocked_until     TIMESTAMP,                    -- UTC; no request before this (NULL: none)
+    blocked_scope     VARCHAR,                      -- 'day' | 'hour' (the throttle that refused)
+    updated_at        TIMESTAMP NOT NULL
+);
+-- A full listing or a reconcile that may take several days: its own cursors, and what it has seen.
+CREATE TABLE crawl_passes (
+    pass_id           VARCHAR PRIMARY KEY,
+    source            VARCHAR NOT NULL,
+    kind              VARCHAR NOT NULL CHECK (kind IN ('full', 'reconcile')),
+    status            VARCHAR NOT NULL CHECK (status IN ('running', 'done', 'abandoned')),
+    started_at        TIMESTAMP NOT NULL,
+    updated_at        TIMESTAMP NOT NULL,
+    finished_at       TIMESTAMP,
+    listing_done      BOOLEAN NOT NULL DEFAULT FALSE,
+    checked_through   BIGINT,                       -- reconcile: the last source id checked (ids in order)
+    details           JSON
+);
+CREATE TABLE crawl_pass_cursors (
+    pass_id           VARCHAR NOT NULL,
+    query_key         VARCHAR NOT NULL,
+    last_created      TIMESTAMP,
+    next_page         INTEGER NOT NULL DEFAULT 1,
+    total             BIGINT,                       -- the API's count on the pass's first page
+    done              BOOLEAN NOT NULL DEFAULT FALSE,
+    updated_at        TIMESTAMP NOT NULL,
+    PRIMARY KEY (pass_id, query_key)
+);
+CREATE TABLE crawl_pass_seen (
+    pass_id           VARCHAR NOT NULL,
+    source_id         VARCHAR NOT NULL,
+    query_key         VARCHAR NOT NULL,             -- the search that listed it first in this pass
+    PRIMARY KEY (pass_id, source_id)
+);
+"""),
+    (11, "releases record the model use they were built for", """
+-- [policy].model_use (sao.licensing.model_use) when the release was made: it decided which Freesound
+-- gen_ai_preference values admitted a recording, so it is what the release may be used for.
+-- NULL for releases made before model uses existed.
+ALTER TABLE releases ADD COLUMN model_use VARCHAR;
+"""),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

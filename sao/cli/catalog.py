@@ -37,17 +37,28 @@ def cmd_catalog_status(args, cfg) -> int:
 
 
 def cmd_status(args, cfg) -> int:
-    from ..runs import catalogue_state, format_status, latest_runs
+    from ..runs import catalogue_state, format_status, freesound_state, latest_runs
     if not cfg.catalog_path.exists():
         print(f"sao: no catalogue at {cfg.catalog_path} yet (run `make demo` or a refresh first)")
         return 1
     with open_catalog(cfg) as cat:
         runs, state = latest_runs(cat, args.runs), catalogue_state(cat)
+        state["freesound"] = freesound_state(cat, requests_per_day=cfg.freesound.requests_per_day,
+                                             page_size=cfg.freesound.page_size)
     if args.json:
         print(json.dumps({"catalogue": state, "runs": runs}, indent=1, default=str))
     else:
         print(f"{cfg.catalog_path} (schema version {state['schema_version']})")
         print(format_status(runs, state))
+    return 0
+
+
+def cmd_catalog_restart_pass(args, cfg) -> int:
+    """Stop the running Freesound pass of a kind: the next `crawl --full` (or `--reconcile`) starts from zero."""
+    with open_catalog(cfg) as cat:
+        n = cat.abandon_crawl_passes("freesound", args.kind)
+    print(f"{n} running {args.kind} pass(es) abandoned; the next --{args.kind} starts a new one" if n
+          else f"no {args.kind} pass is running")
     return 0
 
 
@@ -84,12 +95,16 @@ def cmd_replica_serve(args, cfg) -> int:
     from ..sources import sample_corpus
     from ..sources.replica import ReplicaServer, ReplicaSettings, build_fma_replica, build_freesound_sounds
     rc = cfg.replica
+    if args.requests_per_day < 0:
+        print("sao: --requests-per-day must be 0 (no daily quota) or more")
+        return 2
     entries = sample_corpus.load_metadata(cfg.path(cfg.paths.sample_corpus))
     root = cfg.path(rc.data_dir)
     build_fma_replica(entries, root / "fma")
     settings = ReplicaSettings(api_tokens=rc.api_tokens, oauth_tokens=rc.oauth_tokens,
                                rate_limit_per_minute=args.rate_limit if args.rate_limit is not None
-                               else rc.rate_limit_per_minute, max_page_size=rc.max_page_size,
+                               else rc.rate_limit_per_minute, requests_per_day=args.requests_per_day,
+                               max_page_size=rc.max_page_size,
                                page_site=rc.page_site)
     srv = ReplicaServer(build_freesound_sounds(entries), settings, fma_dir=root / "fma",
                         cache_dir=root / "previews", host=args.host or rc.host,
@@ -154,6 +169,10 @@ def register(sub) -> None:
     ex.add_argument("table", nargs="?", default="all", help="a table name, or 'all' (default)")
     ex.add_argument("--out", help="output folder (default [paths].exports)")
     ex.set_defaults(func=cmd_catalog_export)
+    rp = cat.add_parser("restart-pass", help="abandon the running Freesound full or reconcile pass "
+                        "(a new --full or --reconcile otherwise continues it)")
+    rp.add_argument("kind", choices=("full", "reconcile"))
+    rp.set_defaults(func=cmd_catalog_restart_pass)
 
     co = sub.add_parser("corpus", help="the shipped sample corpus").add_subparsers(dest="sub", required=True)
     co.add_parser("verify", help="check every file: present, unmodified, decodable").set_defaults(func=cmd_corpus_verify)
@@ -164,6 +183,8 @@ def register(sub) -> None:
     s.add_argument("--host", help="loopback address (default [replica].host)")
     s.add_argument("--port", type=int, help="port (default [replica].port; 0 picks a free one)")
     s.add_argument("--rate-limit", type=int, help="requests per minute per token before 429 (0: no limit)")
+    s.add_argument("--requests-per-day", type=int, default=0,
+                   help="a daily quota per token, like freesound.org's 2000 (default 0: none)")
     s.set_defaults(func=cmd_replica_serve)
 
     stp = sub.add_parser("status", help="the latest flow runs and the catalogue's state")

@@ -9,6 +9,12 @@ different hosts (``http://A\\@B/``, userinfo, a backslash) is refused before any
 The token is never put in a URL, and every message built from a server's answer is redacted
 (``sao.log.redact``) before it is raised or logged; ``repr(client)`` hides it too.
 
+Every API request (searches, sound lookups, original downloads) is taken from a ``RequestBudget``
+(sao.sources.freesound_quota) before it is sent: per day as well as per minute. A 429 is read by its
+message: a per-minute one is waited out and retried; a daily (or hourly) one raises ``QuotaExhausted``
+at once, carrying when the next request is allowed, and the budget then refuses every later request
+without asking the server; a suspended credential is a fatal error. Previews (the CDN) are not counted.
+
 Downloads are bounded: at most ``max_download_bytes`` and ``download_deadline_s`` seconds per
 file overall, checked while streaming (a server that trickles bytes cannot hold a worker).
 """
@@ -33,6 +39,7 @@ import urllib3
 
 from ..fsutil import audio_ext, safe_join
 from ..log import redact, register_secrets
+from .freesound_quota import RequestBudget, credential_id, note_block, parse_throttle, utc
 from .record_checks import request_origin, short
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,19 @@ class FreesoundError(RuntimeError):
         return self.status is None or self.status == 429 or self.status >= 500
 
 
+class QuotaExhausted(FreesoundError):
+    """The day's (or hour's) requests are spent: by the budget, before asking, or by the server's 429.
+    Not retried in-process; ``next_allowed`` (Unix time) says when a later run may go on."""
+
+    def __init__(self, message: str, *, scope: str, next_allowed: float, by_server: bool):
+        super().__init__(message, 429, transient=False)
+        self.scope, self.next_allowed, self.by_server = scope, float(next_allowed), by_server
+
+    @property
+    def next_allowed_utc(self):
+        return utc(self.next_allowed)
+
+
 class RateLimiter:
     """At most ``max_calls`` per ``period`` seconds over any sliding window, across threads.
 
@@ -104,6 +124,13 @@ class RateLimiter:
                 wait = self.period - (now - self.calls[0])
             self.waited += wait
             self.sleep(wait)
+
+    def seed(self, ages: list[float]) -> None:
+        """Calls made ``ages`` seconds ago (by an earlier run of the same credential) fill the window."""
+        with self.lock:
+            now = self.clock()
+            stamps = sorted(now - a for a in ages if 0 <= a < self.period)
+            self.calls = collections.deque(sorted([*self.calls, *stamps])[-self.max_calls:])
 
 
 @dataclass
@@ -137,11 +164,12 @@ def _detail(resp: requests.Response, streamed: bool = False) -> str:
 
 
 class FreesoundClient:
-    def __init__(self, base_url: str, token: str, *, oauth_token: str | None = None,
+    def __init__(self, base_url: str, token: str, *, oauth_token: Any = None,   # str or a token provider
                  rate_limit_per_minute: int = 60, rate_period: float = 60.0, retry: RetryPolicy | None = None,
                  timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep,
                  max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
-                 download_deadline_s: float = DEFAULT_DOWNLOAD_DEADLINE_S):
+                 download_deadline_s: float = DEFAULT_DOWNLOAD_DEADLINE_S, requests_per_day: int = 2000,
+                 budget: RequestBudget | None = None, clock: Callable[[], float] = time.time):
         if not token:
             raise FreesoundError("no Freesound API token: set it in the environment variable named by "
                                  "[freesound].token_env, or in [freesound].token_file", transient=False)
@@ -150,11 +178,19 @@ class FreesoundClient:
         self.base_url = base_url.rstrip("/")
         self.api_origin = origin(self.base_url)
         self._token = token
-        self._oauth = oauth_token
-        register_secrets([token, oauth_token])     # every log line and CLI message hides them from now on
+        register_secrets([token])                 # every log line and CLI message hides it from now on
+        # the Bearer token source for originals: a plain access token, or a provider that refreshes
+        # (sao.sources.freesound_oauth); each token it hands out is registered as a secret there
+        from .freesound_oauth import FixedAccessToken
+        self._oauth = FixedAccessToken(oauth_token) if isinstance(oauth_token, str) and oauth_token else oauth_token
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "sao-crawler/0.1"   # no credential here: see _auth_headers
         self.limiter = RateLimiter(rate_limit_per_minute, rate_period, sleep=sleep)
+        # the quota is the API client's (the OAuth2 tokens are issued to it): keyed by the API key's id
+        self.credential_id = credential_id(token)
+        self.budget = budget or RequestBudget(requests_per_day, clock=clock)
+        self.quota_stop: QuotaExhausted | None = None     # the refusal that stopped this client, if one did
+        self.quota_refused: list[str] = []                 # URLs not asked for because the quota was spent
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.sleep = sleep
@@ -180,14 +216,18 @@ class FreesoundClient:
         if origin(url) != self.api_origin:
             return {}
         if bearer:
-            return {"Authorization": f"Bearer {self._oauth}"}
+            access = self._oauth.access_token()    # may refresh; an OAuthError says what to do
+            register_secrets([access])
+            return {"Authorization": f"Bearer {access}"}
         return {"Authorization": f"Token {self._token}"}
 
-    def _get(self, url: str, params: dict | None, *, stream: bool, bearer: bool, timeout: float) -> requests.Response:
+    def _get(self, url: str, params: dict | None, *, stream: bool, bearer: bool, timeout: float,
+             anonymous: bool = False) -> requests.Response:
         """One GET, following redirects here so each hop gets only the credential its host may see."""
         for _ in range(MAX_REDIRECTS + 1):
             resp = self.session.get(url, params=params, stream=stream, timeout=timeout,
-                                    headers=self._auth_headers(url, bearer), allow_redirects=False)
+                                    headers={} if anonymous else self._auth_headers(url, bearer),
+                                    allow_redirects=False)
             location = resp.headers.get("Location")
             if resp.status_code not in REDIRECTS or not location:
                 return resp
@@ -201,25 +241,43 @@ class FreesoundClient:
         raise FreesoundError(f"GET {url.split('?')[0]}: more than {MAX_REDIRECTS} redirects", transient=False)
 
     def _request(self, url: str, params: dict | None = None, *, stream: bool = False, bearer: bool = False,
-                 limited: bool = True, deadline: float | None = None) -> requests.Response:
+                 limited: bool = True, deadline: float | None = None,
+                 anonymous: bool = False) -> requests.Response:
+        """One GET with retries. ``limited``: an API request, taken from the budget and paced by the
+        limiter. ``anonymous``: no credential at all, even on the API's host (the website's pages are
+        not the API, and the key is for the API only)."""
         origin(url)                               # an ambiguous or non-http(s) URL is never requested
         attempt = 0
         where = url.split("?")[0]
         while True:
             if limited:
+                refusal = self.budget.take()      # before the limiter: a spent day never waits for a slot
+                if refusal is not None:
+                    self.quota_refused.append(where)
+                    self.stats["quota_refused"] += 1
+                    stop = QuotaExhausted(
+                        f"GET {where} not sent: {refusal.why}; the next request is allowed at "
+                        f"{utc(refusal.next_allowed):%Y-%m-%d %H:%M:%S} UTC", scope=refusal.scope,
+                        next_allowed=refusal.next_allowed, by_server=False)
+                    if self.quota_stop is None or not self.quota_stop.by_server:   # the server's word is kept
+                        self.quota_stop = stop
+                    raise stop
                 self.limiter.acquire()
             self.stats["requests"] += 1
             timeout = self.timeout
             if deadline is not None:
                 timeout = max(0.05, min(timeout, deadline - time.monotonic()))
             try:
-                resp = self._get(url, params, stream=stream, bearer=bearer, timeout=timeout)
+                resp = self._get(url, params, stream=stream, bearer=bearer, timeout=timeout, anonymous=anonymous)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 problem, retry_after = f"{type(exc).__name__}", None
             else:
                 if resp.status_code < 400:
                     return resp
                 detail = _detail(resp, stream)
+                if resp.status_code == 429 and limited:
+                    self.budget.refund()           # a throttled request is not counted by the server
+                    self._throttled(resp, where, detail)
                 if resp.status_code != 429 and resp.status_code < 500:
                     resp.close()
                     raise FreesoundError(f"GET {where} failed with HTTP {resp.status_code}: {detail}",
@@ -237,6 +295,27 @@ class FreesoundClient:
             self.stats["retries"] += 1
             self.sleep(delay)
             attempt += 1
+
+    def _throttled(self, resp: requests.Response, where: str, detail: str) -> None:
+        """A 429 that must not be retried here raises: a suspended credential, or a spent day or hour
+        (the budget is blocked until then, so no later request asks again). Per-minute ones return."""
+        throttle = parse_throttle(detail)
+        if throttle is None or not (throttle.fatal or throttle.waits_long):
+            return
+        resp.close()
+        self.stats["http_429"] += 1
+        if throttle.fatal:
+            raise FreesoundError(f"GET {where}: the Freesound API credential is suspended (HTTP 429: {detail}); "
+                                 "no request will succeed with it: ask Freesound why, or use another key",
+                                 429, transient=False)
+        until = self.budget.server_refused(throttle)
+        note_block(self.credential_id, until, throttle.scope)   # later clients in this process wait too
+        self.quota_refused.append(where)          # refused, not failed: the next run asks again
+        self.quota_stop = QuotaExhausted(
+            f"GET {where}: the Freesound server refused more requests this {throttle.scope} (HTTP 429: {detail}); "
+            f"the next request is allowed at about {utc(until):%Y-%m-%d %H:%M:%S} UTC",
+            scope=throttle.scope, next_allowed=until, by_server=True)
+        raise self.quota_stop
 
     def get_json(self, url: str, params: dict | None = None) -> dict[str, Any]:
         """A JSON object; a body that is cut short, not JSON or not an object (a proxy's HTML
@@ -265,24 +344,25 @@ class FreesoundClient:
 
     def search_pages(self, filter: str, *, fields: tuple[str, ...] = SEARCH_FIELDS, page_size: int = 150,
                      sort: str = "created_asc", query: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
-        """Yield (page number, page JSON), following ``next`` until it is null."""
-        url: str | None = f"{self.base_url}/search/"
-        params: dict | None = {"query": query, "filter": filter, "sort": sort, "fields": ",".join(fields),
-                               "page_size": page_size, "page": 1}
+        """Yield (page number, page JSON) while the server says there is a next page. Each page is
+        asked for by number (``search_page``), never through the ``next`` link (see there)."""
         page = 1
-        while url:
-            j = self.get_json(url, params)
-            for key in ("count", "results"):
-                if key not in j:
-                    raise FreesoundError(f"search page {page}: malformed response, no {key!r}")
+        while True:
+            j = self.search_page(filter, page, fields=fields, page_size=page_size, sort=sort, query=query)
             yield page, j
-            url, params, page = j.get("next"), None, page + 1
+            if not j.get("next"):
+                return
+            page += 1
 
     def search_page(self, filter: str, page: int = 1, *, fields: tuple[str, ...] = SEARCH_FIELDS,
                     page_size: int = 150, sort: str = "created_asc", query: str = "") -> dict[str, Any]:
-        j = self.get_json(f"{self.base_url}/search/", {"query": query, "filter": filter, "sort": sort,
-                                                       "fields": ",".join(fields), "page_size": page_size,
-                                                       "page": page})
+        """One page of a search, asked for by number with this client's own parameters: the server's
+        ``next`` link is never followed, since it leaves the ``+`` of ``license:"Sampling+"`` unencoded
+        and the server then reads ``Sampling `` (no match, an empty page, no error)."""
+        params = {"query": query, "sort": sort, "fields": ",".join(fields), "page_size": page_size, "page": page}
+        if filter:           # an empty ``filter=`` is a 400 "Invalid filter." on freesound.org (forms.py)
+            params["filter"] = filter
+        j = self.get_json(f"{self.base_url}/search/", params)
         for key in ("count", "results"):
             if key not in j or (key == "results" and not isinstance(j[key], list)):
                 raise FreesoundError(f"search page {page}: malformed response, no {key!r} list")
@@ -298,6 +378,24 @@ class FreesoundClient:
             raise
 
     # -- downloads -------------------------------------------------------------------------------
+    def _original_response(self, url: str, deadline: float) -> requests.Response:
+        """The original's response, with the Bearer token; after a 401 the token is refreshed once
+        (it may have expired or been revoked since it was handed out) and the request tried again."""
+        from .freesound_oauth import check_api_url
+        check_api_url(self.base_url)           # a Bearer token crosses the network only over https
+        rejected = self._oauth.access_token()
+        try:
+            return self._request(url, stream=True, bearer=True, limited=True, deadline=deadline)
+        except FreesoundError as exc:
+            if exc.status != 401:
+                raise
+            renewed = self._oauth.after_unauthorized(rejected)
+            if renewed is None:
+                raise FreesoundError(f"{exc}; the OAuth2 access token was refused and cannot be refreshed: run "
+                                     "`sao auth freesound`", 401) from None
+            self.stats["oauth_retries"] += 1
+        return self._request(url, stream=True, bearer=True, limited=True, deadline=deadline)
+
     def download(self, url: str, dest_dir: str | os.PathLike, *, ext: str, expected_md5: str | None = None,
                  expected_size: int | None = None, original: bool = False) -> tuple[pathlib.Path, str, int]:
         """Stream ``url`` into a content-addressed store: ``dest_dir/ab/cd/<sha256>.<ext>``.
@@ -309,13 +407,17 @@ class FreesoundClient:
         """
         ext = audio_ext(ext)                 # before any request: a bad type never touches the disk
         if original and not self._oauth:
-            raise FreesoundError("original downloads need OAuth2 credentials ([freesound].oauth_token_env)")
+            from .freesound_oauth import OAuthError
+            raise OAuthError("original downloads need OAuth2 credentials: run `sao auth freesound` (or set "
+                             "the access token in [freesound].oauth_token_env)", transient=False)
         where = url.split("?")[0]
         cap, deadline = self.max_download_bytes, time.monotonic() + self.download_deadline_s
         dest = pathlib.Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
-        # previews come from a CDN that the API throttle does not cover
-        resp = self._request(url, stream=True, bearer=original, limited=original, deadline=deadline)
+        if original:
+            resp = self._original_response(url, deadline)
+        else:      # previews come from a CDN that the API throttle does not cover
+            resp = self._request(url, stream=True, bearer=False, limited=False, deadline=deadline)
         announced = resp.headers.get("Content-Length")
         encoded = bool(resp.headers.get("Content-Encoding"))
         fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=dest)

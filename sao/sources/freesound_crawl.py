@@ -17,6 +17,18 @@ its page is committed. A known item whose re-fetched copy cannot be stored (in t
 reconcile) gets a ``record`` reject (``malformed-record: refetch: ...``) instead of keeping the
 admission its old copy earned. ``updated`` counts only known items whose stored values changed (the
 boundary item fetched again on every rerun is not an update).
+
+Multi-day passes: a full listing (``--full``) and a reconcile (``--reconcile``: a full listing, then
+a check of each known item it did not show) can need more requests than one day allows (the paper's
+472,618 recordings at 150 per page: 3,151 searches; a standard key allows 2,000 a day). Each kind
+keeps its own pass in the catalogue (``crawl_passes``): per search a cursor of its own
+(``crawl_pass_cursors``, the same watermark rule) and the ids it has listed (``crawl_pass_seen``, which
+the reconcile reads), so a run that meets the quota stops cleanly (what it fetched is committed, the
+stats say ``paused`` and until when) and the next run of that kind continues the pass. A new
+``--full`` while one runs continues it; ``sao catalog restart-pass full`` starts the next from zero.
+The incremental cursor (``crawl_cursors``) only moves forward (``Catalog.advance_cursor``): a pass
+never writes it while it lists, and when a search's listing is complete it moves it up to the
+pass's watermark (never back), since everything before that has been listed.
 """
 from __future__ import annotations
 
@@ -34,7 +46,7 @@ from ..catalog import Catalog, CatalogError
 from ..licensing import UNKNOWN, canonical_license, freesound_attribution_line, tasl
 from ..log import progress
 from . import record_checks as rc
-from .freesound import ALLOWED_LICENSE_NAMES, SEARCH_FIELDS, FreesoundClient
+from .freesound import ALLOWED_LICENSE_NAMES, SEARCH_FIELDS, FreesoundClient, QuotaExhausted
 
 log = logging.getLogger(__name__)
 SOURCE = "freesound"
@@ -52,6 +64,9 @@ class CrawlStats:
     per_license: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     seen_ids: set = dataclasses.field(default_factory=set, repr=False)
+    pass_id: str | None = None      # the multi-day pass this run continued (a full listing or a reconcile)
+    pass_done: bool = False         # ... and whether its listing is now complete
+    paused: dict | None = None      # the quota stopped the run: {"scope", "next_allowed" (UTC), "why"}
 
     @property
     def items_per_s(self) -> float:
@@ -172,14 +187,27 @@ def _filter(name: str, since: dt.datetime | None) -> str:
     return f
 
 
+def paused(exc: QuotaExhausted) -> dict[str, Any]:
+    """What a stage's stats say when the quota stopped it (JSON-like)."""
+    return {"scope": exc.scope, "next_allowed": f"{exc.next_allowed_utc:%Y-%m-%dT%H:%M:%S}Z", "why": str(exc),
+            "by_server": exc.by_server}
+
+
+def _count(data: dict[str, Any]) -> int | None:
+    """The search page's ``count`` when it is a sane integer (it only feeds progress reports)."""
+    n = data.get("count")
+    return n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 10**9 else None
+
+
 def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Iterable[str] = ALLOWED_LICENSE_NAMES,
                     page_size: int = 150, full: bool = False, fields: tuple[str, ...] = SEARCH_FIELDS,
                     commit_every: int = 20,
                     clock: Callable[[], dt.datetime] | None = None,
                     on_page: Callable[[str, int], None] | None = None,
-                    config_hash: str = rc.RULES_VERSION) -> CrawlStats:
-    """Crawl every allowed license search into the catalogue. ``full`` ignores the cursors
-    (a full listing, used to reconcile deletions and re-licensing).
+                    config_hash: str = rc.RULES_VERSION, pass_kind: str = "full") -> CrawlStats:
+    """Crawl every allowed license search into the catalogue. ``full`` lists everything, as the
+    running pass of ``pass_kind`` ("full" or "reconcile"), continued from its own cursors.
+    A spent quota (``QuotaExhausted``) ends the run cleanly: ``stats.paused`` says until when.
 
     Every item is checked field by field (``sound_to_record``): one bad item never sinks its
     page; a bad field is stored NULL with a ``record`` reject; an item that cannot be stored
@@ -203,10 +231,18 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
         stats.malformed_reasons.append(f"{rc.short(what)}: {why}")
         log.error("freesound %s: skipping malformed item %s: %s", where, rc.short(what), why)
 
+    run_pass = cat.open_crawl_pass(SOURCE, pass_kind) if full else None
+    stats.pass_id = run_pass["pass_id"] if run_pass else None
     for name in license_names:
         key = f'license:"{name}"'
-        cursor = cat.get_cursor(SOURCE, key)
-        watermark = None if (full or cursor is None) else cursor["last_created"]
+        if run_pass is not None:
+            cursor = cat.get_pass_cursor(run_pass["pass_id"], key)
+            if cursor is not None and cursor["done"]:
+                continue                     # this search's listing is complete in this pass
+        else:
+            cursor = cat.get_cursor(SOURCE, key)
+        watermark = None if cursor is None else cursor["last_created"]
+        total = None
         n_license = 0
         bar = progress(desc=f"freesound {name}", unit="item")
         pending: list[dict[str, Any]] = []
@@ -217,6 +253,12 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
             newest = max((r["created_at"] for r in pending if r["created_at"]), default=None)
             if newest is not None and (watermark is None or newest > watermark):
                 watermark = newest
+            # a re-fetched remix (the incremental boundary item) whose own line is unchanged keeps the sources
+            # fetched for it: APIv2 cannot list them, so dropping them would re-spend requests and count it as
+            # updated. A full pass carries nothing: it is when every remix's sources are checked again.
+            if run_pass is None:  # noqa: B023 - flush runs in this pass
+                from .freesound_remix import carry_remix_sources
+                carry_remix_sources(cat, pending)
             changed = changed_ids(cat, pending)
             batch = {f"{SOURCE}:{sid}": refetch_problem(why) for sid, why in stale.items()}
             # a clean copy of the same item later in this pass is the newer word: it goes last
@@ -227,7 +269,12 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
             with cat.transaction():          # these pages, their record decisions and the cursor commit together
                 cat.upsert_recordings(pending)
                 cat.add_decisions(decisions)
-                cat.set_cursor(SOURCE, key, watermark, next_page)  # noqa: B023 - flush runs in this pass
+                if run_pass is None:
+                    cat.advance_cursor(SOURCE, key, watermark, next_page)  # noqa: B023 - flush runs in this pass
+                else:
+                    cat.set_pass_cursor(run_pass["pass_id"], key, watermark, next_page, total=total)  # noqa: B023
+                    cat.add_pass_seen(run_pass["pass_id"], key,  # noqa: B023
+                                      [r["source_id"] for r in pending] + list(stale))
             for r in pending:
                 stats.seen_ids.add(r["source_id"])
                 if r["source_id"] in known:
@@ -242,8 +289,15 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
         # boundary. Sounds seen twice (the inclusive boundary, a repeated or stale page) are kept once.
         since, page, asked = watermark, 1, 0
         seen_pass: set[str] = set()
+        stop: QuotaExhausted | None = None
         while True:
-            data = client.search_page(_filter(name, since), page, page_size=page_size, fields=fields)
+            try:
+                data = client.search_page(_filter(name, since), page, page_size=page_size, fields=fields)
+            except QuotaExhausted as exc:
+                stop = exc
+                break
+            if total is None and since is None and page == 1:
+                total = _count(data)            # the whole search's size: what the pass's progress is out of
             crawl_time = clock()
             fresh = []
             where = f"search {key} page {page}"
@@ -296,33 +350,66 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
                 since, page = newest, 1
             else:
                 page += 1
-        if pending or pending_pages or stale:
+        if pending or pending_pages or stale or (stop is not None and run_pass is not None):
             flush(page)
         bar.close()
-        cat.set_cursor(SOURCE, key, watermark, 1)    # pass complete
         stats.per_license[name] = n_license
+        if stop is not None:
+            stats.paused = paused(stop)
+            log.warning("freesound %s: paused after %d items: %s", name, n_license, stop)
+            break
+        with cat.transaction():                  # this search's listing is complete
+            if run_pass is not None:
+                cat.set_pass_cursor(run_pass["pass_id"], key, watermark, 1, total=total, done=True)
+            # forward only: what the pass listed is everything up to its watermark
+            cat.advance_cursor(SOURCE, key, watermark, 1)
         log.info("freesound %s: %d items", name, n_license)
+    if run_pass is not None and stats.paused is None:
+        stats.pass_done = True
+        cat.update_crawl_pass(run_pass["pass_id"], listing_done=True,
+                              status="done" if pass_kind == "full" else None)
     stats.seconds = time.perf_counter() - t0
     return stats
 
 
-def reconcile_freesound(cat: Catalog, client: FreesoundClient, seen_ids: set[str], *,
-                        fields: tuple[str, ...] = SEARCH_FIELDS, config_hash: str = rc.RULES_VERSION) -> dict[str, int]:
+def reconcile_freesound(cat: Catalog, client: FreesoundClient, seen_ids: set[str] | None = None, *,
+                        pass_id: str | None = None, fields: tuple[str, ...] = SEARCH_FIELDS,
+                        config_hash: str = rc.RULES_VERSION) -> dict[str, Any]:
     """After a full crawl: an item in the catalogue that no allowed-license search returned was
     deleted at the source (take-down) or re-licensed (updated; the gate then rejects it and
-    writes the take-down)."""
-    out = {"deleted": 0, "relicensed": 0}
-    missing = [r["source_id"] for r in cat.query("SELECT source_id FROM recordings WHERE source = ?", [SOURCE])
-               if r["source_id"] not in seen_ids]
+    writes the take-down).
+
+    With ``pass_id`` (a reconcile pass whose listing is complete) the items are those the pass's
+    listing did not show, known when the pass began, checked in id order; each check commits with
+    the pass's ``checked_through``, so a run stopped by the quota (``out["paused"]``) continues with
+    the next id, and the pass is done when none is left."""
+    out: dict[str, Any] = {"deleted": 0, "relicensed": 0}
+    if pass_id is not None:
+        missing = cat.reconcile_candidates(pass_id, SOURCE)
+    else:
+        missing = [r["source_id"] for r in cat.query("SELECT source_id FROM recordings WHERE source = ?", [SOURCE])
+                   if r["source_id"] not in (seen_ids or set())]
     taken = cat.active_takedowns()
     record_prev = cat.latest_decision_map(rc.STAGE)
+
+    def checked(sid: str) -> None:
+        if pass_id is not None:
+            cat.update_crawl_pass(pass_id, checked_through=int(sid))
+
     for sid in missing:
         rid = f"{SOURCE}:{sid}"
         if rid in taken:
             continue
-        s = client.sound(int(sid), fields)
+        try:
+            s = client.sound(int(sid), fields)
+        except QuotaExhausted as exc:
+            out["paused"] = paused(exc)
+            log.warning("freesound reconcile paused before %s: %s", rid, exc)
+            return out
         if s is None:
-            cat.add_takedown(rid, "deleted-at-source: the sound no longer exists on Freesound", "crawl")
+            with cat.transaction():
+                cat.add_takedown(rid, "deleted-at-source: the sound no longer exists on Freesound", "crawl")
+                checked(sid)
             out["deleted"] += 1
             log.warning("%s: deleted at the source; take-down recorded", rid)
         else:
@@ -334,14 +421,19 @@ def reconcile_freesound(cat: Catalog, client: FreesoundClient, seen_ids: set[str
             except (rc.UnusableItem, CatalogError) as exc:
                 # what the stored copy says (its license above all) may be out of date, and the new
                 # copy cannot be stored: a record reject keeps the item out until a clean re-fetch
-                cat.add_decisions(rc.record_decisions({rid: refetch_problem(str(exc))}, record_prev,
-                                                      config_hash=config_hash))
+                with cat.transaction():
+                    cat.add_decisions(rc.record_decisions({rid: refetch_problem(str(exc))}, record_prev,
+                                                          config_hash=config_hash))
+                    checked(sid)
                 log.error("%s: re-fetched item is malformed, not stored; a record reject keeps it out: %s", rid, exc)
                 continue
             decisions = rc.record_decisions({rid: problems}, record_prev, config_hash=config_hash)
             with cat.transaction():
                 cat.upsert_recordings([rec])
                 cat.add_decisions(decisions)
+                checked(sid)
             out["relicensed"] += 1
             log.warning("%s: no longer under an allowed license name (now %s)", rid, s.get("license"))
+    if pass_id is not None:
+        cat.update_crawl_pass(pass_id, status="done")
     return out
