@@ -18,8 +18,13 @@ from ..catalog import Catalog
 from ..fsutil import UnsafePathError, audio_ext
 from ..log import progress, redact
 from .freesound import FreesoundClient, FreesoundError
+from .freesound_oauth import OAuthError
 
 log = logging.getLogger(__name__)
+
+# consecutive authentication failures (HTTP 401/403, or no usable OAuth2 token) after which the
+# originals download stops: with an expired or revoked token every further item would fail too
+AUTH_FAILURES_TO_STOP = 3
 
 
 @dataclasses.dataclass
@@ -31,6 +36,7 @@ class DownloadStats:
     audio_seconds: float = 0.0
     seconds: float = 0.0
     failures: dict[str, str] = dataclasses.field(default_factory=dict)   # recording_id -> why (redacted)
+    stopped: str = ""            # why the download stopped before the end ("" = it did not); the rest stay pending
 
     @property
     def audio_s_per_s(self) -> float:
@@ -56,8 +62,11 @@ def download_items(client: FreesoundClient, items: list[dict], store: str | os.P
     stats = DownloadStats(candidates=len(items))
     t0 = time.perf_counter()
     done = []
+    auth_failures = 0
     for item in progress(items, desc="download", unit="file", disable=not show_progress):
         rid = item["recording_id"]
+        if stats.stopped:
+            break
         try:
             if originals:
                 if not item["audio_url"]:
@@ -73,7 +82,15 @@ def download_items(client: FreesoundClient, items: list[dict], store: str | os.P
             stats.failed += 1
             stats.failures[rid] = redact(exc)[:300]
             log.warning("%s: download failed, will retry next run: %s", rid, stats.failures[rid])
+            auth_failures = auth_failures + 1 if originals and _is_auth_failure(exc) else 0
+            # a refused refresh token (or no token at all) will not mend itself: stop at once
+            if auth_failures >= AUTH_FAILURES_TO_STOP or (auth_failures and _needs_sign_in(exc)):
+                stats.stopped = (f"originals download stopped after {auth_failures} authentication failure(s) in a "
+                                 f"row ({stats.failures[rid][:200]}); run `sao auth freesound` to sign in again; "
+                                 f"{len(items) - len(done) - stats.failed} more item(s) stay pending for the next run")
+                log.error("%s", stats.stopped)
             continue
+        auth_failures = 0
         rel = pathlib.Path(path).relative_to(store).as_posix()     # the client built it with safe_join
         done.append({"recording_id": rid, "sha256": sha, "audio_path": rel,
                      "variant": "original" if originals else "preview-hq-mp3"})
@@ -84,6 +101,16 @@ def download_items(client: FreesoundClient, items: list[dict], store: str | os.P
         stats.audio_seconds += item["duration"] or 0.0
     stats.seconds = time.perf_counter() - t0
     return done, stats
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    return isinstance(exc, OAuthError) or (isinstance(exc, FreesoundError) and exc.status in (401, 403))
+
+
+def _needs_sign_in(exc: BaseException) -> bool:
+    """A failure no retry can mend: no usable token (none configured, a bad token file, a refused
+    refresh token); a token endpoint that did not answer may answer next time."""
+    return isinstance(exc, OAuthError) and not exc.transient
 
 
 def record_downloads(cat: Catalog, done: list[dict]) -> int:
