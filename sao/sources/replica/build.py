@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import shutil
+import zlib
 from typing import Any
 
 from ...fsutil import atomic_path, atomic_write_text
@@ -54,10 +55,43 @@ def freesound_license_name(canonical: str) -> str:
     return _FS_NAMES.get(canonical, {"unknown": "Unknown"}.get(canonical, canonical.upper()))
 
 
+def record_created(value: object) -> dt.datetime | None:
+    """A record's ``created`` (ISO 8601, naive meaning UTC, or with ``Z``/an offset) as naive UTC;
+    None when it is not a date (tests store hostile values to see the crawler refuse them)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+        if t.tzinfo is not None:
+            t = t.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):       # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        return None
+    return t
+
+
+def api_created(value: object) -> object:
+    """``created`` as freesound.org writes it: the serializer returns ``created.replace(microsecond=0)``
+    of an aware UTC datetime (USE_TZ = True) and DRF's encoder writes ``isoformat()`` with ``+00:00``
+    as ``Z``: ``2024-01-01T06:00:00Z``. A value that is not a date goes out as it is."""
+    t = record_created(value)
+    if t is None:
+        return value
+    return t.replace(microsecond=0).isoformat() + "Z"
+
+
+def replica_user_id(username: object) -> int:
+    """The uploader's numeric id, which freesound.org puts in preview and image file names
+    (``<sound id>_<user id>-hq.mp3``) and the replica in its image URLs; the corpus has no user
+    ids, so one is derived from the name, stably."""
+    return 1_000_000 + zlib.crc32(str(username).encode("utf-8", "replace")) % 9_000_000
+
+
 def build_freesound_sounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Full sound records (every field the API can return) for the corpus's Freesound-side items.
 
-    ``_path`` (the original file) and ``_license_name`` (the filter name) are internal.
+    ``_path`` (the original file), ``_license_name`` (the filter name) and ``_user_id`` are internal.
+    Values are stored as the database holds them (``created`` naive UTC, ``avg_rating`` 0-10,
+    ``pack`` a pack id or None); ``ReplicaServer.render_sound`` serializes them as the API does.
     """
     sounds = []
     for i, e in enumerate(x for x in entries if x["replica"] == "freesound"):
@@ -85,6 +119,7 @@ def build_freesound_sounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]
             "duration": e["duration"],
             "samplerate": e["sample_rate"],
             "username": e["author"],
+            "_user_id": replica_user_id(e["author"]),
             "md5": e["md5"],
             "is_remix": False,
             "was_remixed": False,

@@ -14,20 +14,34 @@ import socket
 import time
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from .search import SearchError, search
+from . import oauth as oauth_endpoints
+from . import remix as remix_pages
+from .search import DEFAULT_SORT, SORTS, SearchError, filter_error_detail, search
 
 if TYPE_CHECKING:
     from .server import ReplicaServer
 
 log = logging.getLogger("sao.sources.replica.server")     # one access log for the replica
 
+# MTG/freesound apiv2/serializers.py: a sound's fields in the order the serializer writes them
+# (``AbstractSoundSerializer.Meta.fields``; a response follows this order, not the requested one),
+# the list view's defaults and the instance view's defaults. ``fields=*`` is every one of them.
+PUBLIC_FIELDS = ("id", "url", "name", "tags", "description", "category", "subcategory", "category_code",
+                 "category_is_user_provided", "geotag", "is_geotagged", "created", "license", "gen_ai_preference",
+                 "type", "channels", "filesize", "bitrate", "bitdepth", "duration", "samplerate", "username", "pack",
+                 "pack_name", "download", "bookmark", "previews", "images", "num_downloads", "avg_rating",
+                 "num_ratings", "rate", "comments", "num_comments", "comment", "similar_sounds", "is_explicit",
+                 "score", "is_remix", "was_remixed", "md5")
 DEFAULT_FIELDS = ("id", "name", "tags", "username", "license")
-PUBLIC_FIELDS = ("id", "url", "name", "tags", "description", "category", "subcategory", "geotag", "created",
-                 "license", "gen_ai_preference", "type", "channels", "filesize", "bitrate", "bitdepth",
-                 "duration", "samplerate", "username", "pack", "download", "previews", "num_downloads",
-                 "avg_rating", "num_ratings", "num_comments", "is_remix", "was_remixed", "md5", "is_explicit")
+DETAIL_FIELDS = tuple(f for f in PUBLIC_FIELDS if f != "score")
+# apiv2/forms.py my_quote: the characters the ``next``/``previous`` links leave unencoded. ``+`` is
+# among them, and Django reads ``+`` in a query string as a space: following a link for
+# ``license:"Sampling+"`` asks for ``license:"Sampling "``.
+LINK_SAFE = ",:[]*+()'"
+NOT_FOUND = "Not found"                              # apiv2/exceptions.py NotFoundException
+SOUND_NOT_FOUND = "No Sound matches the given query."  # DRF 3.15 passes get_object_or_404's Http404 text on
 FAULT_KINDS = ("status", "reset", "stall", "truncated-json", "content-type", "truncate", "corrupt", "duplicate-page",
                "reorder", "delete-next")
 REQUEST_FAULTS = ("status", "reset", "stall", "truncated-json", "content-type", "duplicate-page", "reorder",
@@ -53,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- helpers ---------------------------------------------------------------------------------
     def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
+        data = render_json(body)
         if status == 200 and getattr(self, "_page_fault", None) and self._page_fault["kind"] == "truncated-json":
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -141,6 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._page_fault = fault      # truncated-json and the search-page kinds act on the answer
         try:
+            if path in oauth_endpoints.AUTHORIZE_PATHS:
+                return oauth_endpoints.authorize(self, params)
             if path == "/health":
                 return self._json(200, {"status": "ok", "sounds": len(r._sounds)})
             m = _PREVIEW.match(path)
@@ -160,7 +176,20 @@ class _Handler(BaseHTTPRequestHandler):
                 if m.group(2):
                     return self._api(params, lambda: self._download(sid), oauth=True)
                 return self._api(params, lambda: self._sound(sid, params))
+            if path.startswith("/people/"):      # the web site's attribution modal (remix sources)
+                return remix_pages.serve_people_page(self, path, params)
             return self._error(404, "Not found.")
+        except (BrokenPipeError, ConnectionResetError):
+            return None
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
+        self.replica.request_counts[path] += 1
+        try:
+            if path in oauth_endpoints.ACCESS_TOKEN_PATHS:
+                return oauth_endpoints.access_token(self)
+            self.close_connection = True             # the body, if any, is not read
+            return self._error(405, 'Method "POST" not allowed.')
         except (BrokenPipeError, ConnectionResetError):
             return None
 
@@ -173,44 +202,34 @@ class _Handler(BaseHTTPRequestHandler):
         if oauth:
             if kind != "bearer":
                 return self._error(401, "This resource requires OAuth2 authentication (Authorization: Bearer).")
-            if value not in r.settings.oauth_tokens:
+            if not r.oauth.bearer_ok(value):
                 return self._error(401, "Invalid token.")
-        elif (kind == "token" and value not in r.settings.api_tokens) or (
-                kind == "bearer" and value not in r.settings.oauth_tokens):
+        elif kind == "token" and value not in r.settings.api_tokens:
+            return self._error(401, "Invalid token")       # apiv2/authentication.py's text, no full stop
+        elif kind == "bearer" and not r.oauth.bearer_ok(value):
             return self._error(401, "Invalid token.")
-        wait = r.throttle.check(f"{kind}:{value}")
-        if wait is not None:
+        refused = r.throttle.check(f"{kind}:{value}", _TOKEN_IN_QS.sub(r"\1***", self.path))
+        if refused is not None:
             r.throttled += 1
-            rate = r.settings.rate_limit_per_minute
-            return self._error(429, f"Request was throttled because of exceeding a request limit rate ({rate}/minute)",
-                               {"Retry-After": str(max(1, math.ceil(wait)))})
+            return self._error(429, refused)      # freesound.org's exact detail, and like it no Retry-After
         return handler()
 
     def _search(self, params: dict[str, list[str]]) -> None:
+        """TextSearch.get (apiv2/views.py) with SoundTextSearchFormAPI's cleaning (apiv2/forms.py)."""
         r = self.replica
-        get = lambda k, d="": params.get(k, [d])[0]  # noqa: E731
+        form = clean_search_form(params, r.settings.default_page_size, r.settings.max_page_size)
+        if "error" in form:
+            return self._error(*form["error"])
         try:
-            page = int(get("page", "1"))
-            page_size = int(get("page_size", str(r.settings.default_page_size)))
-        except ValueError:
-            return self._error(400, "Invalid page or page_size: must be integers.")
-        if page < 1 or page_size < 1:
-            return self._error(400, "Invalid page or page_size: must be positive.")
-        page_size = min(page_size, r.settings.max_page_size)
-        try:
-            hits = search(r.sounds(), query=get("query"), filter=get("filter"), sort=get("sort", "score") or "score")
+            # api_search unquotes query and filter once more, after Django has decoded them
+            hits = search(r.index_sounds(), query=unquote(form["query"]), filter=unquote(form["filter"]),
+                          sort=form["sort"])
         except SearchError as exc:
-            return self._error(400, str(exc))
-        pages = max(1, math.ceil(len(hits) / page_size))
-        if page > pages:
-            return self._error(404, "Invalid page.")
-        fields_param = get("fields")
-        if fields_param.strip() == "*":
-            fields = list(PUBLIC_FIELDS)
-        elif fields_param.strip():
-            fields = [f.strip() for f in fields_param.split(",") if f.strip()]
-        else:
-            fields = list(DEFAULT_FIELDS)
+            return self._error(400, filter_error_detail(str(exc)))
+        page, page_size, count = form["page"], form["page_size"], len(hits)
+        pages = max(1, math.ceil(count / page_size))       # Django's Paginator: an empty list has one page
+        if page > pages and count != 0:
+            return self._error(404, NOT_FOUND)
         chunk = hits[(page - 1) * page_size: page * page_size]
         pf = getattr(self, "_page_fault", None)
         if pf and pf["kind"] == "duplicate-page" and page > 1:
@@ -220,34 +239,28 @@ class _Handler(BaseHTTPRequestHandler):
         elif pf and pf["kind"] == "delete-next" and page * page_size < len(hits):
             r.delete_sound(hits[page * page_size]["id"])
             r.deleted_by_fault.append(hits[page * page_size]["id"])
-
-        def link(p: int) -> str:
-            # the token (if passed as a parameter) is never echoed back into links
-            q = {k: v[0] for k, v in params.items() if k != "token"}
-            q.update(page=str(p), page_size=str(page_size))
-            return f"{r.api_url}/search/?{urlencode(q)}"
-
+        shown = min(page, pages)                            # PreSlicedCountProvidedPaginator clamps the number
+        fields = requested_fields(params, DEFAULT_FIELDS)
         return self._json(200, {
-            "count": len(hits),
-            "next": link(page + 1) if page < pages else None,
-            "previous": link(page - 1) if page > 1 else None,
-            "results": [r.render_sound(s, fields) for s in chunk],
+            "count": count,
+            "previous": search_link(r.api_url, form, shown - 1, r.settings.default_page_size) if shown > 1 else None,
+            "next": search_link(r.api_url, form, shown + 1, r.settings.default_page_size) if shown < pages else None,
+            # a sound the index lists but the database no longer has is a null (views.py: KeyError -> None)
+            "results": [r.render_sound(s, fields, score=1.0) if r.in_database(s["id"]) else None for s in chunk],
         })
 
     def _sound(self, sid: int, params: dict[str, list[str]]) -> None:
         r = self.replica
-        s = next((x for x in r.sounds() if x["id"] == sid), None)
+        s = r.database_sound(sid)
         if s is None:
-            return self._error(404, "Sound not found.")
-        fields = params.get("fields", [""])[0]
-        fl = [f.strip() for f in fields.split(",") if f.strip()] if fields and fields != "*" else list(PUBLIC_FIELDS)
-        return self._json(200, r.render_sound(s, fl))
+            return self._error(404, SOUND_NOT_FOUND)
+        return self._json(200, r.render_sound(s, requested_fields(params, DETAIL_FIELDS)))
 
     def _download(self, sid: int) -> None:
         r = self.replica
-        s = next((x for x in r.sounds() if x["id"] == sid), None)
+        s = r.database_sound(sid)
         if s is None:
-            return self._error(404, "Sound not found.")
+            return self._error(404, NOT_FOUND)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{sid}__{s['username']}__{s['name']}")[:120]
         return self._file(pathlib.Path(s["_path"]), None, f"{safe}.{s['type']}")
 
@@ -259,3 +272,90 @@ class _Handler(BaseHTTPRequestHandler):
         if r.fma_dir not in target.parents or not target.is_file():
             return self._error(404, "Not found.")
         return self._file(target)
+
+
+def render_json(body: Any) -> bytes:
+    """DRF's JSONRenderer: compact separators, non-ASCII written as UTF-8. NaN is still written
+    (tests hand the crawler such values on purpose); a lone surrogate falls back to ``\\u`` escapes."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _last(params: dict[str, list[str]], key: str) -> str | None:
+    """What Django's QueryDict gives a form: the last value of a repeated parameter."""
+    values = params.get(key)
+    return values[-1] if values else None
+
+
+def clean_search_form(params: dict[str, list[str]], default_page_size: int, max_page_size: int) -> dict[str, Any]:
+    """SoundTextSearchFormAPI's cleaned_data, and TextSearch.get's checks before searching: an
+    ``error`` (status, detail) or the values. CharFields strip; a page that is not an integer is 1; a
+    page_size that is not one is the default, and it is capped; a page or page_size below 1 is a 404;
+    an empty or blank ``filter=`` is a 400; an unknown sort is ``score``."""
+    def char(key: str) -> str:
+        return (_last(params, key) or "").strip()
+
+    query = char("query")
+    if (unquote(query).replace('"', "").isspace() or unquote(query).replace('"', "") == ""
+            or query.replace("'", "").isspace() or query == "''"):
+        query = ""
+    filt = char("filter")
+    if "filter" in params and (not filt or filt.isspace()):
+        return {"error": (400, "Invalid filter.")}
+    try:
+        page = int(char("page"))
+    except ValueError:
+        page = 1
+    try:
+        page_size = min(int(char("page_size")), max_page_size)
+    except ValueError:
+        page_size = default_page_size
+    sort = char("sort")
+    if ":" not in sort and sort not in SORTS:
+        sort = DEFAULT_SORT
+    if page < 1 or page_size < 1:
+        return {"error": (404, NOT_FOUND)}
+    return {"query": query, "filter": filt, "weights": char("weights"), "sort": sort, "page": page,
+            "page_size": page_size, "fields": char("fields"), "similarity_space": char("similarity_space"),
+            "group_by_pack": "1" if char("group_by_pack") == "1" else ""}
+
+
+def _link_quote(value: str) -> str:
+    return quote(value, safe=LINK_SAFE)
+
+
+def search_link(api_url: str, form: dict[str, Any], page: int, default_page_size: int) -> str:
+    """``construct_link`` (apiv2/forms.py): ``?&query=...&filter=...&weights=...`` in this order, the
+    query, filter and fields quoted with ``LINK_SAFE`` (``+`` left as it is), weights not quoted at
+    all, sort only when not ``score``, page_size only when not the default, no token. The path is
+    always ``/apiv2/search/`` (``reverse("apiv2-sound-search")``), also for ``/search/text/``."""
+    link = f"?&query={_link_quote(form['query'])}"
+    if form["filter"]:
+        link += f"&filter={_link_quote(form['filter'])}"
+    link += f"&weights={form['weights']}"
+    if form["sort"] != DEFAULT_SORT:
+        link += f"&sort={form['sort']}"
+    link += f"&page={page}"
+    if form["page_size"] != default_page_size:
+        link += f"&page_size={form['page_size']}"
+    if form["fields"]:
+        link += f"&fields={_link_quote(form['fields'])}"
+    if form["similarity_space"]:
+        link += f"&similarity_space={form['similarity_space']}"
+    if form["group_by_pack"]:
+        link += f"&group_by_pack={form['group_by_pack']}"
+    return f"{api_url}/search/{link}"
+
+
+def requested_fields(params: dict[str, list[str]], default: tuple[str, ...]) -> set[str]:
+    """The serializer's field selection: ``fields`` as given (not stripped: ``id, name`` asks for
+    ``id`` and `` name``), empty means the view's default, ``*`` everything; a name that is no field
+    is ignored, not an error."""
+    value = _last(params, "fields")
+    if not value:
+        return set(default)
+    if value == "*":
+        return set(PUBLIC_FIELDS)
+    return set(value.split(","))
