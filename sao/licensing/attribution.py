@@ -35,6 +35,17 @@ def freesound_attribution_line(*, name: str, username: str, sound_id: int | str,
             f"License: {license_name_with_version(license_canonical)}")
 
 
+# Freesound's attribution text of a remix (``Sound.attribution_texts``, plain text): its own line,
+# then each source's attribution text, joined by a blank line.
+FREESOUND_SOURCES_SEPARATOR = "\n\n"
+
+
+def freesound_remix_attribution(own_line: str, source_lines: list[str]) -> str:
+    """A remix's attribution as Freesound writes it: its own line, then its sources' lines (in
+    Freesound's order, sources of sources included), each after a blank line."""
+    return FREESOUND_SOURCES_SEPARATOR.join([own_line, *source_lines])
+
+
 def attribution_line(*, title: str | None, author: str | None, url: str | None, license_canonical: str,
                      license_url: str | None = None, freesound_line: str | None = None) -> str:
     """Freesound's own line for Freesound items; otherwise a TASL line: title, author, source link,
