@@ -86,6 +86,23 @@ def test_kill_9_mid_crawl_resumes_without_duplicates_or_misses(freesound_sounds,
             assert st.items < 26 + 3
 
 
+def test_reconcile_goes_on_past_a_lookup_that_fails_and_counts_a_still_allowed_item_apart(srv, freesound_sounds,
+                                                                                         tmp_path):
+    from sao.sources.freesound import RetryPolicy
+    c = FreesoundClient(srv.api_url, SECRET, rate_limit_per_minute=10_000, retry=RetryPolicy(max_retries=0))
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        crawl_freesound(cat, c)
+        allowed = sorted(expected_ids(freesound_sounds), key=int)
+        broken, listed_late, gone = allowed[0], allowed[1], allowed[2]
+        srv.delete_sound(int(gone))
+        srv.inject_fault(rf"^/apiv2/sounds/{broken}/$", 500, times=5)
+        # "not seen" by the listing: the broken one's lookup fails, the late one is still CC, the gone one 404s
+        out = reconcile_freesound(cat, c, set(allowed) - {broken, listed_late, gone})
+        assert set(out["failed"]) == {f"freesound:{broken}"} and "HTTP 500" in out["failed"][f"freesound:{broken}"]
+        assert out["deleted"] == 1 and out["relicensed"] == 0 and out["still_allowed"] == 1
+        assert [t["recording_id"] for t in cat.takedowns()] == [f"freesound:{gone}"]
+
+
 def test_reconcile_deleted_and_relicensed_items_become_takedowns(srv, freesound_sounds, tmp_path):
     c = FreesoundClient(srv.api_url, SECRET, rate_limit_per_minute=10_000)
     policy = LicensePolicy()

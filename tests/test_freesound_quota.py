@@ -212,6 +212,28 @@ def test_replica_counts_a_sliding_day_and_answers_like_the_server(freesound_soun
         assert requests.get(f"{srv.base_url}/previews/100001-hq.mp3", timeout=60).status_code == 200
 
 
+def test_replica_counts_a_client_once_whether_it_asks_by_key_or_by_oauth_token(freesound_sounds):
+    # freesound.org throttles per API client: its key (the client's secret) and the OAuth2 tokens issued
+    # to its client id spend one quota, and a refreshed token does not start a new day
+    import requests
+    clock = Clock()
+    settings = ReplicaSettings(api_tokens=[SECRET], oauth_clients={"quota-client": SECRET}, rate_limit_per_minute=0,
+                               requests_per_day=3, clock=clock)
+    with ReplicaServer(freesound_sounds, settings) as srv:
+        srv.oauth.clock = clock
+        bearer = srv.oauth.token({"client_id": ["quota-client"], "client_secret": [SECRET],
+                                  "grant_type": ["authorization_code"],
+                                  "code": [srv.oauth.issue_code("quota-client")]})[1]["access_token"]
+        key = {"Authorization": f"Token {SECRET}"}
+        by_token = {"Authorization": f"Bearer {bearer}"}
+        url = srv.api_url + "/sounds/100001/"
+        assert requests.get(url, headers=key, timeout=10).status_code == 200
+        assert requests.get(url + "download/", headers=by_token, timeout=10).status_code == 200
+        assert requests.get(url, headers=key, timeout=10).status_code == 200
+        r = requests.get(url + "download/", headers=by_token, timeout=10)
+        assert r.status_code == 429 and r.json() == {"detail": DAY_MSG.replace("2000/", "3/")}
+
+
 # -- the persisted budget ---------------------------------------------------------------------------
 def test_budget_is_shared_by_runs_and_stops_before_the_server_refuses(freesound_sounds, tmp_path):
     clock = Clock()

@@ -131,6 +131,24 @@ def test_a_change_of_model_use_re_decides_every_item_and_takes_nothing_down(tmp_
         assert [t["recording_id"] for t in cat.takedowns()] == ["freesound:2"]
 
 
+
+def test_an_opt_out_after_a_stricter_use_rejected_the_item_is_still_a_take_down(tmp_path):
+    # admitted under an open use (a release may hold it), then rejected because the use got stricter (no
+    # take-down: only the policy changed); when the author then opts out, the releases must still hear of it
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        _catalogue(cat)
+        nc = LicensePolicy(model_use="open-weights-noncommercial")
+        run_license_gate(cat, nc, config_hash="b")
+        assert 2 in _admitted(cat)
+        assert run_license_gate(cat, LicensePolicy(), config_hash="a").takedowns == 0 and 2 not in _admitted(cat)
+        cat.upsert_recordings([{"source": "freesound", "source_id": "2", "title": "t2", "author": "a",
+                                "crawl_time": NOW, "license_raw": CC0, "license_url": CC0,
+                                "extra": {"gen_ai_preference": "no-gen-ai"}}])
+        st = run_license_gate(cat, LicensePolicy(), config_hash="a")
+        assert st.takedowns == 1 and [t["recording_id"] for t in cat.takedowns()] == ["freesound:2"]
+        assert run_license_gate(cat, LicensePolicy(), config_hash="a").takedowns == 0     # once
+
+
 # --- a release records its model use, its report states it --------------------------------------------------
 
 def test_a_release_waits_for_the_gate_then_records_its_model_use_and_the_report_states_it(tmp_path):
@@ -269,3 +287,22 @@ def test_the_cli_gate_and_release_follow_the_configured_model_use(tmp_path, caps
         assert set(release_items(cat, "r2")) == {"freesound:1", "freesound:2", "freesound:5"}
         assert get_release(cat, "r2")["model_use"] == "open-weights-commercial"
         assert cat.takedowns() == []
+
+
+def test_shards_without_a_release_need_the_gate_decided_for_the_configured_use(tmp_path):
+    from sao.shards import prepare_build
+    from sao.shards.build import ShardBuildError
+    from sao.shards.plan import PlanConfig
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        _catalogue(cat)
+        nc = LicensePolicy(model_use="open-weights-noncommercial")
+        run_license_gate(cat, nc, config_hash="b")         # admits open-source-models for the open use...
+        kw = dict(shards_root=str(tmp_path / "shards"), audio_store=tmp_path / "audio",
+                  required_stages=["license_gate"], plan_cfg=PlanConfig())
+        with pytest.raises(ShardBuildError, match="model use research-only.*run `sao gate` first"):
+            prepare_build(cat, **kw)                       # ...so shards for the default use must wait for the gate
+        assert not (tmp_path / "shards").exists()
+        plan = prepare_build(cat, gate_policy=nc, **kw)
+        assert plan.model_use == "open-weights-noncommercial"
+        plan_json = json.loads((tmp_path / "shards" / plan.name / "plan.json").read_text())
+        assert plan_json["model_use"] == "open-weights-noncommercial"

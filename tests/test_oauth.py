@@ -536,11 +536,12 @@ def test_download_stage_stops_on_a_refused_refresh_and_resumes_after_sign_in(fre
         first = run_stage(cfg, "download", base_url=srv.api_url).details
         assert first["downloaded"] == 0 and first["failed"] == 1 and srv.request_counts[TOKEN_POSTS] == 1
         assert "sao auth freesound" in next(iter(first["failures"].values()))
+        assert len(first["stopped"]) == 1 and "sao auth freesound" in first["stopped"][0]    # the stage says why
         assert sum(n for p, n in srv.request_counts.items() if p.endswith("/download/")) == 0
         code = srv.oauth.issue_code(CLIENT_ID)
         assert cli.main(["--config", str(cfg_path), "auth", "freesound", "--code", code]) == 0
         second = run_stage(cfg, "download", base_url=srv.api_url).details
-        assert second["downloaded"] == len(sounds) and second["failed"] == 0
+        assert second["downloaded"] == len(sounds) and second["failed"] == 0 and "stopped" not in second
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         assert cat.query("SELECT count(*) AS n FROM recordings WHERE audio_path IS NULL")[0]["n"] == 0
     assert CLIENT_SECRET not in capsys.readouterr().out

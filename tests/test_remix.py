@@ -209,10 +209,12 @@ def test_a_recrawled_remix_is_fetched_again(srv, tmp_path):
         update_remix_attributions(cat, _client(srv))
         # a source removed on Freesound; the next crawl stores the remix without sources again
         srv.update_sound(100101, _sources=[100001], name="Water alone")
+        with_sources = _line(cat, 100102)
         crawl_freesound(cat, _client(srv), full=True)
-        assert _line(cat, 100101) == _own(cat, 100101)
+        assert _line(cat, 100101) == _own(cat, 100101)           # its own line changed: sources fetched again
+        assert _line(cat, 100102) == with_sources                # unchanged remixes keep theirs, in a full pass too
         st = update_remix_attributions(cat, _client(srv))
-        assert st.updated == 2
+        assert st.updated == 1
         assert _line(cat, 100101) == f"{_own(cat, 100101)}\n\n{_own(cat, 100001)}" == _site_plain_text(srv, 100101)
 
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 from ..catalog import Catalog
 from ..licensing.attribution import attribution_line
 from ..licensing.gate import LicensePolicy
-from ..licensing.stage import decided_under_other_policy
+from ..licensing.stage import undecided_policy_problem
 from . import policy
 from .policy import ReleaseError
 
@@ -100,12 +100,9 @@ def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[
     gate_policy = gate_policy if gate_policy is not None else LicensePolicy()
     # the admission view trusts a gate decision while the recording is unchanged, whatever policy made
     # it: a release for this model use must not hold recordings the gate admitted for another one
-    stale = decided_under_other_policy(cat, gate_policy)
-    if stale:
-        raise ReleaseError(
-            f"the license gate has not decided for model use {gate_policy.model_use} yet: the latest gate decisions of "
-            f"{sum(stale.values())} recording(s) were made under another policy ("
-            + "; ".join(f"{k}: {n}" for k, n in stale.items()) + "); run `sao gate` first")
+    problem = undecided_policy_problem(cat, gate_policy)
+    if problem:
+        raise ReleaseError(problem)
     t0 = time.perf_counter()
     items, excluded = snapshot(cat, required_stages)
     sha = policy.content_sha256(items)

@@ -34,6 +34,11 @@ class GateStats:
 def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -> GateStats:
     stats = GateStats()
     previous = cat.latest_decision_map(STAGE)
+    # each recording's latest *pass*: a take-down is owed when what admitted it changed, even if a policy
+    # change rejected it in between (a later opt-out or re-license must still reach the releases it is in)
+    last_pass = {rid: json.loads(d) if d else None for rid, d in cat.con.execute(
+        "SELECT recording_id, details FROM decisions WHERE stage = ? AND verdict = 'pass' "
+        "QUALIFY row_number() OVER (PARTITION BY recording_id ORDER BY decision_id DESC) = 1", [STAGE]).fetchall()}
     taken = cat.active_takedowns()
     rows = cat.con.execute(
         "SELECT recording_id, source, license_raw, license_url, "
@@ -70,8 +75,8 @@ def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -
             stats.new_pass += 1
         else:
             stats.new_rejected[(source, result.category)] += 1
-        if (prev and prev["verdict"] == "pass" and result.verdict == "reject" and rid not in taken
-                and not _only_policy_changed(prev["details"], inputs)):
+        if (rid in last_pass and result.verdict == "reject" and rid not in taken
+                and not _only_policy_changed(last_pass[rid], inputs)):
             new_takedowns.append((rid, f"{result.category}-after-admission: {result.reason}"))
     with cat.transaction():
         stats.written = cat.add_decisions(decisions)
@@ -132,3 +137,14 @@ def counts_table(stats: GateStats) -> str:
 def summary_json(stats: GateStats) -> str:
     return json.dumps({"kept": {f"{s}:{k}": n for (s, k), n in stats.kept.items()},
                        "rejected": {f"{s}:{k}": n for (s, k), n in stats.rejected.items()}}, sort_keys=True)
+
+
+def undecided_policy_problem(cat: Catalog, policy: LicensePolicy) -> str | None:
+    """Why a release or shards for POLICY must wait (``decided_under_other_policy`` is not empty), or None:
+    the admission view trusts a gate decision while its recording is unchanged, whatever policy made it."""
+    stale = decided_under_other_policy(cat, policy)
+    if not stale:
+        return None
+    return (f"the license gate has not decided for model use {policy.model_use} yet: the latest gate decisions of "
+            f"{sum(stale.values())} recording(s) were made under another policy ("
+            + "; ".join(f"{k}: {n}" for k, n in stale.items()) + "); run `sao gate` first")

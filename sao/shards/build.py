@@ -45,6 +45,7 @@ class BuildPlan:
     required_stages: list[str]
     n_recordings: int
     release: dict[str, Any] | None = None
+    model_use: str | None = None          # the [policy].model_use the shards were admitted for
 
 
 def _json_write(fs, path: str, obj: Any) -> None:
@@ -60,12 +61,22 @@ def _json_write(fs, path: str, obj: Any) -> None:
 
 def prepare_build(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.Path, required_stages: list[str],
                   plan_cfg: PlanConfig, name: str | None = None, storage_options: dict | None = None,
-                  flac_subtype: str = "PCM_16", release: str | None = None) -> BuildPlan:
+                  flac_subtype: str = "PCM_16", release: str | None = None, gate_policy=None) -> BuildPlan:
+    """``gate_policy`` (a LicensePolicy; default the default one) is the policy the shards are for: without
+    a release, every latest gate decision must have been made under it (the admission view trusts a
+    decision while its recording is unchanged, whatever policy made it), as ``create_release`` requires."""
     from ..fsutil import safe_join, safe_name
+    from ..licensing.gate import LicensePolicy
+    from ..licensing.stage import undecided_policy_problem
+    gate_policy = gate_policy if gate_policy is not None else LicensePolicy()
     if name is not None:                  # checked before anything is read or written
         safe_name(name, what="shard build name")
         if "://" not in shards_root:      # a local root: no symlink under it may lead out either
             safe_join(shards_root, name, what="shard build name")
+    if not release:                 # a release was checked when it was made, and records its own model use
+        problem = undecided_policy_problem(cat, gate_policy)
+        if problem:
+            raise ShardBuildError(problem)
     recs = eligible_recordings(cat, required_stages, audio_store)
     release_info = None
     if release:                     # only the release's items (those taken down since it was made drop out)
@@ -75,7 +86,8 @@ def prepare_build(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.
             "SELECT recording_id FROM release_items WHERE release_name = ?", [release])}
         recs = [r for r in recs if r["recording_id"] in ids]
         release_info = {"name": release, "version": rel["version"], "content_sha256": rel["content_sha256"],
-                        "release_items": len(ids), "not_eligible_now": len(ids) - len(recs)}
+                        "release_items": len(ids), "not_eligible_now": len(ids) - len(recs),
+                        "model_use": rel.get("model_use")}
     samples = plan_samples(recs, plan_cfg)
     h = plan_hash(samples, plan_cfg)
     name = name or f"snap-{h[:12]}"
@@ -97,13 +109,15 @@ def prepare_build(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.
     _json_write(fs, plan_path, {"plan_hash": h, "name": name, "status": "building",
                                 "settings": dataclasses.asdict(plan_cfg), "required_stages": required_stages,
                                 "recordings": len(recs), "planned_samples": len(samples), "release": release_info,
+                                "model_use": release_info["model_use"] if release_info else gate_policy.model_use,
                                 "shards": [s.name for s in specs]})
     if is_local(fs):                      # temporaries of a killed run are garbage
         for stale in (pathlib.Path(root) / ".tmp").glob("*.part"):
             stale.unlink(missing_ok=True)
     ctx = WriteContext(out_url=out_url, storage_options=storage_options or {}, flac_subtype=flac_subtype,
                        hifi_min_rate=plan_cfg.hifi_min_rate)
-    return BuildPlan(name, out_url, h, specs, ctx, plan_cfg, list(required_stages), len(recs), release_info)
+    return BuildPlan(name, out_url, h, specs, ctx, plan_cfg, list(required_stages), len(recs), release_info,
+                     release_info["model_use"] if release_info else gate_policy.model_use)
 
 
 def run_shards(plan: BuildPlan, workers: int = 1) -> list[ShardResult]:
@@ -171,7 +185,7 @@ def finalize_build(cat: Catalog, plan: BuildPlan, results: Iterable[ShardResult]
         "audio_s_per_s": round(sum(r.audio_seconds for r in written) / seconds, 1) if seconds and written else 0.0,
         "seconds": round(seconds, 2), "shard_sha256": {r.name: r.sha256 for r in results},
         "required_stages": plan.required_stages, "settings": dataclasses.asdict(plan.plan_cfg),
-        "release": plan.release,
+        "release": plan.release, "model_use": plan.model_use,
     }
     _json_write(fs, f"{root}/plan.json", summary)
     return summary
@@ -179,13 +193,14 @@ def finalize_build(cat: Catalog, plan: BuildPlan, results: Iterable[ShardResult]
 
 def build_shards(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.Path, required_stages: list[str],
                  plan_cfg: PlanConfig, config_hash: str, name: str | None = None, workers: int = 1,
-                 storage_options: dict | None = None, release: str | None = None,
+                 storage_options: dict | None = None, release: str | None = None, gate_policy=None,
                  runner: Callable[[BuildPlan, int], list[ShardResult]] = run_shards) -> dict[str, Any]:
     failed_first: dict[str, str] = {}
     for attempt in (1, 2):
         t0 = time.perf_counter()
         plan = prepare_build(cat, shards_root=shards_root, audio_store=audio_store, required_stages=required_stages,
-                             plan_cfg=plan_cfg, name=name, storage_options=storage_options, release=release)
+                             plan_cfg=plan_cfg, name=name, storage_options=storage_options, release=release,
+                             gate_policy=gate_policy)
         results = runner(plan, workers)
         summary = finalize_build(cat, plan, results, config_hash=config_hash, seconds=time.perf_counter() - t0)
         if summary["status"] == "complete" or attempt == 2:

@@ -251,7 +251,12 @@ class FreesoundClient:
         where = url.split("?")[0]
         while True:
             if limited:
-                refusal = self.budget.take()      # before the limiter: a spent day never waits for a slot
+                # a spent day never waits for a minute slot; the request is counted only once its slot
+                # comes, so the budget's day window starts when the server's does
+                refusal = self.budget.refusal()
+                if refusal is None:
+                    self.limiter.acquire()
+                    refusal = self.budget.take()
                 if refusal is not None:
                     self.quota_refused.append(where)
                     self.stats["quota_refused"] += 1
@@ -262,7 +267,6 @@ class FreesoundClient:
                     if self.quota_stop is None or not self.quota_stop.by_server:   # the server's word is kept
                         self.quota_stop = stop
                     raise stop
-                self.limiter.acquire()
             self.stats["requests"] += 1
             timeout = self.timeout
             if deadline is not None:

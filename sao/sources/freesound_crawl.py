@@ -44,9 +44,10 @@ from urllib.parse import urlsplit
 
 from ..catalog import Catalog, CatalogError
 from ..licensing import UNKNOWN, canonical_license, freesound_attribution_line, tasl
+from ..licensing.table import ALLOWED_LICENSES
 from ..log import progress
 from . import record_checks as rc
-from .freesound import ALLOWED_LICENSE_NAMES, SEARCH_FIELDS, FreesoundClient, QuotaExhausted
+from .freesound import ALLOWED_LICENSE_NAMES, SEARCH_FIELDS, FreesoundClient, FreesoundError, QuotaExhausted
 
 log = logging.getLogger(__name__)
 SOURCE = "freesound"
@@ -253,18 +254,19 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
             newest = max((r["created_at"] for r in pending if r["created_at"]), default=None)
             if newest is not None and (watermark is None or newest > watermark):
                 watermark = newest
-            # a re-fetched remix (the incremental boundary item) whose own line is unchanged keeps the sources
-            # fetched for it: APIv2 cannot list them, so dropping them would re-spend requests and count it as
-            # updated. A full pass carries nothing: it is when every remix's sources are checked again.
-            if run_pass is None:  # noqa: B023 - flush runs in this pass
-                from .freesound_remix import carry_remix_sources
-                carry_remix_sources(cat, pending)
+            # a re-fetched remix whose own line is unchanged keeps the sources fetched for it, in every kind of
+            # pass: APIv2 cannot list them, so dropping them would leave its sources uncredited until they are
+            # fetched again (days, in a quota-bound full pass) and count it as updated. Its sources are fetched
+            # again when its own line changes.
+            from .freesound_remix import carry_remix_sources
+            carry_remix_sources(cat, pending)
             changed = changed_ids(cat, pending)
             batch = {f"{SOURCE}:{sid}": refetch_problem(why) for sid, why in stale.items()}
             # a clean copy of the same item later in this pass is the newer word: it goes last
             batch.update({f"{SOURCE}:{r['source_id']}": problems_of.pop(r["source_id"], {}) for r in pending})
             decisions = rc.record_decisions(batch, record_prev, config_hash=config_hash)
-            stats.seen_ids.update(stale)     # listed under an allowed name: neither deleted nor re-licensed
+            stale_ids = list(stale)          # listed under an allowed name: neither deleted nor re-licensed
+            stats.seen_ids.update(stale_ids)
             stale.clear()
             with cat.transaction():          # these pages, their record decisions and the cursor commit together
                 cat.upsert_recordings(pending)
@@ -274,7 +276,7 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
                 else:
                     cat.set_pass_cursor(run_pass["pass_id"], key, watermark, next_page, total=total)  # noqa: B023
                     cat.add_pass_seen(run_pass["pass_id"], key,  # noqa: B023
-                                      [r["source_id"] for r in pending] + list(stale))
+                                      [r["source_id"] for r in pending] + stale_ids)
             for r in pending:
                 stats.seen_ids.add(r["source_id"])
                 if r["source_id"] in known:
@@ -406,6 +408,12 @@ def reconcile_freesound(cat: Catalog, client: FreesoundClient, seen_ids: set[str
             out["paused"] = paused(exc)
             log.warning("freesound reconcile paused before %s: %s", rid, exc)
             return out
+        except FreesoundError as exc:
+            # one sound the server cannot answer for (a 5xx after retries, a malformed body) must not stall
+            # the pass on every run: it is counted, logged and left for the next reconcile pass
+            out.setdefault("failed", {})[rid] = str(exc)[:300]
+            log.error("%s: reconcile lookup failed, checked again by the next pass: %s", rid, exc)
+            continue
         if s is None:
             with cat.transaction():
                 cat.add_takedown(rid, "deleted-at-source: the sound no longer exists on Freesound", "crawl")
@@ -432,6 +440,11 @@ def reconcile_freesound(cat: Catalog, client: FreesoundClient, seen_ids: set[str
                 cat.upsert_recordings([rec])
                 cat.add_decisions(decisions)
                 checked(sid)
+            if rec["license_canonical"] in ALLOWED_LICENSES:
+                # still under an allowed license (e.g. listed late, or its last listing failed a check):
+                # stored fresh, not a re-license
+                out["still_allowed"] = out.get("still_allowed", 0) + 1
+                continue
             out["relicensed"] += 1
             log.warning("%s: no longer under an allowed license name (now %s)", rid, s.get("license"))
     if pass_id is not None:

@@ -242,6 +242,10 @@ class Download(Stage):
                        "retries": sum(r["retries"] for r in results),
                        "originals": plan.meta.get("originals", False),
                        "failures": dict(list(failures.items())[:FAILURES_SHOWN])}
+        stopped = sorted({r["stats"].get("stopped") for r in results if r["stats"].get("stopped")})
+        if stopped:            # e.g. OAuth2 refused: the message names the fix (`sao auth freesound`)
+            out.details["stopped"] = stopped
+            out.error("originals download", stopped[0])
         deferred = plan.keep.get("deferred", 0) + sum(len(r.get("deferred") or ()) for r in results)
         if deferred or plan.meta.get("quota") and plan.meta["quota"]["why"]:
             from .freesound_quota import utc

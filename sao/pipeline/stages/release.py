@@ -66,7 +66,8 @@ class Shards(Stage):
         with ctx.catalog() as cat:
             build = prepare_build(cat, shards_root=config_mod.shards_root(ctx.cfg), audio_store=ctx.audio_store,
                                   required_stages=list(sc.required_stages), plan_cfg=plan_cfg,
-                                  name=ctx.options.shards_name, release=ctx.options.release_name)
+                                  name=ctx.options.shards_name, release=ctx.options.release_name,
+                                  gate_policy=config_mod.license_policy(ctx.cfg))
         return Plan(list(build.specs), {"write": build.ctx}, keep={"build": build, "t0": time.time()})
 
     def compute(self, ctx: StageContext, meta: dict, batch: list) -> list:

@@ -208,7 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(401, "Invalid token")       # apiv2/authentication.py's text, no full stop
         elif kind == "bearer" and not r.oauth.bearer_ok(value):
             return self._error(401, "Invalid token.")
-        refused = r.throttle.check(f"{kind}:{value}", _TOKEN_IN_QS.sub(r"\1***", self.path))
+        client = r.oauth.credential_of(kind, value)
+        refused = r.throttle.check(f"{kind}:{value}", _TOKEN_IN_QS.sub(r"\1***", self.path),
+                                   counted_as=f"client:{client}" if client else None)
         if refused is not None:
             r.throttled += 1
             return self._error(429, refused)      # freesound.org's exact detail, and like it no Retry-After

@@ -67,6 +67,19 @@ class ReplicaOAuth:
             held = self._access.get(token)
             return held is not None and self.clock() < held[1]
 
+    def credential_of(self, kind: str, value: str) -> str | None:
+        """The API client a request's credential belongs to: freesound.org throttles per client, and an
+        API key is its client's secret while OAuth2 tokens are issued to its client id (so searches by
+        key and originals by Bearer token spend one quota). None when no registered client holds it."""
+        if kind == "token":
+            for client_id, secret in self.settings.oauth_clients.items():
+                if secrets.compare_digest(secret, value):
+                    return client_id
+            return None
+        with self._lock:
+            held = self._access.get(value)
+        return held[0] if held else None
+
     def revoke_access(self, token: str) -> None:
         """As a user revoking the app's permission would (tests: a 401 with a still-valid expiry)."""
         with self._lock:

@@ -116,11 +116,13 @@ class _Throttle:
         q.append(now)
         return True
 
-    def check(self, key: str, what: str = "") -> str | None:
-        """None when allowed (and counted); otherwise the 429's ``detail``. ``key`` is "kind:credential"."""
+    def check(self, key: str, what: str = "", counted_as: str | None = None) -> str | None:
+        """None when allowed (and counted); otherwise the 429's ``detail``. ``key`` is "kind:credential";
+        ``counted_as`` the API client it belongs to, when known (the windows are the client's)."""
         if key.partition(":")[2] in self.suspended:
             self.refused["suspended"] += 1
             return SUSPENDED
+        key = counted_as or key
         now = self.clock()
         with self.lock:
             if self.per_minute > 0 and not self._allow(self.hits[key], self.per_minute, self.window, now):
