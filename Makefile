@@ -11,6 +11,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
+# the slowest tests are printed on every run, so the suite's time stays visible (CI has a budget for it)
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: demo test lint venv shards bench corpus clean-data help browser train-vae train-dit attribution serve refresh status chaos
 
@@ -53,7 +55,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check sao flows bench tests
 
 test: $(STAMP) browser lint
-	SAO_REQUIRE_BROWSER=1 $(PY) -m pytest -q tests
+	SAO_REQUIRE_BROWSER=1 $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # Tiny training runs on the demo shards (run `make demo` first); checkpoints, manifests and loss.png in data/train/.
 DEMO_SHARDS = $(firstword $(wildcard data/shards/snap-*))
