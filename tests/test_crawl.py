@@ -14,7 +14,8 @@ from sao.licensing.stage import run_license_gate
 from sao.sources.audio_download import download_audio, pending_downloads
 from sao.sources.fma import ingest_fma
 from sao.sources.freesound import FreesoundClient
-from sao.sources.freesound_crawl import crawl_freesound, reconcile_freesound
+from sao.sources.freesound_crawl import crawl_freesound
+from sao.sources.freesound_reconcile import reconcile_freesound
 from sao.sources.replica import ReplicaServer, ReplicaSettings
 
 

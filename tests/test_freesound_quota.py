@@ -8,7 +8,8 @@ import pytest
 from sao.catalog import Catalog
 from sao.licensing import canonical_license
 from sao.sources.freesound import FreesoundClient, FreesoundError, QuotaExhausted, RetryPolicy
-from sao.sources.freesound_crawl import crawl_freesound, reconcile_freesound
+from sao.sources.freesound_crawl import crawl_freesound
+from sao.sources.freesound_reconcile import reconcile_freesound
 from sao.sources.freesound_quota import (DAY_S, RequestBudget, Throttle, credential_id, days_to_finish, load_budget,
                                          parse_throttle)
 from sao.sources.replica import ReplicaServer, ReplicaSettings

@@ -19,7 +19,8 @@ from sao.licensing import LicensePolicy
 from sao.licensing.stage import run_license_gate
 from sao.sources.fma import ingest_fma
 from sao.sources.freesound import FreesoundClient
-from sao.sources.freesound_crawl import crawl_freesound, reconcile_freesound, sound_to_record
+from sao.sources.freesound_crawl import crawl_freesound, sound_to_record
+from sao.sources.freesound_reconcile import reconcile_freesound
 from sao.sources.record_checks import UnusableItem
 from sao.sources.replica import ReplicaServer, ReplicaSettings, build_fma_replica
 

@@ -298,19 +298,28 @@ class TokenStore:
 
     def load(self) -> OAuthTokens | None:
         """The stored tokens, or None when there is no file."""
+        # opened without following a link, and checked on the open file itself: what is read is what was checked
         try:
-            st = os.lstat(self.path)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             return None
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
-            raise OAuthError(f"token file {self.path}: not a regular file (a link is not followed)", transient=False)
+        except OSError as exc:          # ELOOP: a symbolic link
+            raise OAuthError(f"token file {self.path}: not a regular file (a link is not followed): "
+                             f"{exc.strerror}", transient=False) from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise OAuthError(f"token file {self.path}: not a regular file", transient=False)
+            return self._checked(st, f)
+
+    def _checked(self, st: os.stat_result, f) -> OAuthTokens:
         if st.st_mode & 0o077:
             raise OAuthError(f"token file {self.path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; "
                              f"`chmod 600 {self.path}`, and since it may have been read, consider signing in again "
                              "(`sao auth freesound`)", transient=False)
         if st.st_size > 65536:
             raise OAuthError(f"token file {self.path}: {st.st_size} bytes, not a token file", transient=False)
-        return OAuthTokens.from_file_text(self.path.read_text(encoding="utf-8"), self.path)
+        return OAuthTokens.from_file_text(f.read(65537).decode("utf-8", "replace"), self.path)
 
     def save(self, tokens: OAuthTokens) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -325,7 +334,7 @@ class TokenStore:
     def locked(self) -> Iterator[None]:
         """Held across read-refresh-write, so two processes never spend the same refresh token."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

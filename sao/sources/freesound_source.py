@@ -93,7 +93,8 @@ class CrawlFreesound(Stage):
         return None if ctx.cfg.freesound.enabled else "[freesound].enabled = false"
 
     def store(self, ctx: StageContext, plan: Plan, results: list) -> Stats:
-        from .freesound_crawl import crawl_freesound, reconcile_freesound
+        from .freesound_crawl import crawl_freesound
+        from .freesound_reconcile import reconcile_freesound
         t0 = time.perf_counter()
         opts, fs = ctx.options, ctx.cfg.freesound
         client = _client(ctx)
