@@ -26,6 +26,7 @@ from sao.catalog import Catalog
 from sao.licensing import LicensePolicy
 from sao.licensing.stage import run_license_gate
 from sao.sources.freesound_crawl import crawl_freesound, sound_to_record
+from sao.sources.freesound_quota import API_LEVELS, PAPER_FREESOUND_RECORDINGS, crawl_cost
 
 LICENSES = [  # roughly the paper's mix, plus licenses the gate must reject
     ("http://creativecommons.org/publicdomain/zero/1.0/", 0.53),
@@ -181,9 +182,23 @@ def main(n: int = 486_492, subset: int = 3000) -> None:
     print(f"  target: under 120 s -> {'met' if total < 120 else 'NOT met'}")
 
 
+def print_crawl_costs(n: int = PAPER_FREESOUND_RECORDINGS) -> None:
+    """The README's table: requests and days a crawl of the paper's Freesound recordings needs per API level
+    (arithmetic over the quota, not a timing; it is the same at every size of this benchmark)."""
+    print(f"\nwhat a crawl of {n:,} Freesound recordings costs, per API level (150 per page)")
+    print(f"  {'level':6s} {'rate':>20s} {'listing requests':>17s} {'days':>5s} {'min/day':>8s} "
+          f"{'+ originals':>12s} {'days':>5s}")
+    for level, per_minute, per_day in API_LEVELS:
+        meta = crawl_cost(n, per_minute=per_minute, per_day=per_day)
+        full = crawl_cost(n, per_minute=per_minute, per_day=per_day, originals=True)
+        print(f"  {level:<6d} {f'{per_minute}/min, {per_day:,}/day':>20s} {meta['requests']:17,d} {meta['days']:5d} "
+              f"{meta['minutes_per_day']:8.0f} {full['requests']:12,d} {full['days']:5d}")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("n", nargs="?", type=int, help="records (default 486,492; 3,000 with --small)")
     ap.add_argument("--small", action="store_true", help="a few seconds: 3,000 records, a 300-row baseline")
     a = ap.parse_args()
+    print_crawl_costs()
     main(a.n or (3000 if a.small else 486_492), subset=300 if a.small else 3000)

@@ -20,7 +20,7 @@ TABLES = {
     "clap_embed_bench": ["CLAP audio embeddings,", "laion-clap get_audio_embedding_from_filelist",
                          "sao pipeline (up to 4 windows per file)", "target: >= 2x laion-clap"],
     "crawl_bench": ["crawl + license gate,", "crawl (parse, upsert, cursor)", "license gate (+ decisions)",
-                    "naive row-by-row INSERT"],
+                    "naive row-by-row INSERT", "costs, per API level"],
     "dedup_bench": ["sao grouping (faiss ivf", "planted replicas recovered", "brute force, blocked matrix products",
                     "sao faiss IVF range search"],
     "dit_bench": ["device:", "DiT tiny", "eager", "compiled", "decode tiny", "paper (H100)"],

@@ -597,3 +597,12 @@ def test_originals_refused_by_the_server_are_deferred_not_failed(srv_plain, tmp_
         assert q["blocked_until"] is not None and q["blocked_scope"] == "day"
     again = run_pipeline(cfg, ["download"], options=opts, secrets=secrets, show_progress=False)["download"]
     assert again.details["candidates"] == 0 and again.details["paused"] and srv_plain.throttle.refused == {"day": 1}
+
+
+def test_crawl_cost_gives_the_readmes_figures():
+    from sao.sources.freesound_quota import API_LEVELS, PAPER_FREESOUND_RECORDINGS, crawl_cost
+    days = {level: (crawl_cost(PAPER_FREESOUND_RECORDINGS, per_minute=m, per_day=d)["days"],
+                    crawl_cost(PAPER_FREESOUND_RECORDINGS, per_minute=m, per_day=d, originals=True)["days"])
+            for level, m, d in API_LEVELS}
+    assert days == {1: (2, 238), 2: (1, 96), 3: (1, 32)}
+    assert crawl_cost(PAPER_FREESOUND_RECORDINGS, per_minute=60, per_day=2000)["requests"] == 3175

@@ -16,6 +16,7 @@ import requests
 from sao import cli
 from sao import config as config_mod
 from sao.sources import freesound_oauth as fo
+from sao.sources import freesound_token_file as ftf
 from sao.sources.audio_download import AUTH_FAILURES_TO_STOP, download_items
 from sao.sources.freesound import FreesoundClient, FreesoundError, RetryPolicy
 from sao.sources.replica import ReplicaServer, ReplicaSettings
@@ -181,21 +182,21 @@ def test_token_file_inside_the_project_is_refused(server, env, tmp_path, capsys)
         assert "is inside the project folder" in err and "oauth_token_file" in err
     assert server.request_counts[TOKEN_POSTS] == 0
     assert [p.name for p in project.rglob("*")] == ["sao.toml"]
-    cfg = config_mod.from_dict({"freesound": {"oauth_token_file": str(fo.PROJECT_CHECKOUT / "x.json")}},
+    cfg = config_mod.from_dict({"freesound": {"oauth_token_file": str(ftf.PROJECT_CHECKOUT / "x.json")}},
                                root=tmp_path / "elsewhere")
     with pytest.raises(fo.OAuthError, match="inside the sao checkout"):
-        fo.token_path(cfg)
+        ftf.token_path(cfg)
 
 
 def test_default_token_file_follows_xdg_config_home(env, tmp_path, monkeypatch):
     cfg = config_mod.from_dict({}, root=tmp_path / "project")
-    assert fo.token_path(cfg) == (tmp_path / "xdg" / "sao" / "freesound-oauth.json").resolve()
+    assert ftf.token_path(cfg) == (tmp_path / "xdg" / "sao" / "freesound-oauth.json").resolve()
     monkeypatch.delenv("XDG_CONFIG_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert fo.token_path(cfg) == (tmp_path / "home" / ".config" / "sao" / "freesound-oauth.json").resolve()
+    assert ftf.token_path(cfg) == (tmp_path / "home" / ".config" / "sao" / "freesound-oauth.json").resolve()
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "project" / "cfg"))   # inside the project: refused
     with pytest.raises(fo.OAuthError, match="inside the project folder"):
-        fo.token_path(cfg)
+        ftf.token_path(cfg)
 
 
 def tokens(api: str, now: float = 1_800_000_000.0, **kw) -> fo.OAuthTokens:
@@ -206,7 +207,7 @@ def tokens(api: str, now: float = 1_800_000_000.0, **kw) -> fo.OAuthTokens:
 
 
 def test_token_file_is_0600_whatever_the_umask_and_hostile_files_are_refused(tmp_path):
-    store = fo.TokenStore(tmp_path / "cfg" / "fs.json")
+    store = ftf.TokenStore(tmp_path / "cfg" / "fs.json")
     old = os.umask(0)
     try:
         store.save(tokens("http://127.0.0.1:1/apiv2"))
@@ -218,7 +219,7 @@ def test_token_file_is_0600_whatever_the_umask_and_hostile_files_are_refused(tmp
     with pytest.raises(fo.OAuthError, match="lets others read it"):
         store.load()
     os.chmod(store.path, 0o600)
-    link = fo.TokenStore(tmp_path / "cfg" / "link.json")
+    link = ftf.TokenStore(tmp_path / "cfg" / "link.json")
     link.path.symlink_to(store.path)
     with pytest.raises(fo.OAuthError, match="not a regular file"):
         link.load()
@@ -262,7 +263,7 @@ def test_oauth_needs_https_except_on_loopback():
 def signed_in(server, tmp_path, clock) -> tuple[fo.OAuthTokenProvider, fo.OAuthTokens]:
     server.oauth.clock = clock
     first = fo.exchange_code(server.api_url, CLIENT_ID, CLIENT_SECRET, server.oauth.issue_code(CLIENT_ID), clock=clock)
-    store = fo.TokenStore(tmp_path / "home" / "fs.json")
+    store = ftf.TokenStore(tmp_path / "home" / "fs.json")
     store.save(first)
     return fo.OAuthTokenProvider(store, api=server.api_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
                                  clock=clock), first
@@ -356,7 +357,7 @@ def test_no_client_secret_for_a_refresh_names_the_variable(server, tmp_path):
 
 
 def test_tokens_from_another_api_are_never_sent(server, tmp_path, freesound_sounds):
-    store = fo.TokenStore(tmp_path / "home" / "fs.json")
+    store = ftf.TokenStore(tmp_path / "home" / "fs.json")
     store.save(tokens("https://freesound.org/apiv2", 1e12))
     provider = fo.OAuthTokenProvider(store, api=server.api_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     client = FreesoundClient(server.api_url, API_TOKEN, oauth_token=provider)
@@ -532,7 +533,7 @@ def test_download_stage_stops_on_a_refused_refresh_and_resumes_after_sign_in(fre
         cfg = config_mod.load(cfg_path)
         run_stage(cfg, "crawl_freesound", base_url=srv.api_url)
         run_stage(cfg, "license_gate")
-        fo.TokenStore(token_file).save(tokens(srv.api_url, 0.0, refresh_token="revoked-refresh-token-1"))
+        ftf.TokenStore(token_file).save(tokens(srv.api_url, 0.0, refresh_token="revoked-refresh-token-1"))
         first = run_stage(cfg, "download", base_url=srv.api_url).details
         assert first["downloaded"] == 0 and first["failed"] == 1 and srv.request_counts[TOKEN_POSTS] == 1
         assert "sao auth freesound" in next(iter(first["failures"].values()))
@@ -562,7 +563,7 @@ def test_default_token_file_is_allowed_when_the_project_folder_is_home(env, tmp_
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     cfg = config_mod.from_dict({}, root=home)
-    assert fo.token_path(cfg) == (home / ".config" / "sao" / "freesound-oauth.json").resolve()
+    assert ftf.token_path(cfg) == (home / ".config" / "sao" / "freesound-oauth.json").resolve()
     cfg.freesound.oauth_token_file = str(home / "notes" / "fs.json")
     with pytest.raises(fo.OAuthError, match="inside the project folder"):
-        fo.token_path(cfg)
+        ftf.token_path(cfg)

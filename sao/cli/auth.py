@@ -19,9 +19,10 @@ def _when(epoch: float) -> str:
 def cmd_auth_freesound(args, cfg) -> int:
     from .. import config as config_mod
     from ..sources import freesound_oauth as fo
+    from ..sources import freesound_token_file as ftf
     fs = cfg.freesound
     api = fo.check_api_url(args.base_url or fs.base_url)
-    store = fo.TokenStore(fo.token_path(cfg))        # refused inside the project before anything is asked
+    store = ftf.TokenStore(ftf.token_path(cfg))        # refused inside the project before anything is asked
     if args.status:
         tokens = store.load()
         if tokens is None:

@@ -10,7 +10,7 @@ grant_type=refresh_token refreshes (the old refresh token is then spent). Errors
 ``{"error": "invalid_grant", "error_description": ...}``. OAuth2 calls must use HTTPS on the real
 server; plain http is allowed only on a loopback host (the replica).
 
-The token file is JSON, mode 0600 from its creation (written to a temporary name, then renamed),
+The token file (sao.sources.freesound_token_file) is JSON, mode 0600 from its creation (written to a temporary name, then renamed),
 and never inside the project: a path inside the config's folder (``cfg.root``) or this checkout
 is refused, since a token there is one ``git add`` away from being published. It records the API
 it was issued by, so a token is only ever sent to that API. Every token is registered with
@@ -20,25 +20,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
-import os
 import pathlib
 import re
 import secrets
-import stat
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlencode
 
 import requests
 import urllib3
 
-from ..fsutil import atomic_path
 from ..log import redact, register_secrets
 from .freesound import FreesoundError, origin
+
+if TYPE_CHECKING:
+    from .freesound_token_file import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,6 @@ ACCESS_TOKEN_PATH = "/oauth2/access_token/"
 CODE_LIFETIME_S = 600                    # AUTHORIZATION_CODE_EXPIRE_SECONDS on freesound.org
 REFRESH_MARGIN_S = 300.0                 # refresh this long before expiry: a download may take minutes
 MAX_EXPIRES_IN_S = 400 * 86400           # an answer claiming more is not believed
-TOKEN_FILE_NAME = "freesound-oauth.json"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # django-oauth-toolkit issues 30 characters of [A-Za-z0-9]; this also admits base64url and JWT-like
 # values, and nothing that could break a header (no space, no control character, no comma)
@@ -56,7 +54,6 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,200}")
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 _FILE_KEYS = {"api", "access_token", "refresh_token", "expires_at", "scope", "token_type", "obtained_at"}
 _RESPONSE_KEYS = {"access_token", "refresh_token", "expires_in", "scope", "token_type"}
-PROJECT_CHECKOUT = pathlib.Path(__file__).resolve().parents[2]     # the folder holding sao/
 
 
 class OAuthError(FreesoundError):
@@ -230,20 +227,27 @@ def _post_token(session: requests.Session, api: str, form: dict[str, str], timeo
                          transient=resp.status_code >= 500 or resp.status_code == 429)
 
 
+def _grant(api: str, form: dict[str, str], what: str, refused: str, *, timeout: float,
+           clock: Callable[[], float], session: requests.Session | None) -> OAuthTokens:
+    """One token request; a 400/401 is refused for good, with ``refused`` saying what to do."""
+    with contextlib.closing(session or requests.Session()) as s:
+        try:
+            return _post_token(s, api, form, timeout, clock(), what)
+        except OAuthError as exc:
+            if exc.status in (400, 401):
+                raise OAuthError(f"{exc}; {refused}", exc.status, transient=False) from None
+            raise
+
+
 def exchange_code(api: str, client_id: str, client_secret: str, code: str, *, timeout: float = 60.0,
                   clock: Callable[[], float] = time.time, session: requests.Session | None = None) -> OAuthTokens:
     """Tokens for an authorization code (spent by this call)."""
     form = {"client_id": check_client_id(client_id), "client_secret": client_secret,
             "grant_type": "authorization_code", "code": _checked_token(code, "authorization code")}
-    with contextlib.closing(session or requests.Session()) as s:
-        try:
-            return _post_token(s, api, form, timeout, clock(), "exchanging the authorization code")
-        except OAuthError as exc:
-            if exc.status in (400, 401):
-                raise OAuthError(f"{exc}; a code works once and for {CODE_LIFETIME_S // 60} minutes, and the client "
-                                 "id and secret must be those of the credential that authorized it: run "
-                                 "`sao auth freesound` again", exc.status, transient=False) from None
-            raise
+    return _grant(api, form, "exchanging the authorization code",
+                  f"a code works once and for {CODE_LIFETIME_S // 60} minutes, and the client id and secret must be "
+                  "those of the credential that authorized it: run `sao auth freesound` again",
+                  timeout=timeout, clock=clock, session=session)
 
 
 def refresh_tokens(api: str, client_id: str, client_secret: str, refresh_token: str, *, timeout: float = 60.0,
@@ -251,95 +255,9 @@ def refresh_tokens(api: str, client_id: str, client_secret: str, refresh_token: 
     """New tokens for a refresh token (which the server then revokes)."""
     form = {"client_id": check_client_id(client_id), "client_secret": client_secret,
             "grant_type": "refresh_token", "refresh_token": _checked_token(refresh_token, "refresh token")}
-    with contextlib.closing(session or requests.Session()) as s:
-        try:
-            return _post_token(s, api, form, timeout, clock(), "refreshing the Freesound access token")
-        except OAuthError as exc:
-            if exc.status in (400, 401):
-                raise OAuthError(f"{exc}; the stored refresh token was refused (revoked, already used, or another "
-                                 "client's): run `sao auth freesound` to sign in again", exc.status,
-                                 transient=False) from None
-            raise
-
-
-# -- the token file ----------------------------------------------------------------------------
-def default_token_path() -> pathlib.Path:
-    base = os.environ.get("XDG_CONFIG_HOME", "").strip()
-    root = pathlib.Path(base) if base and os.path.isabs(base) else pathlib.Path.home() / ".config"
-    return root / "sao" / TOKEN_FILE_NAME
-
-
-def token_path(cfg) -> pathlib.Path:
-    """The token file for the config: ``[freesound].oauth_token_file``, or the default under
-    ``$XDG_CONFIG_HOME/sao/`` (``~/.config/sao/``). Refused inside the project."""
-    configured = cfg.freesound.oauth_token_file
-    path = (cfg.path(configured) if configured else default_token_path()).resolve()
-    home = pathlib.Path.home().resolve()
-    roots = [("the sao checkout", PROJECT_CHECKOUT)]
-    # a run from the home folder with no config file has the home folder as its project folder; the
-    # user's own config folder below it is still the place meant for this file
-    project = pathlib.Path(cfg.root).resolve()
-    if not (path.parent == default_token_path().parent.resolve() and (project == home or project in home.parents)):
-        roots.insert(0, ("the project folder (the config's folder)", cfg.root))
-    for name, root in roots:
-        root = pathlib.Path(root).resolve()
-        if path == root or root in path.parents:
-            raise OAuthError(f"token file {path} is inside {name} {root}: tokens must never sit where they can be "
-                             f"committed or released; set [freesound].oauth_token_file to an absolute path outside "
-                             f"it (default: {default_token_path()})", transient=False)
-    return path
-
-
-class TokenStore:
-    """The token file: read with its mode checked, written 0600 under a temporary name then renamed."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = pathlib.Path(path)
-
-    def load(self) -> OAuthTokens | None:
-        """The stored tokens, or None when there is no file."""
-        # opened without following a link, and checked on the open file itself: what is read is what was checked
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:          # ELOOP: a symbolic link
-            raise OAuthError(f"token file {self.path}: not a regular file (a link is not followed): "
-                             f"{exc.strerror}", transient=False) from None
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise OAuthError(f"token file {self.path}: not a regular file", transient=False)
-            return self._checked(st, f)
-
-    def _checked(self, st: os.stat_result, f) -> OAuthTokens:
-        if st.st_mode & 0o077:
-            raise OAuthError(f"token file {self.path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; "
-                             f"`chmod 600 {self.path}`, and since it may have been read, consider signing in again "
-                             "(`sao auth freesound`)", transient=False)
-        if st.st_size > 65536:
-            raise OAuthError(f"token file {self.path}: {st.st_size} bytes, not a token file", transient=False)
-        return OAuthTokens.from_file_text(f.read(65537).decode("utf-8", "replace"), self.path)
-
-    def save(self, tokens: OAuthTokens) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with atomic_path(self.path, suffix=".tmp") as tmp:      # mkstemp: mode 0600 from creation
-            os.chmod(tmp, 0o600)
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(tokens.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Held across read-refresh-write, so two processes never spend the same refresh token."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    return _grant(api, form, "refreshing the Freesound access token",
+                  "the stored refresh token was refused (revoked, already used, or another client's): run "
+                  "`sao auth freesound` to sign in again", timeout=timeout, clock=clock, session=session)
 
 
 # -- token providers: what FreesoundClient asks for a Bearer token ----------------------------
@@ -458,6 +376,7 @@ def provider_for(cfg, api: str | None = None):
         return FixedAccessToken(plain, f"${fs.oauth_token_env}")
     if not fs.oauth_client_id:
         return None
+    from .freesound_token_file import TokenStore, token_path
     store = TokenStore(token_path(cfg))
     if not store.path.exists() and not store.path.is_symlink():
         return None

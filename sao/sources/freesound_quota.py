@@ -309,6 +309,26 @@ def recent_ages(cat, cred: str, now: float, period: float = MINUTE_S) -> list[fl
 
 
 # -- progress and the days a pass still needs -------------------------------------------------------
+# freesound/settings.py, APIV2_BASIC_THROTTLING_RATES_PER_LEVELS: (level, per minute, per day); 99 is unlimited
+API_LEVELS = ((1, 60, 2000), (2, 300, 5000), (3, 300, 15000))
+PAPER_FREESOUND_RECORDINGS = 472_618      # paper section 3
+
+
+def listing_requests(n_recordings: int, *, page_size: int = 150, searches: int = 3) -> int:
+    """Search requests a full listing of ``n_recordings`` takes: keyset pages ask again for their boundary
+    item (so a page brings ``page_size - 1`` new ones), plus the last page of each license search."""
+    return math.ceil(n_recordings / max(1, page_size - 1)) + searches
+
+
+def crawl_cost(n_recordings: int, *, per_minute: int, per_day: int, page_size: int = 150,
+               originals: bool = False) -> dict[str, float]:
+    """What a full crawl costs at one API level: requests, days, and minutes of requests on the busiest day.
+    Originals are one request each; previews come from the CDN and cost none."""
+    requests = listing_requests(n_recordings, page_size=page_size) + (n_recordings if originals else 0)
+    return {"requests": requests, "days": math.ceil(requests / per_day),
+            "minutes_per_day": min(requests, per_day) / per_minute}
+
+
 def days_to_finish(requests_needed: int, left_today: int, per_day: int) -> float:
     """Days (counting today as one when it still has requests) until ``requests_needed`` are sent."""
     if requests_needed <= 0:
