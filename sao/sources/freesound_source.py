@@ -130,6 +130,8 @@ class CrawlFreesound(Stage):
                        "requests": requests, "retries": retries}
         if reconciled is not None:
             out.details["reconcile"] = reconciled
+            for rid, why in list((reconciled.get("failed") or {}).items())[:FAILURES_SHOWN]:
+                out.error(rid, f"reconcile lookup failed (checked again by the next pass): {why}")
         out.details["quota"] = quota
         if st.pass_id:
             out.details["pass"] = {"pass_id": st.pass_id, "kind": "reconcile" if opts.reconcile else "full",
