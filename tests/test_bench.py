@@ -22,7 +22,7 @@ TABLES = {
     "crawl_bench": ["crawl + license gate,", "crawl (parse, upsert, cursor)", "license gate (+ decisions)",
                     "naive row-by-row INSERT", "costs, per API level"],
     "dedup_bench": ["sao grouping (faiss ivf", "planted replicas recovered", "brute force, blocked matrix products",
-                    "sao faiss IVF range search"],
+                    "sao faiss IVF self-join", "train", "search"],
     "dit_bench": ["device:", "DiT tiny", "eager", "compiled", "decode tiny", "paper (H100)"],
     "eval_bench": ["evaluation metrics on CPU", "STFT distance", "autoencoder encode+decode (tiny)",
                    "CLAP audio embedding", "PANNs logits (KL tagger)", "Frechet distance", "KL,"],

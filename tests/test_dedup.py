@@ -48,6 +48,23 @@ def test_near_replicas_are_grouped_and_distinct_sounds_are_not():
     assert info_ivf["index"] == "ivf" and {tuple(p) for p in pairs_ivf.tolist()} == {tuple(p) for p in pairs.tolist()}
 
 
+def test_ivf_self_join_probing_every_cell_equals_the_exact_search():
+    # with every cell probed the join compares every pair, so it must find exactly what the flat
+    # search finds, each pair once (i < j) with its exact similarity
+    rng = np.random.default_rng(3)
+    centers = unit(rng.standard_normal((12, 64)))
+    x = unit(centers[rng.integers(0, 12, 1500)] + 0.02 * rng.standard_normal((1500, 64)))
+    x[1000:1100] = unit(x[:100] + 0.001 * rng.standard_normal((100, 64)))
+    flat, flat_s, info = near_duplicate_edges(x, 0.95)
+    ivf, ivf_s, info_ivf = near_duplicate_edges(x, 0.95, exact_below=0, nlist=8, nprobe=8)
+    assert info["index"] == "flat" and info_ivf["index"] == "ivf" and len(flat) > 100
+    assert set(info_ivf["seconds"]) == {"train", "assign", "search"}
+    assert (ivf[:, 0] < ivf[:, 1]).all() and len({tuple(p) for p in ivf.tolist()}) == len(ivf)
+    assert {tuple(p) for p in ivf.tolist()} == {tuple(p) for p in flat.tolist()}
+    assert np.allclose(ivf_s, np.einsum("ij,ij->i", x[ivf[:, 0]], x[ivf[:, 1]]), atol=1e-5)
+    assert (ivf_s >= 0.95).all()
+
+
 def test_exact_copies_and_chains_merge():
     e = exact_edges(["a", "b", "a", None, "", "b", "a"])
     res = group_components(7, e, np.array([[1, 3]]))

@@ -1,5 +1,5 @@
 """Repeated-recording detection: exact copies by content hash, near replicas by embedding
-similarity through a faiss index, one kept member per group by a documented rule."""
+similarity through an inverted-file self-join, one kept member per group by a documented rule."""
 from .grouping import GroupResult, exact_edges, group_components, near_duplicate_edges
 from .keep import keep_order, pick_kept
 

@@ -116,10 +116,10 @@ def run_dedup(cat: Catalog, *, embeddings_dir, signature: str | None, threshold:
     emb_store = load_embeddings(embeddings_dir, signature) if signature else {}
     idx = [i for i, r in enumerate(recs) if r["content_sha256"] in emb_store]
     near = np.zeros((0, 2), np.int64)
-    vectors = {}
+    vectors, search = {}, {}
     if idx:
         x = np.stack([emb_store[recs[i]["content_sha256"]] for i in idx])
-        pairs, _, _ = near_duplicate_edges(x, threshold)
+        pairs, _, search = near_duplicate_edges(x, threshold)
         near = np.asarray(idx, np.int64)[pairs] if len(pairs) else near
         vectors = {i: x[k] for k, i in enumerate(idx)}
     exact_set = {tuple(sorted(e)) for e in np.concatenate([e_sha, e_md5]).tolist()}
@@ -194,4 +194,5 @@ def run_dedup(cat: Catalog, *, embeddings_dir, signature: str | None, threshold:
             "repeated_excluded": dict(per_source), "exact_links": len(e_sha) + len(e_md5), "near_links": len(near),
             "near_links_not_applied_uncalibrated": near_found if not calibrated else 0,
             "near_replicas_unchecked": unchecked or "", "model_name": made_by["model_name"],
-            "threshold": threshold, "decisions_written": len(decisions)}
+            "threshold": threshold, "decisions_written": len(decisions),
+            "near_search": {k: search[k] for k in ("index", "nlist", "nprobe", "seconds") if k in search}}
