@@ -271,6 +271,40 @@ def test_request_origin_is_the_host_requests_connects_to():
     assert rc.request_origin("https://freesound.org/people/a@b/sounds/1/") == ("https", "freesound.org", 443)
 
 
+
+def test_the_fast_origin_path_agrees_with_the_full_one_on_every_url_it_takes():
+    # request_origin reads plain URLs off a regular expression and prepares a request only for the
+    # rest: on URLs assembled from hostile pieces, whatever the fast path accepts, the full path
+    # (requests + urllib3 + urlsplit) must accept with the same origin
+    import itertools
+    import random
+    from sao.sources import record_checks as rc
+    schemes = ["http", "https", "HTTP", "ftp", "file", "javascript"]
+    hosts = ["freesound.org", "FreeSound.Org", "127.0.0.1", "a-b.c", "-a.com", "a-.com", "a..b", ".a.com", "a.com.",
+             "x" * 63 + ".com", "x" * 64 + ".com", "ex%61mple.com", "a_b.com", "[::1]", "xn--bcher-kva.example",
+             "b\u00fccher.de", "evil.com@freesound.org", "freesound.org@evil.com", "1.2.3.4.5", "*.a.com", ""]
+    ports = ["", ":0", ":1", ":80", ":443", ":8080", ":65535", ":65536", ":99999", ":08", ":-1", ":a", ":"]
+    rests = ["", "/", "/s/1/", "?q=1", "#frag", "/p@evil.com", "?x=@y#@z", "/%2e%2e/", "/a\\b", "/ x", ";p", ":80/",
+             "@evil.com/", "/\u00e9"]
+    rng = random.Random(0)
+    combos = list(itertools.product(schemes, hosts, ports, rests))
+    fast_taken = 0
+    for scheme, host, port, rest in rng.sample(combos, 4000) + [("https", "freesound.org", "", "/s/1/")]:
+        url = f"{scheme}://{host}{port}{rest}"
+        try:
+            full = rc._full_request_origin(url)
+        except ValueError:
+            full = None
+        plain = rc._PLAIN_URL.fullmatch(url)
+        if plain and (plain.group(3) is None or int(plain.group(3)) <= 65535) and not any(
+                c in url for c in "\\ \t\n"):
+            fast_taken += 1
+            assert rc.request_origin(url) == full, url
+        if full is None:
+            with pytest.raises(ValueError):
+                rc.request_origin(url)
+    assert fast_taken > 100
+
 # -- 3. secrets never printed -----------------------------------------------------------------------------
 def _echo_routes():
     echo = json.dumps({"detail": f"Invalid token {SECRET} (bearer {OAUTH})"}).encode()

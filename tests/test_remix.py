@@ -305,11 +305,11 @@ def test_a_refetched_remix_can_keep_its_stored_sources(srv, tmp_path):
             return sound_to_record(c.sound(sid), crawl_time=dt.datetime(2025, 1, 1), site=c.site)[0]
         recs = [refetched(100101), refetched(100001)]
         assert changed_ids(cat, recs) == {"100101"}              # without it: the sources are gone
-        assert carry_remix_sources(cat, recs) == 1
+        assert carry_remix_sources(cat, recs) == {recs[0]["source_id"]}
         assert recs[0]["extra"]["attribution"]["freesound_line"] == stored and changed_ids(cat, recs) == set()
         srv.update_sound(100101, name="renamed")                # its own line changed: fetched again
         recs = [refetched(100101)]
-        assert carry_remix_sources(cat, recs) == 0 and "sources" not in recs[0]["extra"]["attribution"]
+        assert carry_remix_sources(cat, recs) == set() and "sources" not in recs[0]["extra"]["attribution"]
 
 
 @pytest.fixture

@@ -34,34 +34,57 @@ _REC_TIMES = ("created_at", "crawl_time", "first_seen")
 _INT32_MAX = 2**31 - 1
 
 
+def _text(v: Any) -> str | None:
+    return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
+
+
+def _source_id(v: Any) -> str | None:
+    ok = isinstance(v, str) or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+    return None if ok else f"expected a string or an integer, got {type(v).__name__}"
+
+
+def _duration(v: Any) -> str | None:
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return f"expected a number, got {type(v).__name__}"
+    try:
+        return None if math.isfinite(v) and v >= 0 else "expected a finite number >= 0"
+    except OverflowError:                # an integer beyond any float
+        return "expected a finite number >= 0"
+
+
+def _int32(v: Any) -> str | None:
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+        return f"expected an integer, got {type(v).__name__}"
+    return None if 1 <= v <= _INT32_MAX else f"expected an integer from 1 to {_INT32_MAX}"
+
+
+def _time(v: Any) -> str | None:
+    return None if isinstance(v, dt.datetime) else f"expected a datetime, got {type(v).__name__}"
+
+
+def _extra(v: Any) -> str | None:
+    if not isinstance(v, dict):
+        return f"expected an object, got {type(v).__name__}"
+    try:
+        extra_json(v)
+    except (TypeError, ValueError) as exc:
+        return f"not JSON: {exc}"
+    return None
+
+
+def extra_json(v: dict) -> str:
+    """The stored text of ``extra`` (sorted keys; NaN and infinities refused: not JSON)."""
+    return json.dumps(v, sort_keys=True, allow_nan=False)
+
+
+# the type rule of each column that has one (tags are checked on their own, element by element)
+_CHECKS = {c: _text for c in _REC_TEXT} | {"source_id": _source_id, "duration": _duration, "sample_rate": _int32,
+                                           "channels": _int32, "extra": _extra} | {c: _time for c in _REC_TIMES}
+
+
 def _column_problem(c: str, v: Any) -> str | None:
     """Why ``v`` is not exactly of column ``c``'s type (None when it is). Nothing is coerced:
     Arrow would store ``True`` as 1, ``1005.7`` as 1005 and NaN as a duration."""
-    if v is None:
+    if v is None or c not in _CHECKS:
         return None
-    if c in _REC_TEXT:
-        return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
-    if c == "source_id":
-        ok = isinstance(v, str) or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
-        return None if ok else f"expected a string or an integer, got {type(v).__name__}"
-    if c == "duration":
-        if not isinstance(v, numbers.Real) or isinstance(v, bool):
-            return f"expected a number, got {type(v).__name__}"
-        try:
-            return None if math.isfinite(v) and v >= 0 else "expected a finite number >= 0"
-        except OverflowError:                # an integer beyond any float
-            return "expected a finite number >= 0"
-    if c in ("sample_rate", "channels"):
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
-            return f"expected an integer, got {type(v).__name__}"
-        return None if 1 <= v <= _INT32_MAX else f"expected an integer from 1 to {_INT32_MAX}"
-    if c in _REC_TIMES:
-        return None if isinstance(v, dt.datetime) else f"expected a datetime, got {type(v).__name__}"
-    if c == "extra":
-        if not isinstance(v, dict):
-            return f"expected an object, got {type(v).__name__}"
-        try:
-            json.dumps(v, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return f"not JSON: {exc}"
-    return None
+    return _CHECKS[c](v)

@@ -49,15 +49,22 @@ def run_license_gate(cat: Catalog, policy: LicensePolicy, *, config_hash: str) -
     decisions, new_takedowns = [], []
     policy_desc = policy.describe()
     reads: dict[str, str] = {}
+    # the gate is a pure function of these texts and the policy: most recordings share a license and
+    # a preference, so each distinct combination is judged once (its decision is still per recording)
+    judged: dict[tuple, tuple] = {}
     for rid, source, raw, url, title, gen_ai_json in rows:
         stats.evaluated += 1
-        gen_ai = json.loads(gen_ai_json) if gen_ai_json is not None else None
         if source not in reads:
             reads[source] = source_for(source).gate_reads
-        if reads[source] == "license_url":         # a deed URL, with the published license title beside it
-            result = license_gate(url, title, gen_ai_preference=gen_ai, policy=policy)
-        else:                                      # the source's license field as it says it
-            result = license_gate(raw, None, gen_ai_preference=gen_ai, policy=policy)
+        by_url = reads[source] == "license_url"
+        key = (by_url, url, title, gen_ai_json) if by_url else (by_url, raw, gen_ai_json)
+        if key not in judged:
+            gen_ai = json.loads(gen_ai_json) if gen_ai_json is not None else None
+            if by_url:                             # a deed URL, with the published license title beside it
+                judged[key] = (gen_ai, license_gate(url, title, gen_ai_preference=gen_ai, policy=policy))
+            else:                                  # the source's license field as it says it
+                judged[key] = (gen_ai, license_gate(raw, None, gen_ai_preference=gen_ai, policy=policy))
+        gen_ai, result = judged[key]
         if result.verdict == "pass":
             stats.kept[(source, result.canonical)] += 1
         else:

@@ -166,7 +166,7 @@ def changed_ids(cat: Catalog, records: list[dict[str, Any]]) -> set[str]:
                          "AND source_id IN (SELECT unnest(?::VARCHAR[]))", [SOURCE, ids]):
         row["extra"] = json.loads(row["extra"]) if row["extra"] is not None else None
         stored[row["source_id"]] = tuple(row[c] for c in _COMPARED)
-    return {r["source_id"] for r in records if stored.get(r["source_id"]) != _as_stored(r)}
+    return {r["source_id"] for r in records if r["source_id"] not in stored or stored[r["source_id"]] != _as_stored(r)}
 
 
 def refetch_problem(why: str) -> dict[str, str]:
@@ -231,6 +231,7 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
         stats.malformed_reasons.append(f"{rc.short(what)}: {why}")
         log.error("freesound %s: skipping malformed item %s: %s", where, rc.short(what), why)
 
+    row_of: dict[str, tuple] = {}            # source_id -> the checked row of a pending record
     run_pass = cat.open_crawl_pass(SOURCE, pass_kind) if full else None
     stats.pass_id = run_pass["pass_id"] if run_pass else None
     for name in license_names:
@@ -258,8 +259,13 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
             # fetched again (days, in a quota-bound full pass) and count it as updated. Its sources are fetched
             # again when its own line changes.
             from .freesound_remix import carry_remix_sources
-            carry_remix_sources(cat, pending)
-            changed = changed_ids(cat, pending)
+            carried = carry_remix_sources(cat, pending)
+            # a carried record changed after its check: checked again; the others were checked on arrival
+            rows = [Catalog.validate_recording(r) if r["source_id"] in carried else row_of.pop(r["source_id"])
+                    for r in pending]
+            row_of.clear()
+            # only items stored before can have changed: a fresh crawl looks nothing up
+            changed = changed_ids(cat, [r for r in pending if r["source_id"] in known])
             batch = {f"{SOURCE}:{sid}": refetch_problem(why) for sid, why in stale.items()}
             # a clean copy of the same item later in this pass is the newer word: it goes last
             batch.update({f"{SOURCE}:{r['source_id']}": problems_of.pop(r["source_id"], {}) for r in pending})
@@ -268,7 +274,7 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
             stats.seen_ids.update(stale_ids)
             stale.clear()
             with cat.transaction():          # these pages, their record decisions and the cursor commit together
-                cat.upsert_recordings(pending)
+                cat.upsert_rows(rows)
                 cat.add_decisions(decisions)
                 if run_pass is None:
                     cat.advance_cursor(SOURCE, key, watermark, next_page)  # noqa: B023 - flush runs in this pass
@@ -312,7 +318,7 @@ def crawl_freesound(cat: Catalog, client: FreesoundClient, *, license_names: Ite
                 if sid in seen_pass:
                     continue
                 try:
-                    Catalog.validate_recording(rec)      # what the catalogue refuses (a NUL byte...) per item
+                    row_of[sid] = Catalog.validate_recording(rec)  # what the catalogue refuses (a NUL byte...) per item
                 except CatalogError as exc:
                     refuse(f"id:{sid}", where, int(sid), str(exc))
                     if sid in known:

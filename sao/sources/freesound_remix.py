@@ -264,26 +264,26 @@ def _store(cat: Catalog, rid: str, own_line: str, sources: list[int], line: str)
     return True
 
 
-def carry_remix_sources(cat: Catalog, records: list[dict[str, Any]]) -> int:
+def carry_remix_sources(cat: Catalog, records: list[dict[str, Any]]) -> set[str]:
     """For the crawl, before it stores re-fetched items: a remix whose own line is what it was keeps
     the sources stored for it (APIv2 cannot say whether they changed), so a re-fetch neither drops
-    them until the next pass nor counts as an update. Changes ``records`` in place; returns how many
-    were carried. (A pass that wants the sources checked again leaves this out.)"""
+    them until the next pass nor counts as an update. Changes ``records`` in place; returns the
+    source_ids of those it changed. (A pass that wants the sources checked again leaves this out.)"""
     ids = [r["source_id"] for r in records if (r.get("extra") or {}).get("is_remix") is True]
     if not ids:
-        return 0
+        return set()
     rows = cat.query("SELECT source_id, CAST(json_extract(extra, '$.attribution') AS VARCHAR) AS a "
                      "FROM recordings WHERE source = ? AND source_id IN (SELECT unnest(?::VARCHAR[]))",
                      [SOURCE, ids])
     stored = {r["source_id"]: json.loads(r["a"]) for r in rows if r["a"]}
-    carried = 0
+    carried = set()
     for r in records:
         old, new = stored.get(r["source_id"]), (r.get("extra") or {}).get("attribution")
         if (not isinstance(old, dict) or not isinstance(new, dict) or not isinstance(old.get("sources"), list)
                 or old.get("own_line") != new.get("freesound_line") or not isinstance(old.get("freesound_line"), str)):
             continue
         new.update(freesound_line=old["freesound_line"], sources=old["sources"], own_line=old["own_line"])
-        carried += 1
+        carried.add(r["source_id"])
     return carried
 
 
