@@ -129,8 +129,11 @@ def run_shards(plan: BuildPlan, workers: int = 1) -> list[ShardResult]:
             results.append(write_shard(spec, plan.ctx))
             bar.update(1)
     else:
+        # the longest shards first, so no worker is left with a long one at the end
+        # (the results are ordered by name later, whatever order they finish in)
+        specs = sorted(plan.specs, key=lambda sp: -sum(s.length for s in sp.samples))
         with cf.ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(write_shard, spec, plan.ctx) for spec in plan.specs]
+            futures = [pool.submit(write_shard, spec, plan.ctx) for spec in specs]
             for fut in cf.as_completed(futures):
                 results.append(fut.result())
                 bar.update(1)
