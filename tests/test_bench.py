@@ -21,7 +21,7 @@ TABLES = {
                          "sao pipeline (up to 4 windows per file)", "target: >= 2x laion-clap"],
     "crawl_bench": ["crawl + license gate,", "crawl (parse, upsert, cursor)", "license gate (+ decisions)",
                     "naive row-by-row INSERT", "costs, per API level"],
-    "dedup_bench": ["sao grouping (faiss ivf", "planted replicas recovered", "brute force, blocked matrix products",
+    "dedup_bench": ["sao grouping (faiss k-means cells + ivf self-join", "planted replicas recovered", "brute force, blocked matrix products",
                     "sao faiss IVF self-join", "train", "search"],
     "dit_bench": ["device:", "DiT tiny", "eager", "compiled", "decode tiny", "paper (H100)",
                   "tiny config (tiny, random weights): batch 1", "diffusion, dpmpp-3m-sde + CFG 7", "steps/s",
