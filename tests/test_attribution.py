@@ -2,6 +2,7 @@
 exclusions, the published CSV format, TASL fields, take-down propagation and impact, and the
 HTML report in headless Chromium."""
 import csv
+import datetime as dt
 import json
 import os
 import pathlib
@@ -107,6 +108,52 @@ def cat(world, tmp_path):  # noqa: F811
 def _admitted_ids(cat):
     return [r["recording_id"] for r in cat.query(
         "SELECT recording_id FROM decisions WHERE stage = 'license_gate' AND verdict = 'pass' ORDER BY 1")]
+
+
+NOW = dt.datetime(2026, 1, 1)
+HOSTILE_TEXT = [None, "", "plain", 'q"uote', "back\\slash", "tab\tnl\ncr\r", "\x00\x1f\x7f", "é ü 日本",
+                "\u2028\u2029", "</script><!--", "\U0001f3b5 emoji", "[\"],[\"", "{}:,"]
+
+STORABLE_TEXT = [t for t in HOSTILE_TEXT if t is None or "\x00" not in t]    # the catalogue refuses NUL
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXT)
+def test_fast_json_lines_equal_the_json_module(text):
+    # the release's hash lines, admitting decisions and attribution JSON are written without json.dumps
+    # per value: each must be exactly what json.dumps writes, or a release's content hash would change
+    import json as j
+    values = ["freesound:1", "cc-by-4.0", text, text, None, text, "line", "a" * 64, text]
+    assert policy.line_of(values) == j.dumps(values, ensure_ascii=False, separators=(",", ":"))
+    item = dict(zip(policy.ITEM_FIELDS, values), admitted_by={"license_gate": 3, "dedup": 12})
+    assert policy.item_line(item) == j.dumps(values[:-1] + ['{"dedup":12,"license_gate":3}'], ensure_ascii=False,
+                                             separators=(",", ":"))
+    stages = {str(text): 1, "b": 2} if text is not None else {"b": 2}
+    assert policy.canonical_admitted_by(stages) == j.dumps(stages, sort_keys=True, ensure_ascii=False,
+                                                           separators=(",", ":"))
+    for odd in ({"x": True}, {"x": 1.5}, {"x": None}):      # not the usual str -> int: the json module writes it
+        assert policy.canonical_admitted_by(odd) == j.dumps(odd, sort_keys=True, separators=(",", ":"))
+    assert policy.json_value(3) == "3" and policy.json_value(text) == j.dumps(text, ensure_ascii=False)
+
+
+def test_release_items_hold_hostile_attribution_text_exactly(tmp_path):
+    from .conftest import mark_probed
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.upsert_recordings([dict(source="freesound", source_id=str(i + 1), title=t, author=t, duration=2.0,
+                                    sample_rate=44100, channels=1, license_raw="Creative Commons 0",
+                                    license_canonical="cc0-1.0", page_url=f"https://freesound.org/s/{i + 1}/",
+                                    crawl_time=NOW, content_sha256=f"{i + 1:064x}", audio_path=f"{i + 1}.wav")
+                               for i, t in enumerate(STORABLE_TEXT)])
+        cat.add_decisions([Decision(f"freesound:{i + 1}", stage, "pass", "ok", config_hash="t",
+                                    details={"content_sha256": f"{i + 1:064x}"})
+                           for i in range(len(STORABLE_TEXT)) for stage in ("license_gate", "decode")])
+        mark_probed(cat)
+        out = create_release(cat, "r1", required_stages=["license_gate"])
+        rows = cat.query("SELECT title, author, attribution FROM release_items ORDER BY recording_id")
+        assert out["recordings"] == len(STORABLE_TEXT) == len(rows)
+        for r in rows:
+            assert json.loads(r["attribution"])["title"] == r["title"] and json.loads(r["attribution"])["author"] == r["author"]
+        # the stored items hash to the release's content hash (what release verify recomputes)
+        assert policy.content_sha256(release_items(cat, "r1").values()) == out["content_sha256"]
 
 
 def test_release_freezes_admitted_items_with_decisions_and_exclusions(cat):

@@ -14,7 +14,8 @@ BENCH = REPO / "bench"
 
 # script -> text its table always prints (headers and row labels, no numbers)
 TABLES = {
-    "attribution_bench": ["release:", "create_release", "build_report", "baseline, one query per recording"],
+    "attribution_bench": ["release:", "create_release", "build_report", "baseline, one query per recording",
+                          "report page: index.html", "works sidecar", "open + search", "target:"],
     "bench_catalog": ["catalogue upsert,", "batched (sao)", "one item per transaction", "speed-up"],
     "bench_replica": ["replica search crawl,", "keep-alive session (sao)", "new connection each (baseline)"],
     "clap_embed_bench": ["CLAP audio embeddings,", "laion-clap get_audio_embedding_from_filelist",

@@ -85,6 +85,11 @@ def test_bad_record_names_item_and_writes_nothing(catalog):
         catalog.upsert_recordings([rec(8, password="x")])
     with pytest.raises(CatalogError, match="NUL byte"):
         catalog.upsert_recordings([rec(9, title="a\x00b")])
+    # a lone surrogate (what JSON's "\ud83c" decodes to) is no UTF-8 text: refused by name, not a crash
+    for field, value in (("title", "bird \ud83c"), ("author", "\udfb5"), ("tags", ["ok", "x\ud800"]),
+                         ("source_id", "13\udc00")):
+        with pytest.raises(CatalogError, match=r"freesound:.*(surrogate|whole characters)"):
+            catalog.upsert_recordings([rec(13), dict(rec(14), **{field: value})])
     with pytest.raises(CatalogError, match="freesound:12: field duration has a bad value 'long'"):
         catalog.upsert_recordings([rec(11), rec(12, duration="long")])
     assert catalog.counts()["recordings"] == 0

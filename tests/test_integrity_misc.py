@@ -58,25 +58,28 @@ def _report(tmp_path, urls, titles=None):
     return pathlib.Path(out["html"]), out
 
 
-def _rows_json(page: str) -> str:
-    m = re.search(r'<script id="rows" type="application/json">(.*?)</script>', page, re.S)
-    assert m, "no embedded rows"
-    return m.group(1)
+def _works(page_path: pathlib.Path) -> list[dict]:
+    """Every work the report's sidecar parts hold, as the page reads them."""
+    from sao.attribution.report_works import read_part
+    parts = sorted((page_path.parent / "works").glob("part-*.js"))
+    assert parts, "no works sidecar parts"
+    return [w for p in parts for w in read_part(p)[1]]
 
 
 def test_report_links_only_http_urls_in_html_and_in_the_data_the_page_script_links(tmp_path):
     urls = HOSTILE_URLS + GOOD_URLS
     page_path, _ = _report(tmp_path, urls)
     page = page_path.read_text(encoding="utf-8")
-    rows = json.loads(_rows_json(page))
-    by_id = {r[0]: r for r in rows}
+    by_id = {w["id"]: w for w in _works(page_path)}
     for i, u in enumerate(urls):
         row = by_id[f"freesound:{i + 1}"]
-        # the page script makes a link only from the last field: the allowed URL, or null (the URL stays text)
-        assert row[4] == u and row[-1] == (u.strip() if u in GOOD_URLS else None), (u, row)
-    assert not re.search(r"href=[\"']?\s*(javascript|vbscript|data):", page, re.I)
-    # the script builds hrefs from the vetted field only (never from the raw URL)
-    assert "esc(r[4])}\">" not in page and 'href="${esc(r[5])}"' in page
+        # the page script makes a link only from the link field: the allowed URL, or none (the URL stays text)
+        assert row["url"] == u.replace("\t", " ") and row["link"] == (u.strip() if u in GOOD_URLS else None), (u, row)
+    parts = "".join(p.read_text(encoding="utf-8") for p in (page_path.parent / "works").glob("*.js"))
+    for text in (page, parts):
+        assert not re.search(r"href=[\"']?\s*(javascript|vbscript|data):", text, re.I)
+    # the script builds hrefs from the vetted field only (never from a URL the link field does not vouch for)
+    assert "f.href = flag === '1' ? f[4] : flag === '2' &&" in page and 'href="${esc(f.href)}"' in page
 
 
 def test_memorization_page_links_only_http_urls(tmp_path):
@@ -99,11 +102,13 @@ def test_memorization_page_links_only_http_urls(tmp_path):
 def test_report_json_escapes_script_breaking_sequences(tmp_path):
     page_path, _ = _report(tmp_path, ["https://a.org/1", "https://a.org/2"], titles=[TITLE, "plain"])
     page = page_path.read_text(encoding="utf-8")
-    data = _rows_json(page)
-    for bad in ("<", ">", "&", "\u2028", "\u2029"):
-        assert bad not in data, bad
+    index = re.search(r'<script id="works-index" type="application/json">(.*?)</script>', page, re.S).group(1)
+    data = "".join(p.read_text(encoding="utf-8") for p in (page_path.parent / "works").glob("*.js"))
+    for text in (index, data):
+        for bad in ("<", ">", "&", "\u2028", "\u2029"):
+            assert bad not in text, bad
     assert "\\u003c!--\\u003cscript\\u003e" in data
-    assert TITLE in [r[1] for r in json.loads(data)]
+    assert TITLE in [w["title"] for w in _works(page_path)]
     # exactly the page's own two script elements
     assert len(re.findall(r"<script", page, re.I)) == 2 and len(re.findall(r"</script", page, re.I)) == 2
 

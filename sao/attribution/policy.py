@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..licensing.canonical import UNKNOWN, family as licensing_family
 from ..licensing.table import LICENSES
@@ -52,6 +52,31 @@ def _unique_keys(pairs: list) -> dict:
     return dict(pairs)
 
 
+# one encoder each, made once (json.dumps with options builds a new encoder on every call)
+_LINE_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_CANONICAL_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+_json_string = json.encoder.encode_basestring       # what json.dumps(ensure_ascii=False) writes for a str
+
+
+def json_value(v: Any) -> str:
+    """json.dumps(v, ensure_ascii=False) for one value; strings and None without building an encoder."""
+    if v is None:
+        return "null"
+    if type(v) is str:
+        return _json_string(v)
+    return _LINE_JSON.encode(v)
+
+
+def canonical_admitted_by(value: dict) -> str:
+    """{stage: decision id} as the one canonical JSON text the content hash covers (sorted keys, no
+    spaces): ``_CANONICAL_JSON.encode(value)``, written directly for the usual str -> int dict."""
+    if all(type(k) is str and type(v) is int for k, v in value.items()):
+        return "{" + ",".join(f"{_json_string(k)}:{v}" for k, v in sorted(value.items())) + "}"
+    return _CANONICAL_JSON.encode(value)
+
+
 def _admitted_by(value: Any) -> Any:
     """{stage: decision id} as one canonical JSON text, whether given as a dict (a new snapshot) or as the
     catalogue's stored JSON text, so both hash alike. Anything else is hashed as it is (and so differs)."""
@@ -64,23 +89,33 @@ def _admitted_by(value: Any) -> Any:
             return value
         value = parsed
     if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return canonical_admitted_by(value)
     return value
 
 
+def line_of(values: Sequence[Any]) -> str:
+    """An item's hashed line from its ITEM_FIELDS values in order, admitted_by already canonical:
+    ``_LINE_JSON.encode(list(values))``, one value at a time."""
+    return "[" + ",".join(map(json_value, values)) + "]"
+
+
 def item_line(item: Mapping[str, Any]) -> str:
-    return json.dumps([_admitted_by(item.get(k)) if k == "admitted_by" else item.get(k) for k in ITEM_FIELDS],
-                      ensure_ascii=False, separators=(",", ":"))
+    return line_of([_admitted_by(item.get(k)) if k == "admitted_by" else item.get(k) for k in ITEM_FIELDS])
+
+
+def content_sha256_of_lines(lines: Iterable[str]) -> str:
+    """sha256 over the items' lines (``item_line``) sorted: the order items are given in never matters."""
+    h = hashlib.sha256()
+    for line in sorted(lines):
+        h.update(line.encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def content_sha256(items: Iterable[Mapping[str, Any]]) -> str:
     """sha256 over the release's items (id, license, attribution fields, audio sha256 and admitting
     decisions) in id order: two releases with the same hash attribute the same audio in the same way."""
-    h = hashlib.sha256()
-    for line in sorted(item_line(i) for i in items):
-        h.update(line.encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    return content_sha256_of_lines(item_line(i) for i in items)
 
 
 def removal_cause(exclusion: tuple[str, str] | None) -> str:

@@ -20,6 +20,7 @@ import time
 from typing import Any, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..catalog import Catalog
 from ..licensing.attribution import attribution_line
@@ -44,10 +45,11 @@ def check_name(name: str) -> str:
 # The catalogue's admission rule (migration 8) decides; this only reads it, so the shards'
 # selection and a release can never disagree about a recording.
 _STATE_SQL = """
-SELECT a.reason, a.detail, a.admitted_by, r.recording_id, r.source, r.source_id, r.title, r.author,
-       r.license_canonical, r.license_url, r.page_url, r.audio_duration AS duration,
-       r.audio_sample_rate AS sample_rate, r.audio_channels AS channels, r.tags, r.content_sha256,
-       json_extract_string(r.extra, '$.attribution.freesound_line') AS freesound_line
+SELECT a.reason, a.detail, list_transform(a.admitted_by, lambda x: x.stage) AS admitted_stages,
+       list_transform(a.admitted_by, lambda x: x.decision_id) AS admitted_ids, r.recording_id, r.source, r.source_id,
+       r.title, r.author, r.license_canonical, r.license_url, r.page_url AS url, r.audio_duration AS duration,
+       r.audio_sample_rate AS sample_rate, r.audio_channels AS channels, coalesce(r.tags, []) AS tags,
+       r.content_sha256, json_extract_string(r.extra, '$.attribution.freesound_line') AS freesound_line
 FROM admission(?) a JOIN recordings r USING (recording_id)
 ORDER BY r.recording_id
 """
@@ -61,31 +63,49 @@ _ITEM_SCHEMA = pa.schema([
 ])
 
 
-def snapshot(cat: Catalog, required_stages: Sequence[str]) -> tuple[list[dict], list[dict]]:
-    """(admitted items, exclusions) of the catalogue as it stands, by its admission rule."""
+def snapshot_table(cat: Catalog, required_stages: Sequence[str]) -> tuple[pa.Table, list[str], list[dict]]:
+    """(admitted items as a table with _ITEM_SCHEMA's columns but release_name, each item's
+    ``policy.item_line``, exclusions) of the catalogue as it stands, by its admission rule. Columnar:
+    the per-item Python work is only what needs Python (the attribution line and the JSON texts)."""
     if not required_stages:
         raise ReleaseError("at least one required stage (e.g. license_gate) must admit an item")
-    cur = cat.con.execute(_STATE_SQL, [list(required_stages)])
-    cols = [d[0] for d in cur.description]
-    items, excluded = [], []
-    while rows := cur.fetchmany(50_000):
-        for row in rows:
-            r = dict(zip(cols, row))
-            if r["reason"] is not None:
-                excluded.append({"recording_id": r["recording_id"], "reason": r["reason"],
-                                 "detail": (r["detail"] or "")[:500]})
-                continue
-            items.append({
-                "recording_id": r["recording_id"], "source": r["source"], "source_id": r["source_id"],
-                "title": r["title"], "author": r["author"], "license_canonical": r["license_canonical"],
-                "license_url": r["license_url"], "url": r["page_url"],
-                "attribution_line": attribution_line(title=r["title"], author=r["author"], url=r["page_url"],
-                                                     license_canonical=r["license_canonical"],
-                                                     license_url=r["license_url"], freesound_line=r["freesound_line"]),
-                "duration": r["duration"], "sample_rate": r["sample_rate"], "channels": r["channels"],
-                "tags": list(r["tags"] or []), "content_sha256": r["content_sha256"],
-                "admitted_by": {a["stage"]: a["decision_id"] for a in r["admitted_by"]},
-            })
+    t = cat.con.sql(_STATE_SQL, params=[list(required_stages)]).to_arrow_table()
+    out = t.filter(pc.is_null(t["reason"]))
+    rest = t.filter(pc.is_valid(t["reason"])).select(["recording_id", "reason", "detail"]).to_pylist()
+    excluded = [{"recording_id": e["recording_id"], "reason": e["reason"], "detail": (e["detail"] or "")[:500]}
+                for e in rest]
+    col = {c: out[c].to_pylist() for c in ("recording_id", "title", "author", "license_canonical", "license_url",
+                                            "url", "freesound_line", "content_sha256", "admitted_stages",
+                                            "admitted_ids")}
+    lines_attr = [attribution_line(title=ti, author=au, url=u, license_canonical=lc, license_url=lu,
+                                   freesound_line=fl)
+                  for ti, au, u, lc, lu, fl in zip(col["title"], col["author"], col["url"], col["license_canonical"],
+                                                   col["license_url"], col["freesound_line"])]
+    # {stage: decision id} in the canonical form the content hash covers (policy.canonical_admitted_by)
+    admitted = [policy.canonical_admitted_by(dict(zip(st, ids)))
+                for st, ids in zip(col["admitted_stages"], col["admitted_ids"])]
+    j = policy.json_value         # the attribution JSON as json.dumps(sort_keys=True) writes it
+    attribution = [f'{{"author": {j(au)}, "license_canonical": {j(lc)}, "license_url": {j(lu)}, "title": {j(ti)}, '
+                   f'"url": {j(u)}}}'
+                   for ti, au, u, lc, lu in zip(col["title"], col["author"], col["url"], col["license_canonical"],
+                                                col["license_url"])]
+    lines = [policy.line_of(v) for v in zip(col["recording_id"], col["license_canonical"], col["title"],
+                                            col["author"], col["license_url"], col["url"], lines_attr,
+                                            col["content_sha256"], admitted)]
+    names = [f.name for f in _ITEM_SCHEMA if f.name != "release_name"]
+    computed = {"attribution": attribution, "admitted_by": admitted, "attribution_line": lines_attr}
+    table = pa.table({c: pa.array(computed[c], pa.string()) if c in computed else out[c].cast(_ITEM_SCHEMA.field(c).type)
+                      for c in names})
+    return table, lines, excluded
+
+
+def snapshot(cat: Catalog, required_stages: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    """(admitted items, exclusions) of the catalogue as it stands, by its admission rule, as records
+    (``admitted_by`` a {stage: decision id} dict)."""
+    table, _, excluded = snapshot_table(cat, required_stages)
+    items = table.to_pylist()
+    for i in items:
+        i["admitted_by"] = json.loads(i["admitted_by"])
     return items, excluded
 
 
@@ -104,8 +124,8 @@ def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[
     if problem:
         raise ReleaseError(problem)
     t0 = time.perf_counter()
-    items, excluded = snapshot(cat, required_stages)
-    sha = policy.content_sha256(items)
+    table, lines, excluded = snapshot_table(cat, required_stages)
+    sha = policy.content_sha256_of_lines(lines)
     name = name or f"rel-{sha[:12]}"
     existing = cat.query("SELECT name, content_sha256, version, n_recordings, model_use FROM releases WHERE name = ?",
                          [name])
@@ -124,14 +144,7 @@ def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[
                            "choose a new name")
     version = (cat.query("SELECT coalesce(max(version), 0) AS v FROM releases")[0]["v"] or 0) + 1
     counts = collections.Counter(e["reason"] for e in excluded)
-    item_table = pa.Table.from_pylist([{
-        **{k: i[k] for k in ("recording_id", "license_canonical", "source", "source_id", "title", "author",
-                             "license_url", "url", "attribution_line", "duration", "sample_rate", "channels", "tags",
-                             "content_sha256")},
-        "release_name": name, "admitted_by": json.dumps(i["admitted_by"], sort_keys=True),
-        "attribution": json.dumps({k: i[k] for k in ("title", "author", "url", "license_canonical", "license_url")},
-                                  sort_keys=True, ensure_ascii=False),
-    } for i in items], schema=_ITEM_SCHEMA)
+    item_table = table.append_column("release_name", pa.array([name] * table.num_rows, pa.string()))
     excl_table = pa.Table.from_pylist([dict(e, release_name=name) for e in excluded], schema=pa.schema([
         ("release_name", pa.string()), ("recording_id", pa.string()), ("reason", pa.string()),
         ("detail", pa.string())]))
@@ -141,7 +154,7 @@ def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[
         cat.con.execute(
             "INSERT INTO releases (name, content_sha256, n_recordings, created_at, notes, version, required_stages, "
             "config_hash, exclusions, model_use) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [name, sha, len(items), dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), notes, version,
+            [name, sha, table.num_rows, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), notes, version,
              list(required_stages), config_hash, json.dumps(dict(sorted(counts.items()))), gate_policy.model_use])
         cat.con.register("_sao_items", item_table)
         cat.con.register("_sao_excl", excl_table)
@@ -153,7 +166,7 @@ def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[
             cat.con.unregister("_sao_items")
             cat.con.unregister("_sao_excl")
     return _signed(cat, {"name": name, "status": "created", "version": version, "content_sha256": sha,
-                         "recordings": len(items), "excluded": dict(sorted(counts.items())),
+                         "recordings": table.num_rows, "excluded": dict(sorted(counts.items())),
                          "model_use": gate_policy.model_use,
                          "seconds": round(time.perf_counter() - t0, 2)}, signatures_dir, signing_key)
 

@@ -4,10 +4,12 @@ Files: ``attribution-<source>.csv`` in the published Stable Audio Open format
 (id,title,author,license,url), ``attribution-tasl.csv`` (title, author, source link, license with
 version and link, for every item), each source's own attribution lines where it has them
 (``Source.own_attribution_file``: ``freesound-attribution.txt``, Freesound's own line per
-Freesound item), ``summary.json``, ``report.md`` with ``plots/*.png``, and ``index.html``: one
-self-contained page with the paper-style table, exclusion counts, plots and a searchable table
-of every attributed work (``index.html#q=TEXT`` opens it filtered). Every count comes from a
-DuckDB query over the release's rows. The folder is written beside its final name and renamed.
+Freesound item), ``summary.json``, ``report.md`` with ``plots/*.png``, and ``index.html``: the
+paper-style table, exclusion counts, plots and a searchable, sortable, paged table of every
+attributed work (``index.html#q=TEXT`` opens it filtered), whose rows are the sidecar parts
+``works/part-*.js`` (``report_works``) the page loads when it needs them, so the page stays small
+and the folder still opens from disk. Every count comes from a DuckDB query over the release's
+rows. The folder is written beside its final name and renamed.
 """
 from __future__ import annotations
 
@@ -16,12 +18,12 @@ import csv
 import html
 import io
 import json
+import math
 import os
 import pathlib
 import shutil
 import tempfile
 import time
-import urllib.parse
 from typing import Any
 
 from ..catalog import Catalog
@@ -32,39 +34,19 @@ from ..licensing.table import BY_ID, license_name
 from ..sources import SOURCES
 from . import policy
 from .release import check_name, get_release, uncalibrated_admissions
-
-LINK_SCHEMES = ("http", "https")        # the only URLs that become links; everything else is shown as text
-# what a browser drops from a URL before reading its scheme: tab/CR/LF anywhere, C0 controls and
-# spaces at either end (so "java\tscript:" and " javascript:" are javascript: to it)
-_URL_DROPPED = str.maketrans("", "", "\t\r\n")
-_URL_ENDS = "".join(map(chr, range(0x21)))
-_SCRIPT_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
-                                      "\u2028": "\\u2028", "\u2029": "\\u2029"})
+from .report_page import render as _render_page
+from .report_works import LINK_SCHEMES, PART_ROWS, link_url, script_json, write_works  # noqa: F401
 
 
-def link_url(url: Any) -> str | None:
-    """The URL to put in an href, or None when it must stay text: only an absolute http(s) URL with
-    a host, read the way a browser reads it (exact scheme allow-list, case-insensitive)."""
-    if not isinstance(url, str):
-        return None
-    cleaned = url.translate(_URL_DROPPED).strip(_URL_ENDS)
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in cleaned):
-        return None
-    try:
-        parts = urllib.parse.urlsplit(cleaned)
-        host = parts.hostname
-    except ValueError:                  # e.g. an unbalanced [IPv6] host
-        return None
-    if parts.scheme.lower() not in LINK_SCHEMES or not host:
-        return None
-    return cleaned
-
-
-def script_json(value: Any) -> str:
-    """JSON safe inside a <script> element: no "<", ">" or "&" (so no </script>, <!-- or <script
-    can end the element or switch the HTML parser's script states) and no U+2028/2029."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_SCRIPT_JSON_ESCAPES)
-
+def hours_text(seconds: float | None) -> str:
+    """Hours as a table shows them: one decimal from 10 h, else two significant digits (a few
+    minutes read 0.05, not 0.0); a tiny release's hours are never shown as nothing."""
+    h = (seconds or 0) / 3600
+    if h <= 0:
+        return "0"
+    if h >= 10:
+        return f"{h:,.1f}"
+    return f"{h:,.{max(1, 1 - math.floor(math.log10(h)))}f}"
 
 
 def license_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -74,7 +56,7 @@ def license_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return BY_ID[c].rank if c in BY_ID else len(BY_ID)
     rows = sorted(rows, key=lambda r: (r["source"], rank(r["license_canonical"]), r["license_canonical"]))
     return [{"source": r["source"], "license": license_name(r["license_canonical"]), "recordings": r["n"],
-             "hours": round(r["seconds"] / 3600, 2)} for r in rows]
+             "hours": round(r["seconds"] / 3600, 2), "seconds": r["seconds"]} for r in rows]
 
 
 def model_use_statement(use: Any) -> dict[str, Any]:
@@ -96,10 +78,11 @@ def summary(cat: Catalog, name: str) -> dict[str, Any]:
     q = lambda sql, extra=(): cat.query(sql, [name, *extra])  # noqa: E731
     table = license_table(q("SELECT source, license_canonical, count(*) AS n, coalesce(sum(duration), 0) AS seconds "
                             "FROM release_items WHERE release_name = ? GROUP BY ALL"))
-    by_source = q("SELECT source, count(*) AS recordings, round(coalesce(sum(duration), 0) / 3600, 2) AS hours "
-                  "FROM release_items WHERE release_name = ? GROUP BY ALL ORDER BY source")
-    total = q("SELECT count(*) AS recordings, round(coalesce(sum(duration), 0) / 3600, 2) AS hours "
-              "FROM release_items WHERE release_name = ?")[0]
+    by_source = q("SELECT source, count(*) AS recordings, round(coalesce(sum(duration), 0) / 3600, 2) AS hours, "
+                  "coalesce(sum(duration), 0) AS seconds FROM release_items WHERE release_name = ? GROUP BY ALL "
+                  "ORDER BY source")
+    total = q("SELECT count(*) AS recordings, round(coalesce(sum(duration), 0) / 3600, 2) AS hours, "
+              "coalesce(sum(duration), 0) AS seconds FROM release_items WHERE release_name = ?")[0]
     exclusions = {r["reason"]: r["n"] for r in q(
         "SELECT reason, count(*) AS n FROM release_exclusions WHERE release_name = ? GROUP BY ALL")}
     tags = q("SELECT tag, count(*) AS n FROM (SELECT unnest(tags) AS tag FROM release_items WHERE release_name = ?) "
@@ -129,9 +112,9 @@ def _plots(cat: Catalog, name: str, s: dict[str, Any]) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
     import numpy as np
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)   # numeric-looking labels are fine
-    durations = np.array([r[0] for r in cat.con.execute(
-        "SELECT duration FROM release_items WHERE release_name = ? AND duration IS NOT NULL", [name]).fetchall()],
-        dtype=float)
+    durations = np.asarray(cat.con.execute(
+        "SELECT CAST(duration AS DOUBLE) AS d FROM release_items WHERE release_name = ? AND duration IS NOT NULL",
+        [name]).fetchnumpy()["d"], dtype=float)
     out = {}
 
     def save(fig, key):
@@ -150,7 +133,7 @@ def _plots(cat: Catalog, name: str, s: dict[str, Any]) -> dict[str, bytes]:
     save(fig, "durations")
     fig, ax = plt.subplots(figsize=(6, 3.2))
     labels = [f"{r['source']} {r['license']}" for r in s["table"]]
-    ax.barh(labels, [r["hours"] for r in s["table"]], color="#6a9f58")
+    ax.barh(labels, [r["seconds"] / 3600 for r in s["table"]], color="#6a9f58")
     ax.set_xlabel("hours")
     ax.set_title("License shares (hours)")
     save(fig, "licenses")
@@ -174,36 +157,54 @@ def own_attribution_files() -> dict[str, str]:
     return {n: s.own_attribution_file for n, s in SOURCES.items() if s.own_attribution_file}
 
 
+def _license_case(cat: Catalog, name: str, as_text: Any) -> tuple[str, list[Any]]:
+    """SQL for as_text(license_canonical) over the release's licenses, and its parameters (as_text
+    may refuse a license, as policy.published_license does one the gate never admits)."""
+    lics = [r[0] for r in cat.con.execute("SELECT DISTINCT license_canonical FROM release_items "
+                                          "WHERE release_name = ?", [name]).fetchall()]
+    return ("CASE" + " WHEN license_canonical = ? THEN ?" * len(lics) + " ELSE license_canonical END",
+            [x for c in lics for x in (c, as_text(c))])
+
+
 def _write_csvs(cat: Catalog, name: str, folder: pathlib.Path) -> dict[str, int]:
-    written: dict[str, int] = {}
-    cur = cat.con.execute(
-        "SELECT recording_id, source, source_id, title, author, license_canonical, license_url, url, attribution_line "
-        "FROM release_items WHERE release_name = ? ORDER BY source, recording_id", [name])
-    files: dict[str, Any] = {}
-    writers: dict[str, Any] = {}
-    tasl_f = open(folder / "attribution-tasl.csv", "w", newline="", encoding="utf-8")
+    """The CSV and text files, rows in (source, recording_id) order: DuckDB gives each file's rows
+    as they are written (csv.writerows, no Python loop per row)."""
+    def copy(path: pathlib.Path, header: Any, sql: str, params: list[Any]) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            cur = cat.con.execute(sql, params)
+            while rows := cur.fetchmany(50_000):
+                w.writerows(rows)
+
+    written = {src: n for src, n in cat.con.execute(
+        "SELECT source, count(*) FROM release_items WHERE release_name = ? GROUP BY ALL ORDER BY source",
+        [name]).fetchall()}
+    published, pub_params = _license_case(cat, name, policy.published_license)
+    for source in written:
+        copy(folder / f"attribution-{source}.csv", policy.PUBLISHED_COLUMNS,
+             f"SELECT source_id, coalesce(title, ''), coalesce(author, ''), {published}, coalesce(url, '') "
+             "FROM release_items WHERE release_name = ? AND source = ? ORDER BY recording_id",
+             [*pub_params, name, source])
+    named, name_params = _license_case(cat, name, license_name_with_version)
+    copy(folder / "attribution-tasl.csv",
+         ["recording_id", "source", "id", "title", "author", "source_url", "license", "license_name", "license_url",
+          "attribution_line"],
+         "SELECT recording_id, source, source_id, coalesce(title, ''), coalesce(author, ''), coalesce(url, ''), "
+         f"license_canonical, {named}, coalesce(license_url, ''), coalesce(attribution_line, '') FROM release_items "
+         "WHERE release_name = ? ORDER BY source, recording_id", [*name_params, name])
     # every source's own file is written, empty when the release holds none of its items
-    own = {src: open(folder / fn, "w", encoding="utf-8") for src, fn in own_attribution_files().items()}
-    try:
-        tasl = csv.writer(tasl_f)
-        tasl.writerow(["recording_id", "source", "id", "title", "author", "source_url", "license", "license_name",
-                       "license_url", "attribution_line"])
-        while rows := cur.fetchmany(50_000):
-            for rid, source, sid, title, author, lic, lic_url, url, line in rows:
-                if source not in writers:
-                    files[source] = open(folder / f"attribution-{source}.csv", "w", newline="", encoding="utf-8")
-                    writers[source] = csv.writer(files[source])
-                    writers[source].writerow(policy.PUBLISHED_COLUMNS)
-                writers[source].writerow([sid, title or "", author or "", policy.published_license(lic), url or ""])
-                written[source] = written.get(source, 0) + 1
-                tasl.writerow([rid, source, sid, title or "", author or "", url or "", lic,
-                               license_name_with_version(lic), lic_url or "", line or ""])
-                if source in own:
-                    own[source].write(line + "\n")
-    finally:
-        for f in (*files.values(), tasl_f, *own.values()):
-            f.close()
+    for src, fn in own_attribution_files().items():
+        with open(folder / fn, "w", encoding="utf-8") as f:
+            cur = cat.con.execute("SELECT coalesce(attribution_line, '') || E'\\n' FROM release_items "
+                                  "WHERE release_name = ? AND source = ? ORDER BY recording_id", [name, src])
+            while rows := cur.fetchmany(50_000):
+                f.write("".join(r[0] for r in rows))
     return written
+
+
+def _hours(row: dict[str, Any]) -> str:
+    return hours_text(row["seconds"] if "seconds" in row else row["hours"] * 3600)
 
 
 def _markdown(s: dict[str, Any], files: dict[str, int]) -> str:
@@ -212,13 +213,13 @@ def _markdown(s: dict[str, Any], files: dict[str, int]) -> str:
              f"Content sha256 `{rel['content_sha256']}`, created {rel['created_at']} UTC, admitted by the latest "
              f"`{'`, `'.join(rel['required_stages'] or [])}` decisions.", "",
              html.escape(s["model_use"]["text"], quote=False), "",     # a renderer may pass HTML through
-             f"**{s['total']['recordings']:,} recordings, {s['total']['hours']:,} hours.**", "",
+             f"**{s['total']['recordings']:,} recordings, {_hours(s['total'])} hours.**", "",
              *(["**UNCALIBRATED**: recordings admitted by decisions made with random weights ("
                 + ", ".join(f"{k}: {v:,}" for k, v in s["uncalibrated_admissions"].items())
                 + "). This release checks the pipeline; it is not a curated dataset.", ""]
                if s["uncalibrated_admissions"] else []),
              "| source | license | recordings | hours |", "|---|---|---:|---:|"]
-    lines += [f"| {r['source']} | {r['license']} | {r['recordings']:,} | {r['hours']:,} |" for r in s["table"]]
+    lines += [f"| {r['source']} | {r['license']} | {r['recordings']:,} | {_hours(r)} |" for r in s["table"]]
     lines += ["", "## Excluded recordings", "", "| reason | recordings |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in s["exclusions"].items()]
     lines += ["", "## Files", ""]
@@ -227,77 +228,26 @@ def _markdown(s: dict[str, Any], files: dict[str, int]) -> str:
     lines += ["- `attribution-tasl.csv`: title, author, source link, license with version and link, every item",
               *(f"- `{fn}`: {SOURCES[src].title}'s own attribution line per {SOURCES[src].title} item"
                 for src, fn in own_attribution_files().items()),
-              "- `index.html`: this report with a searchable table of every attributed work", "", "## Plots", ""]
+              "- `index.html`: this report with a searchable, sortable table of every attributed work "
+              "(its rows in `works/part-*.js`, loaded when needed)", "", "## Plots", ""]
     lines += [f"![{k}](plots/{k}.png)" for k in ("durations", "licenses", "tags", "format")]
     return "\n".join(lines) + "\n"
 
 
-_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Attribution: {name}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}td.n{{text-align:right}}
-.plots img{{max-width:48%;margin:4px;border:1px solid #eee}}#search{{width:30em;padding:4px}}</style></head>
-<body data-plots-rendered="0">
-<h1>Attribution report: release <code>{name}</code> (version {version})</h1>
-<p>Content sha256 <code>{sha}</code>, created {created} UTC. <b>{total:,} recordings, {hours:,} hours.</b></p>
-<p id="model-use">{model_use}</p>
-{uncalibrated}<h2>Recordings and hours per source and license</h2>
-<table id="licenses"><tr><th>source</th><th>license</th><th>recordings</th><th>hours</th></tr>{table}</table>
-<h2>Excluded recordings</h2>
-<table id="exclusions"><tr><th>reason</th><th>recordings</th></tr>{excl}</table>
-<h2>Plots</h2><div class="plots">{plots}</div>
-<h2>Every attributed work</h2>
-<p><input id="search" type="search" placeholder="filter by title, author, license, id..."> <span id="shown"></span></p>
-<table id="works"><thead><tr><th>id</th><th>title</th><th>author</th><th>license</th><th>source</th></tr></thead>
-<tbody></tbody></table>
-<script id="rows" type="application/json">{rows}</script>
-<script>
-const ROWS = JSON.parse(document.getElementById('rows').textContent);
-const LIMIT = 500;
-function esc(s) {{ const d = document.createElement('div'); d.textContent = s == null ? '' : String(s); return d.innerHTML; }}
-function render(q) {{
-  q = (q || '').toLowerCase().trim();
-  const hits = q ? ROWS.filter(r => r.join(' ').toLowerCase().includes(q)) : ROWS;
-  const body = document.querySelector('#works tbody');
-  body.innerHTML = hits.slice(0, LIMIT).map(r =>
-    `<tr data-id="${{esc(r[0])}}"><td>${{esc(r[0])}}</td><td>${{esc(r[1])}}</td><td>${{esc(r[2])}}</td>` +
-    `<td>${{esc(r[3])}}</td><td>${{r[5] ? `<a href="${{esc(r[5])}}">link</a>` : esc(r[4])}}</td></tr>`).join('');
-  document.getElementById('shown').textContent =
-    `${{hits.length}} of ${{ROWS.length}} works match` + (hits.length > LIMIT ? ` (first ${{LIMIT}} shown)` : '');
-  document.body.dataset.matches = hits.length;
-}}
-const box = document.getElementById('search');
-box.addEventListener('input', () => render(box.value));
-const fromHash = decodeURIComponent((location.hash.match(/q=([^&]*)/) || [])[1] || '');
-box.value = fromHash; render(fromHash);
-function plotsDone() {{
-  document.body.dataset.plotsRendered =
-    [...document.querySelectorAll('.plots img')].filter(i => i.complete && i.naturalWidth > 0).length;
-}}
-document.querySelectorAll('.plots img').forEach(i => i.addEventListener('load', plotsDone));
-plotsDone();
-</script></body></html>
-"""
-
-
-def _html(cat: Catalog, name: str, s: dict[str, Any], plots: dict[str, bytes]) -> str:
+def _html(s: dict[str, Any], plots: dict[str, bytes], works: dict[str, Any]) -> str:
     e = html.escape
     rel = s["release"]
-    table = "".join(f"<tr><td>{e(r['source'])}</td><td>{e(r['license'])}</td><td class=n>{r['recordings']}</td>"
-                    f"<td class=n>{r['hours']}</td></tr>" for r in s["table"])
-    excl = "".join(f"<tr><td>{e(k)}</td><td class=n>{v}</td></tr>" for k, v in s["exclusions"].items())
+    table = "".join(f"<tr><td>{e(r['source'])}</td><td>{e(r['license'])}</td><td class=n>{r['recordings']:,}</td>"
+                    f"<td class=n title=\"{r['seconds']:,.0f} s\">{_hours(r)}</td></tr>" for r in s["table"])
+    excl = "".join(f"<tr><td>{e(k)}</td><td class=n>{v:,}</td></tr>" for k, v in s["exclusions"].items())
     imgs = "".join(f'<img alt="{k}" src="data:image/png;base64,{base64.b64encode(v).decode()}">'
                    for k, v in plots.items())
-    # the last field is the only one the page script turns into a link: an allowed URL or null
-    rows = [[rid, title, author, license_name_with_version(lic), url, link_url(url)]
-            for rid, title, author, lic, url in cat.con.execute(
-                "SELECT recording_id, title, author, license_canonical, url FROM release_items "
-                "WHERE release_name = ? ORDER BY recording_id", [name]).fetchall()]
-    data = script_json(rows)
-    return _PAGE.format(name=e(name), version=rel["version"], sha=e(rel["content_sha256"]), created=e(rel["created_at"]),
-                        total=s["total"]["recordings"], hours=s["total"]["hours"], table=table, excl=excl, plots=imgs,
-                        rows=data, uncalibrated=_uncalibrated_banner(s["uncalibrated_admissions"]),
-                        model_use=e(s["model_use"]["text"]))
+    index = dict(works, parts=[{"file": p["file"], "rows": p["rows"]} for p in works["parts"]])
+    return _render_page({
+        "name": e(rel["name"]), "version": e(str(rel["version"])), "sha": e(str(rel["content_sha256"])),
+        "created": e(str(rel["created_at"])), "total": f"{s['total']['recordings']:,}", "hours": _hours(s["total"]),
+        "table": table, "excl": excl, "plots": imgs, "works": script_json(index),
+        "uncalibrated": _uncalibrated_banner(s["uncalibrated_admissions"]), "model_use": e(s["model_use"]["text"])})
 
 
 def _uncalibrated_banner(unc: dict[str, int]) -> str:
@@ -309,7 +259,10 @@ def _uncalibrated_banner(unc: dict[str, int]) -> str:
             "not a curated dataset.</p>\n")
 
 
-def build_report(cat: Catalog, name: str, releases_root: str | pathlib.Path) -> dict[str, Any]:
+def build_report(cat: Catalog, name: str, releases_root: str | pathlib.Path,
+                 part_rows: int = PART_ROWS) -> dict[str, Any]:
+    """Writes the report folder ``releases_root/name`` (replacing an older one whole); ``part_rows``
+    works per sidecar part of the works table."""
     check_name(name)
     t0 = time.perf_counter()
     root = pathlib.Path(releases_root)
@@ -325,7 +278,8 @@ def build_report(cat: Catalog, name: str, releases_root: str | pathlib.Path) -> 
             (work / "plots" / f"{k}.png").write_bytes(v)
         (work / "summary.json").write_text(json.dumps(dict(s, files=files), indent=1, default=str))
         (work / "report.md").write_text(_markdown(s, files), encoding="utf-8")
-        (work / "index.html").write_text(_html(cat, name, s, plots), encoding="utf-8")
+        works = write_works(cat, name, work, part_rows)
+        (work / "index.html").write_text(_html(s, plots, works), encoding="utf-8")
         if final.exists():                     # replace a previous report of the same release
             old = root / f".{name}.old-{os.getpid()}"
             final.rename(old)
@@ -338,4 +292,5 @@ def build_report(cat: Catalog, name: str, releases_root: str | pathlib.Path) -> 
         raise
     return {"release": name, "folder": str(final), "html": str(final / "index.html"),
             "markdown": str(final / "report.md"), "recordings": s["total"]["recordings"], "files": files,
+            "works_parts": len(works["parts"]),
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import math
 import numbers
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -34,12 +35,22 @@ _REC_TIMES = ("created_at", "crawl_time", "first_seen")
 _INT32_MAX = 2**31 - 1
 
 
+# a lone UTF-16 surrogate ("\\ud83c" in JSON decodes to one) is no character: no UTF-8 text holds it
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _text(v: Any) -> str | None:
-    return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
+    if not isinstance(v, str):
+        return f"expected a string, got {type(v).__name__}"
+    if not v.isascii() and _SURROGATE.search(v):
+        return "contains a lone UTF-16 surrogate (not a character)"
+    return None
 
 
 def _source_id(v: Any) -> str | None:
-    ok = isinstance(v, str) or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+    if isinstance(v, str):
+        return _text(v)
+    ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
     return None if ok else f"expected a string or an integer, got {type(v).__name__}"
 
 

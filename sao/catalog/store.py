@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..fsutil import atomic_path
 from ..licensing import canonical_license
-from .columns import _CHECKS, _REC_ARROW, _REC_COLUMNS, _REC_REQUIRED, _column_problem, _fits, extra_json
+from .columns import _CHECKS, _REC_ARROW, _REC_COLUMNS, _REC_REQUIRED, _column_problem, _fits, _text, extra_json
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ class Catalog:
         if not r.get("license_canonical"):
             r["license_canonical"] = canonical_license(r.get("license_raw"))
         tags = r.get("tags")
-        if tags is not None and (not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags)):
-            raise CatalogError(f"recording {ident}: tags must be a list of strings")
+        if tags is not None and (not isinstance(tags, (list, tuple)) or any(_text(t) for t in tags)):
+            raise CatalogError(f"recording {ident}: tags must be a list of strings (whole characters)")
         r["tags"] = list(tags) if tags is not None else None
         if r.get("extra") is not None:       # checked and serialised in one pass
             try:
