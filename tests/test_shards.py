@@ -218,3 +218,24 @@ def test_plan_is_pure_and_deterministic():
     dit = collections.Counter(s.recording_id for s in a if s.set == "diffusion")
     assert dit == {"freesound:0": 1, "freesound:1": 1, "freesound:2": 3}    # 100 s -> 3 windows of 47.55 s
     assert all(s.needs_hf_check for s in a if s.hifi_extra)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+@pytest.mark.parametrize("amp", [0.5, 1.3])                 # 1.3: resampling overshot full scale, a gain applies
+@pytest.mark.parametrize("n,length", [(1000, 5000), (5000, 5000), (7000, 5000), (0, 300)])
+def test_int16_path_writes_the_same_flac_bytes_as_libsndfile_from_padded_float(channels, amp, n, length):
+    """The writer converts only the real samples to int16 (the padding is zeros already); the FLAC
+    must be byte for byte what libsndfile writes from the padded, clip-safe float clip."""
+    import io
+    import soundfile as sf
+    from sao.shards.writer import clip_safe, read_frames_to_stereo, stereo_pcm16
+    rng = np.random.default_rng(channels * 100 + n)
+    frames = (rng.standard_normal((n, channels)) * amp / 3).astype(np.float32)
+    frames[:3] = amp
+    ref, ref_gain = clip_safe(read_frames_to_stereo(frames, 44100, length))
+    pcm, gain = stereo_pcm16(frames, length)
+    a, b = io.BytesIO(), io.BytesIO()
+    sf.write(a, ref, 44100, format="FLAC", subtype="PCM_16")          # libsndfile's own float conversion
+    sf.write(b, pcm, 44100, format="FLAC", subtype="PCM_16")
+    assert pcm.shape == (length, 2) and gain == ref_gain and (gain < 1.0) == (amp > 1 and n > 0)
+    assert a.getvalue() == b.getvalue()

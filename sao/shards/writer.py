@@ -62,14 +62,20 @@ def is_local(fs) -> bool:
     return protocol in ("file", "local")
 
 
+def resample_44k(frames: np.ndarray, sr: int) -> np.ndarray:
+    """[samples, channels] at ``sr`` -> the same at 44.1 kHz (soxr HQ)."""
+    if sr != SAMPLE_RATE and frames.shape[0] > 0:
+        import soxr
+        frames = soxr.resample(frames, sr, SAMPLE_RATE, quality="HQ")
+    return frames
+
+
 def read_frames_to_stereo(frames: np.ndarray, sr: int, length: int | None) -> np.ndarray:
     """[samples, channels] at ``sr`` -> C-contiguous [length, 2] float32 at 44.1 kHz, zero-padded.
 
     Works in the frame-major layout soundfile reads and writes, so a clip is copied once.
     """
-    if sr != SAMPLE_RATE and frames.shape[0] > 0:
-        import soxr
-        frames = soxr.resample(frames, sr, SAMPLE_RATE, quality="HQ")
+    frames = resample_44k(frames, sr)
     n = frames.shape[0] if length is None else min(length, frames.shape[0])
     out = np.zeros((n if length is None else length, 2), dtype=np.float32)
     if frames.shape[1] == 1:
@@ -80,14 +86,18 @@ def read_frames_to_stereo(frames: np.ndarray, sr: int, length: int | None) -> np
     return out
 
 
+def safe_gain(x: np.ndarray) -> float:
+    """The gain that brings ``x``'s peak to 0.999 of full scale when resampling overshot it, else 1."""
+    peak = float(max(x.max(initial=0.0), -x.min(initial=0.0))) if x.size else 0.0
+    return 0.999 / peak if peak > 0.999 else 1.0
+
+
 def clip_safe(x: np.ndarray) -> tuple[np.ndarray, float]:
     """Resampling can overshoot full scale; scale down instead of clipping (in place)."""
-    peak = float(max(x.max(initial=0.0), -x.min(initial=0.0))) if x.size else 0.0
-    if peak > 0.999:
-        g = 0.999 / peak
+    g = safe_gain(x)
+    if g != 1.0:
         x *= g
-        return x, g
-    return x, 1.0
+    return x, g
 
 
 PCM16_SCALE = 32768.0          # libsndfile (1.2) writes float as 16-bit rint(x * 0x8000), clipped
@@ -101,10 +111,30 @@ def to_pcm16(x: np.ndarray) -> np.ndarray:
     return y.astype(np.int16)
 
 
+def stereo_pcm16(frames: np.ndarray, length: int) -> tuple[np.ndarray, float]:
+    """[samples, channels] float32 at 44.1 kHz -> ([length, 2] int16, gain): exactly
+    ``to_pcm16(clip_safe(read_frames_to_stereo(frames, 44100, length)))``, without the padded float
+    copy. The peak (so the gain) is read off the real samples only, and only they are converted:
+    the padding is zeros in int16 already. After clip_safe every sample is within 0.999 of full
+    scale, so the conversion needs no clipping."""
+    n = min(length, frames.shape[0])
+    src = frames[:n, :1] if frames.shape[1] == 1 else frames[:n, :2]
+    gain = safe_gain(src)
+    y = np.multiply(src, gain, dtype=np.float32) if gain != 1.0 else src
+    y = np.multiply(y, PCM16_SCALE, dtype=np.float32)
+    out = np.zeros((length, 2), dtype=np.int16)
+    if src.shape[1] == 1:
+        np.rint(y[:, 0], out=out[:n, 0], casting="unsafe")
+        out[:n, 1] = out[:n, 0]
+    else:
+        np.rint(y, out=out[:n], casting="unsafe")
+    return out, gain
+
+
 def encode_flac(x: np.ndarray, subtype: str) -> bytes:
     """[samples, 2] float32 -> FLAC bytes at 44.1 kHz."""
     buf = io.BytesIO()
-    if subtype == "PCM_16":
+    if subtype == "PCM_16" and x.dtype != np.int16:
         # libsndfile's per-sample float conversion, vectorised: the same samples and bytes, and
         # the encode (most of a shard build's time) about a third faster
         x = to_pcm16(x)
@@ -128,6 +158,13 @@ def read_window(path: str, sr: int, start: int, frames: int) -> np.ndarray:
 
 def read_clip(s: Sample, info, total_44k: int) -> tuple[np.ndarray, int, int]:
     """Return ([s.length, 2] float32 at 44.1 kHz, offset actually used, valid samples)."""
+    frames, offset, valid = read_clip_frames(s, info, total_44k)
+    return read_frames_to_stereo(frames, SAMPLE_RATE, s.length), offset, valid
+
+
+def read_clip_frames(s: Sample, info, total_44k: int) -> tuple[np.ndarray, int, int]:
+    """Return (the clip's frames at 44.1 kHz in the file's channels, unpadded (at least ``valid``,
+    perhaps a few more), offset actually used, valid samples)."""
     offset = s.offset
     if s.set == "autoencoder" and offset + s.length > total_44k:
         offset = max(0, total_44k - s.length)          # the stored file can be shorter than the metadata
@@ -142,7 +179,7 @@ def read_clip(s: Sample, info, total_44k: int) -> tuple[np.ndarray, int, int]:
         raise AudioDecodeError(f"{s.path}: truncated: {data.shape[0]} of {expected} frames decode at frame {start} "
                                f"(the header announces {info.frames})")
     valid = min(s.length, int(round(data.shape[0] * SAMPLE_RATE / sr)))
-    return read_frames_to_stereo(data, sr, s.length), offset, valid
+    return resample_44k(data, sr), offset, valid
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -217,11 +254,16 @@ def write_shard(spec: ShardSpec, ctx: WriteContext) -> ShardResult:
                             2, ctx.hifi_min_rate, hf[rid], min_share=ctx.hf_min_share)
                         if not hifi:
                             continue                           # not full-band: no extra chunks
-                    x, offset, valid = read_clip(s, info, total)
+                    frames, offset, valid = read_clip_frames(s, info, total)
                 except AudioDecodeError as exc:
                     failures[rid] = f"audio-corrupt: {exc}"
                     continue
-                x, gain = clip_safe(x)
+                if ctx.flac_subtype == "PCM_16":        # the usual case: no padded float copy
+                    pcm, gain = stereo_pcm16(frames, s.length)
+                    flac = encode_flac(pcm, "PCM_16")
+                else:
+                    x, gain = clip_safe(read_frames_to_stereo(frames, SAMPLE_RATE, s.length))
+                    flac = encode_flac(x, ctx.flac_subtype)
                 meta = dict(s.meta)
                 meta.update(key=s.key, set=s.set, chunk_index=s.chunk_index, offset_samples=offset,
                             n_samples=s.length, n_valid_samples=valid, sample_rate=SAMPLE_RATE, channels=2,
@@ -229,7 +271,7 @@ def write_shard(spec: ShardSpec, ctx: WriteContext) -> ShardResult:
                             text=meta["prompt"], hifi=hifi, hf_share=hf.get(rid), gain=gain,
                             source_sample_rate=info.sample_rate, source_channels=info.channels)
                 meta.pop("content_sha256", None)
-                _add(tar, f"{s.key}.flac", encode_flac(x, ctx.flac_subtype))
+                _add(tar, f"{s.key}.flac", flac)
                 _add(tar, f"{s.key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
                 rows.append(_row(meta))
                 audio_seconds += s.length / SAMPLE_RATE
