@@ -176,6 +176,42 @@ def test_clap_audio_path_on_real_audio_variants(clap, corpus_entries, tmp_path):
         load_clap(None)
 
 
+def test_clap_reads_only_its_windows_and_gets_the_whole_file_samples(clap, corpus_entries, tmp_path):
+    """file_windows decodes and resamples only the windows (from the resampling ratio's grid, with a
+    margin): the samples equal decoding and resampling the whole file, for 22.05/44.1/48 kHz, mono and
+    stereo, 1 and 4 windows; a short file is repeat-padded as laion-clap's own file list does it."""
+    from sao.analysis.clap import file_windows, file_windows_whole
+    e = next(x for x in corpus_entries if x["id"] == "fma-vibe-ace")
+    from sao.audio import load
+    x, sr = load(e["path"])
+    paths = []
+    for rate, ch in ((22050, 1), (44100, 2), (48000, 1)):
+        y = x[:ch, : sr * 40]
+        if rate != sr:
+            import soxr
+            y = soxr.resample(y.T, sr, rate).T
+        sf.write(tmp_path / f"{rate}-{ch}.flac", y.T, rate)
+        paths.append(str(tmp_path / f"{rate}-{ch}.flac"))
+    for p in paths:
+        for mw in (1, 4):
+            a, b = file_windows(p, mw), file_windows_whole(p, mw)
+            assert len(a) == len(b) == mw and all(w.shape == (480_000,) for w in a)
+            assert max(float(np.abs(u - v).max()) for u, v in zip(a, b)) < 1e-5, (p, mw)
+    # a truncated long file: what the header promises but does not decode is refused, never padded silence
+    cut = tmp_path / "cut.wav"
+    sf.write(cut, x[0, : sr * 40], sr)
+    with open(cut, "r+b") as f:
+        f.truncate(cut.stat().st_size // 2)
+    from sao.audio import AudioDecodeError
+    with pytest.raises(AudioDecodeError, match="truncated"):
+        file_windows(str(cut), 4)
+    # a short file: laion-clap's file list (librosa decoding, repeat-pad) gives the same embedding
+    short = next(x for x in corpus_entries if x["id"] == "kenney-laser1-wav")
+    ours = clap.module.get_audio_embedding_from_data(x=np.stack(file_windows(short["path"], 1)))[0]
+    theirs = clap.module.get_audio_embedding_from_filelist(x=[short["path"]])[0]
+    assert float(np.abs(ours - theirs).max()) < 1e-4
+
+
 def test_clap_checkpoint_audio_weights_round_trip(clap, tmp_path):
     import torch
 

@@ -106,19 +106,85 @@ def load_clap(checkpoint: str | os.PathLike | None, *, amodel: str = "HTSAT-tiny
     return ClapModel(module, dev, sha, amodel)
 
 
-def file_windows(path: str, max_windows: int = 4) -> list[np.ndarray]:
-    """10 s windows of 48 kHz mono audio (see the module docstring)."""
-    from ..audio import load
-    x, _ = load(path, sample_rate=SAMPLE_RATE, mono=True)
-    x = x[0]
+def window_starts(n: int, max_windows: int) -> list[int]:
+    """Where the windows of an n-sample (48 kHz) file longer than one window start: up to
+    ``max_windows`` evenly spaced from its start to its end."""
+    k = min(max_windows, int(np.ceil(n / WINDOW)))
+    return [int(s) for s in np.linspace(0, n - WINDOW, k).astype(np.int64)]
+
+
+def _repeat_pad(x: np.ndarray) -> np.ndarray:
+    """A file no longer than one window: repeated whole, then zero-padded (laion-clap's "repeatpad")."""
     if x.size == 0:
-        return [np.zeros(WINDOW, np.float32)]
+        return np.zeros(WINDOW, np.float32)
+    reps = WINDOW // x.size
+    return np.pad(np.tile(x, reps), (0, WINDOW - x.size * reps)).astype(np.float32)
+
+
+def file_windows_whole(path: str, max_windows: int = 4) -> list[np.ndarray]:
+    """10 s windows of 48 kHz mono audio, the whole file decoded and resampled first."""
+    import math
+
+    import soxr
+
+    from ..audio import load
+    x, sr = load(path, mono=True)
+    x = x[0]
+    if sr != SAMPLE_RATE and x.size:
+        # librosa's length (laion-clap decodes with librosa.load): ceil(n * ratio), zero-padded, so a
+        # short file repeats exactly as it does in laion-clap's own file-list path
+        n = int(math.ceil(x.size * SAMPLE_RATE / sr))
+        x = soxr.resample(x, sr, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+        x = np.pad(x, (0, n - x.size)) if x.size < n else x[:n]
     if x.size <= WINDOW:
-        reps = WINDOW // x.size
-        return [np.pad(np.tile(x, reps), (0, WINDOW - x.size * reps)).astype(np.float32)]
-    k = min(max_windows, int(np.ceil(x.size / WINDOW)))
-    starts = np.linspace(0, x.size - WINDOW, k).astype(np.int64)
-    return [np.ascontiguousarray(x[s:s + WINDOW], dtype=np.float32) for s in starts]
+        return [_repeat_pad(x)]
+    return [np.ascontiguousarray(x[s:s + WINDOW], dtype=np.float32) for s in window_starts(x.size, max_windows)]
+
+
+MARGIN = 4_800          # 0.1 s of context either side of a window, so the resampler's edges fall outside it
+
+
+def file_windows(path: str, max_windows: int = 4) -> list[np.ndarray]:
+    """10 s windows of 48 kHz mono audio (see the module docstring). Only the windows are decoded and
+    resampled (each with a margin, from an input sample on the resampling ratio's grid, so it lands on
+    the samples a whole-file resampling gives): one window of a 47-minute file costs one window. Short
+    files, and a file whose decoded length disagrees with its header, take the whole-file path."""
+    import math
+
+    import soundfile as sf
+    import soxr
+
+    from ..audio import AudioDecodeError, probe
+    info = probe(path)
+    sr = info.sample_rate
+    n = int(math.ceil(info.frames * SAMPLE_RATE / sr))          # the length file_windows_whole gives
+    if n <= WINDOW + 2 * MARGIN or max_windows < 1:
+        return file_windows_whole(path, max_windows)
+    g = math.gcd(sr, SAMPLE_RATE)
+    step_in, step_out = sr // g, SAMPLE_RATE // g
+    out = []
+    try:
+        with sf.SoundFile(str(path)) as f:
+            for s in window_starts(n, max_windows):
+                k = max(0, s - MARGIN) // step_out                     # grid point at or before the margin
+                a_in, a_out = k * step_in, k * step_out
+                frames = int(math.ceil((s + WINDOW + MARGIN - a_out) * sr / SAMPLE_RATE))
+                f.seek(a_in)
+                x = f.read(frames, dtype="float32", always_2d=True)
+                if not np.isfinite(x).all():
+                    raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
+                x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+                if sr != SAMPLE_RATE:
+                    x = soxr.resample(x, sr, SAMPLE_RATE, quality="HQ")
+                w = x[s - a_out:s - a_out + WINDOW]
+                if w.size < WINDOW:                                     # the header promised more than decodes
+                    return file_windows_whole(path, max_windows)
+                out.append(np.ascontiguousarray(w, dtype=np.float32))
+    except AudioDecodeError:
+        raise
+    except Exception as exc:  # libsndfile's own error types
+        raise AudioDecodeError(f"{path}: cannot decode: {exc}") from exc
+    return out
 
 
 def embed_files(cm: ClapModel, paths: list[str], *, batch_size: int = 8, max_windows: int = 4,
