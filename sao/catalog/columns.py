@@ -40,6 +40,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _text(v: Any) -> str | None:
+    if type(v) is str and v.isascii():          # the common case, first
+        return None
     if not isinstance(v, str):
         return f"expected a string, got {type(v).__name__}"
     if not v.isascii() and _SURROGATE.search(v):
@@ -55,6 +57,8 @@ def _source_id(v: Any) -> str | None:
 
 
 def _duration(v: Any) -> str | None:
+    if type(v) is float:                         # the common case, without the ABC check below
+        return None if math.isfinite(v) and v >= 0 else "expected a finite number >= 0"
     if not isinstance(v, numbers.Real) or isinstance(v, bool):
         return f"expected a number, got {type(v).__name__}"
     try:
@@ -64,6 +68,8 @@ def _duration(v: Any) -> str | None:
 
 
 def _int32(v: Any) -> str | None:
+    if type(v) is int:                           # the common case, without the ABC check below
+        return None if 1 <= v <= _INT32_MAX else f"expected an integer from 1 to {_INT32_MAX}"
     if not isinstance(v, numbers.Integral) or isinstance(v, bool):
         return f"expected an integer, got {type(v).__name__}"
     return None if 1 <= v <= _INT32_MAX else f"expected an integer from 1 to {_INT32_MAX}"
@@ -83,9 +89,12 @@ def _extra(v: Any) -> str | None:
     return None
 
 
+_EXTRA_JSON = json.JSONEncoder(sort_keys=True, allow_nan=False)     # made once: json.dumps makes one per call
+
+
 def extra_json(v: dict) -> str:
     """The stored text of ``extra`` (sorted keys; NaN and infinities refused: not JSON)."""
-    return json.dumps(v, sort_keys=True, allow_nan=False)
+    return _EXTRA_JSON.encode(v)
 
 
 # the type rule of each column that has one (tags are checked on their own, element by element)

@@ -25,6 +25,7 @@ from .errors import CatalogError, CatalogInUse, utcnow as _utcnow
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
+_REC_COLUMN_SET = frozenset(_REC_COLUMNS)
 
 TABLES = ("recordings", "decisions", "takedowns", "releases", "release_items", "crawl_cursors", "runs",
           "review_queue", "copyright_catalogue", "duplicate_groups", "release_exclusions", "catalog_meta",
@@ -155,7 +156,7 @@ class Catalog(CrawlState):
         ident = f"{rec.get('source')}:{rec.get('source_id')}"
         if missing:
             raise CatalogError(f"recording {ident}: missing required field(s) {', '.join(missing)}")
-        unknown = set(rec) - set(_REC_COLUMNS)
+        unknown = rec.keys() - _REC_COLUMN_SET
         if unknown:
             raise CatalogError(f"recording {ident}: unknown field(s) {', '.join(sorted(unknown))}")
         if rec["source"] not in SOURCE_NAMES:
@@ -189,7 +190,7 @@ class Catalog(CrawlState):
                 shown = repr(rec["extra"]) if len(repr(rec["extra"])) <= 80 else repr(rec["extra"])[:77] + "..."
                 raise CatalogError(f"recording {ident}: field extra has a bad value {shown}: {why}")
         r.setdefault("first_seen", r["crawl_time"])
-        return tuple(r.get(c) for c in _REC_COLUMNS)
+        return tuple(map(r.get, _REC_COLUMNS))
 
     def upsert_recordings(self, records: Iterable[dict[str, Any]]) -> int:
         """Insert or update recordings by (source, source_id), in one transaction.
@@ -233,8 +234,14 @@ class Catalog(CrawlState):
         self.con.register("_sao_incoming", incoming)
         try:
             with self.transaction():
+                # items already stored are updated (ON CONFLICT), the new ones appended by a plain
+                # INSERT: the same result, and the usual crawl batch of new items skips the
+                # conflict check's per-row index probe and update path
                 self.con.execute(f"INSERT INTO recordings ({cols}) SELECT {select} FROM _sao_incoming "
+                                 "WHERE recording_id IN (SELECT recording_id FROM recordings) "
                                  f"ON CONFLICT (recording_id) DO UPDATE SET {updates}")
+                self.con.execute(f"INSERT INTO recordings ({cols}) SELECT {select} FROM _sao_incoming "
+                                 "WHERE recording_id NOT IN (SELECT recording_id FROM recordings)")
         finally:
             self.con.unregister("_sao_incoming")
         return len(rows)
