@@ -152,6 +152,11 @@ def test_release_items_hold_hostile_attribution_text_exactly(tmp_path):
         assert out["recordings"] == len(STORABLE_TEXT) == len(rows)
         for r in rows:
             assert json.loads(r["attribution"])["title"] == r["title"] and json.loads(r["attribution"])["author"] == r["author"]
+        # admitted_by stored as it always was (json.dumps(sort_keys=True)), so release diff across versions agrees
+        stored = cat.query("SELECT admitted_by::VARCHAR AS a FROM release_items ORDER BY recording_id")
+        assert all(r["a"] == json.dumps(json.loads(r["a"]), sort_keys=True) for r in stored)
+        assert policy.diff_releases({"x": {"admitted_by": '{"dedup":2,"license_gate":1}'}},
+                                    {"x": {"admitted_by": '{"license_gate": 1, "dedup": 2}'}}, {})["changed"] == []
         # the stored items hash to the release's content hash (what release verify recomputes)
         assert policy.content_sha256(release_items(cat, "r1").values()) == out["content_sha256"]
 

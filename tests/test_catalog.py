@@ -87,9 +87,11 @@ def test_bad_record_names_item_and_writes_nothing(catalog):
         catalog.upsert_recordings([rec(9, title="a\x00b")])
     # a lone surrogate (what JSON's "\ud83c" decodes to) is no UTF-8 text: refused by name, not a crash
     for field, value in (("title", "bird \ud83c"), ("author", "\udfb5"), ("tags", ["ok", "x\ud800"]),
-                         ("source_id", "13\udc00")):
+                         ("source_id", "13\udc00"), ("extra", {"gen_ai_preference": "x\ud800"})):
         with pytest.raises(CatalogError, match=r"freesound:.*(surrogate|whole characters)"):
             catalog.upsert_recordings([rec(13), dict(rec(14), **{field: value})])
+    # a real character beyond U+FFFF (written as a pair of escapes) is fine, and so is text saying "\ud800"
+    assert catalog.validate_recording(dict(rec(15), extra={"a": "\U0001f3b5", "b": "\\ud800"}, title="\U0001f3b5"))
     with pytest.raises(CatalogError, match="freesound:12: field duration has a bad value 'long'"):
         catalog.upsert_recordings([rec(11), rec(12, duration="long")])
     assert catalog.counts()["recordings"] == 0

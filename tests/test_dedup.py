@@ -176,7 +176,7 @@ def test_clap_audio_path_on_real_audio_variants(clap, corpus_entries, tmp_path):
         load_clap(None)
 
 
-def test_clap_reads_only_its_windows_and_gets_the_whole_file_samples(clap, corpus_entries, tmp_path):
+def test_clap_reads_only_its_windows_and_gets_the_whole_file_samples(clap, corpus_entries, tmp_path, monkeypatch):
     """file_windows decodes and resamples only the windows (from the resampling ratio's grid, with a
     margin): the samples equal decoding and resampling the whole file, for 22.05/44.1/48 kHz, mono and
     stereo, 1 and 4 windows; a short file is repeat-padded as laion-clap's own file list does it."""
@@ -197,14 +197,34 @@ def test_clap_reads_only_its_windows_and_gets_the_whole_file_samples(clap, corpu
             a, b = file_windows(p, mw), file_windows_whole(p, mw)
             assert len(a) == len(b) == mw and all(w.shape == (480_000,) for w in a)
             assert max(float(np.abs(u - v).max()) for u, v in zip(a, b)) < 1e-5, (p, mw)
-    # a truncated long file: what the header promises but does not decode is refused, never padded silence
-    cut = tmp_path / "cut.wav"
-    sf.write(cut, x[0, : sr * 40], sr)
-    with open(cut, "r+b") as f:
-        f.truncate(cut.stat().st_size // 2)
+    # lengths whose resampled end rounds short of ceil(frames * ratio), odd rates: still the window-only
+    # path (never a silent whole-file decode) and the same samples
+    import sao.analysis.clap as clap_mod
+    rng = np.random.default_rng(0)
+    whole: list = []
+
+    def counted(*a, **k):
+        whole.append(a)
+        return file_windows_whole(*a, **k)
+    for rate, frames in ((44100, 44100 * 31 + 1), (22050, 22050 * 31 + 7), (96000, 96000 * 11 + 1), (8000, 8000 * 20)):
+        path = tmp_path / f"odd-{rate}.flac"
+        sf.write(path, (rng.standard_normal(frames) * 0.1).astype(np.float32), rate)
+        with monkeypatch.context() as m:
+            m.setattr(clap_mod, "file_windows_whole", counted)
+            a = file_windows(str(path), 4)
+        b = file_windows_whole(str(path), 4)
+        assert not whole and len(a) == len(b) and max(float(np.abs(u - v).max()) for u, v in zip(a, b)) < 1e-5, rate
+    # a truncated long file (WAV, and a FLAC whose header still announces the full length): refused, even
+    # when only its first window is read, never padded silence
     from sao.audio import AudioDecodeError
-    with pytest.raises(AudioDecodeError, match="truncated"):
-        file_windows(str(cut), 4)
+    for name in ("cut.wav", "cut.flac"):
+        cut = tmp_path / name
+        sf.write(cut, x[0, : sr * 40], sr)
+        with open(cut, "r+b") as f:
+            f.truncate(cut.stat().st_size // 2)
+        for mw in (1, 4):
+            with pytest.raises(AudioDecodeError, match="truncated|decode"):
+                file_windows(str(cut), mw)
     # a short file: laion-clap's file list (librosa decoding, repeat-pad) gives the same embedding
     short = next(x for x in corpus_entries if x["id"] == "kenney-laser1-wav")
     ours = clap.module.get_audio_embedding_from_data(x=np.stack(file_windows(short["path"], 1)))[0]

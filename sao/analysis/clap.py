@@ -154,8 +154,8 @@ def file_windows(path: str, max_windows: int = 4) -> list[np.ndarray]:
     import soundfile as sf
     import soxr
 
-    from ..audio import AudioDecodeError, probe
-    info = probe(path)
+    from ..audio import AudioDecodeError, verify
+    info = verify(path)              # its last second decodes: a cut-short file is refused, as a whole decode does
     sr = info.sample_rate
     n = int(math.ceil(info.frames * SAMPLE_RATE / sr))          # the length file_windows_whole gives
     if n <= WINDOW + 2 * MARGIN or max_windows < 1:
@@ -177,8 +177,13 @@ def file_windows(path: str, max_windows: int = 4) -> list[np.ndarray]:
                 if sr != SAMPLE_RATE:
                     x = soxr.resample(x, sr, SAMPLE_RATE, quality="HQ")
                 w = x[s - a_out:s - a_out + WINDOW]
-                if w.size < WINDOW:                                     # the header promised more than decodes
-                    return file_windows_whole(path, max_windows)
+                if w.size < WINDOW:
+                    # at the file's end the resampler's rounding can leave a sample or two short of
+                    # ceil(frames * ratio), which the whole-file path pads with zeros: so do we.
+                    # More missing means the header promised more than decodes: decode it all.
+                    if WINDOW - w.size > 8:
+                        return file_windows_whole(path, max_windows)
+                    w = np.pad(w, (0, WINDOW - w.size))
                 out.append(np.ascontiguousarray(w, dtype=np.float32))
     except AudioDecodeError:
         raise

@@ -77,6 +77,17 @@ def canonical_admitted_by(value: dict) -> str:
     return _CANONICAL_JSON.encode(value)
 
 
+_json_ascii_string = json.encoder.encode_basestring_ascii
+
+
+def stored_admitted_by(value: dict) -> str:
+    """{stage: decision id} as release_items.admitted_by has always held it: json.dumps(value,
+    sort_keys=True), written directly for the usual str -> int dict."""
+    if all(type(k) is str and type(v) is int for k, v in value.items()):
+        return "{" + ", ".join(f"{_json_ascii_string(k)}: {v}" for k, v in sorted(value.items())) + "}"
+    return json.dumps(value, sort_keys=True)
+
+
 def _admitted_by(value: Any) -> Any:
     """{stage: decision id} as one canonical JSON text, whether given as a dict (a new snapshot) or as the
     catalogue's stored JSON text, so both hash alike. Anything else is hashed as it is (and so differs)."""
@@ -137,7 +148,10 @@ def diff_releases(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mappin
     removed = [{"recording_id": r, "cause": removal_cause(new_exclusions.get(r))} for r in sorted(old.keys() - new.keys())]
     changed = []
     for r in sorted(old.keys() & new.keys()):
-        fields = {k: [old[r].get(k), new[r].get(k)] for k in ITEM_FIELDS[1:] if old[r].get(k) != new[r].get(k)}
+        # admitted_by compared as the decisions it names, whatever JSON spacing stored it
+        fields = {k: [old[r].get(k), new[r].get(k)] for k in ITEM_FIELDS[1:]
+                  if (_admitted_by(old[r].get(k)) != _admitted_by(new[r].get(k)) if k == "admitted_by"
+                      else old[r].get(k) != new[r].get(k))}
         if fields:
             changed.append({"recording_id": r, "fields": fields})
     return {"added": added, "removed": removed, "changed": changed}

@@ -82,8 +82,8 @@ def snapshot_table(cat: Catalog, required_stages: Sequence[str]) -> tuple[pa.Tab
                   for ti, au, u, lc, lu, fl in zip(col["title"], col["author"], col["url"], col["license_canonical"],
                                                    col["license_url"], col["freesound_line"])]
     # {stage: decision id} in the canonical form the content hash covers (policy.canonical_admitted_by)
-    admitted = [policy.canonical_admitted_by(dict(zip(st, ids)))
-                for st, ids in zip(col["admitted_stages"], col["admitted_ids"])]
+    admitted_dicts = [dict(zip(st, ids)) for st, ids in zip(col["admitted_stages"], col["admitted_ids"])]
+    admitted = [policy.canonical_admitted_by(a) for a in admitted_dicts]
     j = policy.json_value         # the attribution JSON as json.dumps(sort_keys=True) writes it
     attribution = [f'{{"author": {j(au)}, "license_canonical": {j(lc)}, "license_url": {j(lu)}, "title": {j(ti)}, '
                    f'"url": {j(u)}}}'
@@ -93,7 +93,9 @@ def snapshot_table(cat: Catalog, required_stages: Sequence[str]) -> tuple[pa.Tab
                                             col["author"], col["license_url"], col["url"], lines_attr,
                                             col["content_sha256"], admitted)]
     names = [f.name for f in _ITEM_SCHEMA if f.name != "release_name"]
-    computed = {"attribution": attribution, "admitted_by": admitted, "attribution_line": lines_attr}
+    # stored as it always was (json.dumps(sort_keys=True)); the hash covers the canonical form
+    computed = {"attribution": attribution, "admitted_by": [policy.stored_admitted_by(a) for a in admitted_dicts],
+                "attribution_line": lines_attr}
     table = pa.table({c: pa.array(computed[c], pa.string()) if c in computed else out[c].cast(_ITEM_SCHEMA.field(c).type)
                       for c in names})
     return table, lines, excluded

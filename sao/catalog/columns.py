@@ -93,8 +93,15 @@ _EXTRA_JSON = json.JSONEncoder(sort_keys=True, allow_nan=False)     # made once:
 
 
 def extra_json(v: dict) -> str:
-    """The stored text of ``extra`` (sorted keys; NaN and infinities refused: not JSON)."""
-    return _EXTRA_JSON.encode(v)
+    """The stored text of ``extra`` (sorted keys; NaN and infinities refused: not JSON; a lone
+    UTF-16 surrogate refused: written as an escape, DuckDB's JSON refuses it, failing a batch)."""
+    text = _EXTRA_JSON.encode(v)
+    if "\\ud" in text:                 # a surrogate's escape (rare): is it one, or a text saying "\\ud"?
+        try:
+            json.dumps(v, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("contains a lone UTF-16 surrogate (not a character)") from None
+    return text
 
 
 # the type rule of each column that has one (tags are checked on their own, element by element)
