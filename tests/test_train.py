@@ -199,6 +199,17 @@ def _gap(a, b, init):
     return gap / moved
 
 
+def _same_updates(a, b, init) -> tuple[float, float]:
+    """(largest weight difference in Adam steps, share of weights that differ by more than 1e-7).
+    Adam's first step moves every weight by about lr whatever its gradient's size, so a weight whose
+    gradient is float noise (|g| near 0, which of them depends on the CPU's kernels) can step either
+    way in two runs that compute the same thing: such runs end at most two steps apart on a few
+    weights and equal on the rest, while runs that differ move most weights differently."""
+    step = max(float((a[k] - init[k]).abs().max()) for k in a)
+    diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    return float(diffs.max()) / step, float((diffs > 1e-7).float().mean())
+
+
 def _losses(folder):
     return [json.loads(x) for x in (folder / "losses.jsonl").read_text().splitlines()]
 
@@ -258,7 +269,8 @@ def test_gradient_accumulation_equals_the_bigger_batch(stage, shards, t5, tmp_pa
     run(TrainSettings(out_dir=str(tmp_path / "big"), batch_size=4, **common))
     run(TrainSettings(out_dir=str(tmp_path / "acc"), batch_size=2, grad_accum=2, **common))
     a, b = _load(tmp_path / "big" / "step-0000001-raw.safetensors"), _load(tmp_path / "acc" / "step-0000001-raw.safetensors")
-    assert _gap(a, b, _init_weights(stage)) < 1e-3
+    steps_apart, share = _same_updates(a, b, _init_weights(stage))
+    assert steps_apart <= 2.05 and share < 0.05, (steps_apart, share)
     la, lb = _losses(tmp_path / "big"), _losses(tmp_path / "acc")
     assert len(la) == len(lb) == 2
     for x, y in zip(la, lb):
