@@ -216,7 +216,7 @@ def test_music_screen_decides_short_from_the_decoded_audio(tmp_path):
 
 def test_a_cut_short_window_never_enters_the_shards_as_silence(tmp_path):
     """A truncated file read window by window must fail at the window past its cut."""
-    from sao.shards.writer import read_clip
+    from sao.shards.writer import read_clip_frames
     from sao.shards.plan import Sample
     import inspect
     path = _write(tmp_path / "a.wav", 10.0)
@@ -234,7 +234,7 @@ def test_a_cut_short_window_never_enters_the_shards_as_silence(tmp_path):
               chunk_index=1)
     s = Sample(**{k: v for k, v in kw.items() if k in fields})
     with pytest.raises(AudioDecodeError, match="truncated"):
-        read_clip(s, _Info, info.frames)
+        read_clip_frames(s, _Info, info.frames)
 
 
 # --- a decision counts only while what it judged is what the catalogue holds ------------------------------------

@@ -128,10 +128,12 @@ def test_fast_json_lines_equal_the_json_module(text):
     assert policy.item_line(item) == j.dumps(values[:-1] + ['{"dedup":12,"license_gate":3}'], ensure_ascii=False,
                                              separators=(",", ":"))
     stages = {str(text): 1, "b": 2} if text is not None else {"b": 2}
-    assert policy.canonical_admitted_by(stages) == j.dumps(stages, sort_keys=True, ensure_ascii=False,
+    assert policy.admitted_by_json(stages) == j.dumps(stages, sort_keys=True, ensure_ascii=False,
                                                            separators=(",", ":"))
+    assert policy.admitted_by_json(stages, stored=True) == j.dumps(stages, sort_keys=True)   # release_items' form
     for odd in ({"x": True}, {"x": 1.5}, {"x": None}):      # not the usual str -> int: the json module writes it
-        assert policy.canonical_admitted_by(odd) == j.dumps(odd, sort_keys=True, separators=(",", ":"))
+        assert policy.admitted_by_json(odd) == j.dumps(odd, sort_keys=True, separators=(",", ":"))
+        assert policy.admitted_by_json(odd, stored=True) == j.dumps(odd, sort_keys=True)
     assert policy.json_value(3) == "3" and policy.json_value(text) == j.dumps(text, ensure_ascii=False)
 
 

@@ -69,23 +69,17 @@ def json_value(v: Any) -> str:
     return _LINE_JSON.encode(v)
 
 
-def canonical_admitted_by(value: dict) -> str:
-    """{stage: decision id} as the one canonical JSON text the content hash covers (sorted keys, no
-    spaces): ``_CANONICAL_JSON.encode(value)``, written directly for the usual str -> int dict."""
-    if all(type(k) is str and type(v) is int for k, v in value.items()):
-        return "{" + ",".join(f"{_json_string(k)}:{v}" for k, v in sorted(value.items())) + "}"
-    return _CANONICAL_JSON.encode(value)
-
-
 _json_ascii_string = json.encoder.encode_basestring_ascii
 
 
-def stored_admitted_by(value: dict) -> str:
-    """{stage: decision id} as release_items.admitted_by has always held it: json.dumps(value,
-    sort_keys=True), written directly for the usual str -> int dict."""
+def admitted_by_json(value: dict, *, stored: bool = False) -> str:
+    """{stage: decision id} as JSON text with sorted keys: the canonical form the content hash covers
+    (no spaces, ``_CANONICAL_JSON``), or with ``stored`` the form release_items.admitted_by has always
+    held (``json.dumps(value, sort_keys=True)``). Written directly for the usual str -> int dict."""
     if all(type(k) is str and type(v) is int for k, v in value.items()):
-        return "{" + ", ".join(f"{_json_ascii_string(k)}: {v}" for k, v in sorted(value.items())) + "}"
-    return json.dumps(value, sort_keys=True)
+        key, sep = (_json_ascii_string, ", ") if stored else (_json_string, ",")
+        return "{" + sep.join(f"{key(k)}:{' ' if stored else ''}{v}" for k, v in sorted(value.items())) + "}"
+    return json.dumps(value, sort_keys=True) if stored else _CANONICAL_JSON.encode(value)
 
 
 def _admitted_by(value: Any) -> Any:
@@ -100,7 +94,7 @@ def _admitted_by(value: Any) -> Any:
             return value
         value = parsed
     if isinstance(value, dict):
-        return canonical_admitted_by(value)
+        return admitted_by_json(value)
     return value
 
 

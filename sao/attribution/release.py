@@ -81,9 +81,9 @@ def snapshot_table(cat: Catalog, required_stages: Sequence[str]) -> tuple[pa.Tab
                                    freesound_line=fl)
                   for ti, au, u, lc, lu, fl in zip(col["title"], col["author"], col["url"], col["license_canonical"],
                                                    col["license_url"], col["freesound_line"])]
-    # {stage: decision id} in the canonical form the content hash covers (policy.canonical_admitted_by)
+    # {stage: decision id} in the canonical form the content hash covers (policy.admitted_by_json)
     admitted_dicts = [dict(zip(st, ids)) for st, ids in zip(col["admitted_stages"], col["admitted_ids"])]
-    admitted = [policy.canonical_admitted_by(a) for a in admitted_dicts]
+    admitted = [policy.admitted_by_json(a) for a in admitted_dicts]
     j = policy.json_value         # the attribution JSON as json.dumps(sort_keys=True) writes it
     attribution = [f'{{"author": {j(au)}, "license_canonical": {j(lc)}, "license_url": {j(lu)}, "title": {j(ti)}, '
                    f'"url": {j(u)}}}'
@@ -94,21 +94,12 @@ def snapshot_table(cat: Catalog, required_stages: Sequence[str]) -> tuple[pa.Tab
                                             col["content_sha256"], admitted)]
     names = [f.name for f in _ITEM_SCHEMA if f.name != "release_name"]
     # stored as it always was (json.dumps(sort_keys=True)); the hash covers the canonical form
-    computed = {"attribution": attribution, "admitted_by": [policy.stored_admitted_by(a) for a in admitted_dicts],
+    computed = {"attribution": attribution, "admitted_by": [policy.admitted_by_json(a, stored=True)
+                                                            for a in admitted_dicts],
                 "attribution_line": lines_attr}
     table = pa.table({c: pa.array(computed[c], pa.string()) if c in computed else out[c].cast(_ITEM_SCHEMA.field(c).type)
                       for c in names})
     return table, lines, excluded
-
-
-def snapshot(cat: Catalog, required_stages: Sequence[str]) -> tuple[list[dict], list[dict]]:
-    """(admitted items, exclusions) of the catalogue as it stands, by its admission rule, as records
-    (``admitted_by`` a {stage: decision id} dict)."""
-    table, _, excluded = snapshot_table(cat, required_stages)
-    items = table.to_pylist()
-    for i in items:
-        i["admitted_by"] = json.loads(i["admitted_by"])
-    return items, excluded
 
 
 def create_release(cat: Catalog, name: str | None, *, required_stages: Sequence[str], config_hash: str = "",

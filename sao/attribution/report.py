@@ -203,23 +203,19 @@ def _write_csvs(cat: Catalog, name: str, folder: pathlib.Path) -> dict[str, int]
     return written
 
 
-def _hours(row: dict[str, Any]) -> str:
-    return hours_text(row["seconds"] if "seconds" in row else row["hours"] * 3600)
-
-
 def _markdown(s: dict[str, Any], files: dict[str, int]) -> str:
     rel = s["release"]
     lines = [f"# Attribution report: release `{rel['name']}` (version {rel['version']})", "",
              f"Content sha256 `{rel['content_sha256']}`, created {rel['created_at']} UTC, admitted by the latest "
              f"`{'`, `'.join(rel['required_stages'] or [])}` decisions.", "",
              html.escape(s["model_use"]["text"], quote=False), "",     # a renderer may pass HTML through
-             f"**{s['total']['recordings']:,} recordings, {_hours(s['total'])} hours.**", "",
+             f"**{s['total']['recordings']:,} recordings, {hours_text(s['total']['seconds'])} hours.**", "",
              *(["**UNCALIBRATED**: recordings admitted by decisions made with random weights ("
                 + ", ".join(f"{k}: {v:,}" for k, v in s["uncalibrated_admissions"].items())
                 + "). This release checks the pipeline; it is not a curated dataset.", ""]
                if s["uncalibrated_admissions"] else []),
              "| source | license | recordings | hours |", "|---|---|---:|---:|"]
-    lines += [f"| {r['source']} | {r['license']} | {r['recordings']:,} | {_hours(r)} |" for r in s["table"]]
+    lines += [f"| {r['source']} | {r['license']} | {r['recordings']:,} | {hours_text(r['seconds'])} |" for r in s["table"]]
     lines += ["", "## Excluded recordings", "", "| reason | recordings |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in s["exclusions"].items()]
     lines += ["", "## Files", ""]
@@ -238,14 +234,14 @@ def _html(s: dict[str, Any], plots: dict[str, bytes], works: dict[str, Any]) -> 
     e = html.escape
     rel = s["release"]
     table = "".join(f"<tr><td>{e(r['source'])}</td><td>{e(r['license'])}</td><td class=n>{r['recordings']:,}</td>"
-                    f"<td class=n title=\"{r['seconds']:,.0f} s\">{_hours(r)}</td></tr>" for r in s["table"])
+                    f"<td class=n title=\"{r['seconds']:,.0f} s\">{hours_text(r['seconds'])}</td></tr>" for r in s["table"])
     excl = "".join(f"<tr><td>{e(k)}</td><td class=n>{v:,}</td></tr>" for k, v in s["exclusions"].items())
     imgs = "".join(f'<img alt="{k}" src="data:image/png;base64,{base64.b64encode(v).decode()}">'
                    for k, v in plots.items())
     index = dict(works, parts=[{"file": p["file"], "rows": p["rows"]} for p in works["parts"]])
     return _render_page({
         "name": e(rel["name"]), "version": e(str(rel["version"])), "sha": e(str(rel["content_sha256"])),
-        "created": e(str(rel["created_at"])), "total": f"{s['total']['recordings']:,}", "hours": _hours(s["total"]),
+        "created": e(str(rel["created_at"])), "total": f"{s['total']['recordings']:,}", "hours": hours_text(s["total"]["seconds"]),
         "table": table, "excl": excl, "plots": imgs, "works": script_json(index),
         "uncalibrated": _uncalibrated_banner(s["uncalibrated_admissions"]), "model_use": e(s["model_use"]["text"])})
 

@@ -103,18 +103,10 @@ def clip_safe(x: np.ndarray) -> tuple[np.ndarray, float]:
 PCM16_SCALE = 32768.0          # libsndfile (1.2) writes float as 16-bit rint(x * 0x8000), clipped
 
 
-def to_pcm16(x: np.ndarray) -> np.ndarray:
-    """float32 samples -> int16 exactly as libsndfile converts them when it writes PCM_16."""
-    y = np.multiply(x, PCM16_SCALE, dtype=np.float32)
-    np.rint(y, out=y)
-    np.clip(y, -32768.0, 32767.0, out=y)
-    return y.astype(np.int16)
-
-
 def stereo_pcm16(frames: np.ndarray, length: int) -> tuple[np.ndarray, float]:
     """[samples, channels] float32 at 44.1 kHz -> ([length, 2] int16, gain): exactly
-    ``to_pcm16(clip_safe(read_frames_to_stereo(frames, 44100, length)))``, without the padded float
-    copy. The peak (so the gain) is read off the real samples only, and only they are converted:
+    what libsndfile writes as PCM_16 from ``clip_safe(read_frames_to_stereo(frames, 44100, length))``
+    (rint(x * 32768)), without the padded float copy. The peak (so the gain) is read off the real samples only, and only they are converted:
     the padding is zeros in int16 already. After clip_safe every sample is within 0.999 of full
     scale, so the conversion needs no clipping."""
     n = min(length, frames.shape[0])
@@ -132,12 +124,8 @@ def stereo_pcm16(frames: np.ndarray, length: int) -> tuple[np.ndarray, float]:
 
 
 def encode_flac(x: np.ndarray, subtype: str) -> bytes:
-    """[samples, 2] float32 -> FLAC bytes at 44.1 kHz."""
+    """[samples, 2] float32 (or int16 samples, as stereo_pcm16 gives them) -> FLAC bytes at 44.1 kHz."""
     buf = io.BytesIO()
-    if subtype == "PCM_16" and x.dtype != np.int16:
-        # libsndfile's per-sample float conversion, vectorised: the same samples and bytes, and
-        # the encode (most of a shard build's time) about a third faster
-        x = to_pcm16(x)
     sf.write(buf, x, SAMPLE_RATE, format="FLAC", subtype=subtype)
     return buf.getvalue()
 
@@ -154,12 +142,6 @@ def read_window(path: str, sr: int, start: int, frames: int) -> np.ndarray:
     if not np.isfinite(data).all():
         raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
     return data
-
-
-def read_clip(s: Sample, info, total_44k: int) -> tuple[np.ndarray, int, int]:
-    """Return ([s.length, 2] float32 at 44.1 kHz, offset actually used, valid samples)."""
-    frames, offset, valid = read_clip_frames(s, info, total_44k)
-    return read_frames_to_stereo(frames, SAMPLE_RATE, s.length), offset, valid
 
 
 def read_clip_frames(s: Sample, info, total_44k: int) -> tuple[np.ndarray, int, int]:
