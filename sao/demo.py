@@ -279,7 +279,11 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> DemoContext:
                                             release_notes="make demo")
             out = run_stages(sctx, registry.group("rebuild"), on_stage)
             ctx.release = out["release"].details["name"]
-            ctx.outputs["shards"] = out["shards"].details["location"]
+            ctx.outputs["shards"] = loc = out["shards"].details["location"]
+            # each set is a training dataset by itself: the folders (and SAT configs) training points at
+            ctx.outputs["diffusion set"] = f"{loc}/diffusion"
+            ctx.outputs["autoencoder set"] = f"{loc}/autoencoder"
+            ctx.outputs["SAT dataset cfgs"] = f"{loc}/sat"
             ctx.outputs["attribution report"] = out["attribution_report"].details["html"]
             for k, v in check_shards_match_release(ctx, out["shards"].details).items():
                 echo(f"      {k}: {v}")

@@ -36,7 +36,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "data" / "replica" / "fma" / "fma_metadata" / "tracks.csv").exists()
     # 26 Freesound previews + the 5 FMA tracks the gate admits (no share-alike or unknown-license audio)
     assert len(list((tmp_path / "data" / "audio").rglob("*.mp3"))) == 26 + 5
-    assert "pipeline stage shards" in out and "diffusion:cc0-1.0" in out
+    assert "pipeline stage shards" in out and "diffusion:CC0-1.0" in out
     assert "the same recordings as the release: True" in out
     assert len(list((tmp_path / "data" / "shards").glob("snap-*/*/shard-*.tar"))) == 2
     # a second demo is incremental: nothing new to write

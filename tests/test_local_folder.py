@@ -138,8 +138,8 @@ def test_a_local_folder_end_to_end(tmp_path):
         index = pd.read_parquet(tmp_path / "shards" / "s" / "index.parquet")
         assert set(index["recording_id"]) == set(ADMITTED)
         assert dict(index.groupby("recording_id")["license"].first()) == {
-            "local:water.ogg": "cc0-1.0", "local:sub/sakenointi.mp3": "cc-by-4.0", "local:explosion.wav": "cc0-1.0",
-            "local:rooster.mp3": "cc0-1.0"}
+            "local:water.ogg": "CC0-1.0", "local:sub/sakenointi.mp3": "CC-BY-4.0", "local:explosion.wav": "CC0-1.0",
+            "local:rooster.mp3": "CC0-1.0"}
 
         report = build_report(cat, rel["name"], tmp_path / "releases")
         folder = pathlib.Path(report["folder"])

@@ -140,7 +140,7 @@ def test_changed_manifest_fails_even_with_the_metadata_sha256_rewritten(ckpt, ke
 
 def test_changed_manifest_without_rewriting_the_metadata_fails(ckpt, keys, capsys):
     mp = ckpt.with_suffix(".manifest.json")
-    mp.write_text(mp.read_text().replace('"cc0-1.0"', '"cc-by-3.0"', 1))
+    mp.write_text(mp.read_text().replace('"CC0-1.0"', '"CC-BY-3.0"', 1))
     _fails(ckpt, keys, "altered", capsys)
 
 

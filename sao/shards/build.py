@@ -3,9 +3,10 @@ parallel, resumable) -> record decode failures -> write the Parquet shard index.
 
 Output layout under ``<shards root>/<name>/``:
     plan.json                           plan hash, seed, settings, status and totals
-    autoencoder/shard-000000.tar        5 s chunks
-    diffusion/shard-000000.tar          2,097,152-sample windows
+    autoencoder/shard-000000.tar        5 s chunks (the autoencoder set: a training dataset by itself)
+    diffusion/shard-000000.tar          windows of up to 2,097,152 samples, unpadded (the diffusion set)
     index.parquet                       one row per sample: shard, shard sha256, recording, license, ...
+    sat/diffusion.json, sat/autoencoder.json   stable-audio-tools dataset configs for the two sets
 ``name`` defaults to ``snap-<plan hash>``; reusing a name for a different plan is refused. A
 given name is one folder name (``sao.fsutil.safe_name``): it can never point outside the root.
 """
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 from ..catalog import Catalog, Decision
 from ..log import progress
-from .plan import PlanConfig, ShardSpec, assign_shards, plan_hash, plan_samples
+from .plan import SHARD_FORMAT, PlanConfig, ShardSpec, assign_shards, plan_hash, plan_samples
 from .select import eligible_recordings
 from .writer import ShardResult, WriteContext, filesystem, is_local, write_shard
 
@@ -176,7 +177,7 @@ def finalize_build(cat: Catalog, plan: BuildPlan, results: Iterable[ShardResult]
     audio_seconds = sum(r.audio_seconds for r in results)
     written = [r for r in results if r.status == "written"]
     summary = {
-        "name": plan.name, "location": plan.out_url, "plan_hash": plan.plan_hash,
+        "format": SHARD_FORMAT, "name": plan.name, "location": plan.out_url, "plan_hash": plan.plan_hash,
         # a recording that failed part-way may have left windows in other shards: such a build is
         # never "complete" (training refuses it); build_shards builds the corrected plan at once
         "status": "incomplete" if failures else "complete",
@@ -190,8 +191,26 @@ def finalize_build(cat: Catalog, plan: BuildPlan, results: Iterable[ShardResult]
         "required_stages": plan.required_stages, "settings": dataclasses.asdict(plan.plan_cfg),
         "release": plan.release, "model_use": plan.model_use,
     }
+    for set_, cfg in sat_dataset_configs(plan.out_url, sorted(per_set)).items():
+        _json_write(fs, f"{root}/sat/{set_}.json", cfg)
     _json_write(fs, f"{root}/plan.json", summary)
     return summary
+
+
+def sat_dataset_configs(build_url: str, sets: list[str]) -> dict[str, dict[str, Any]]:
+    """stable-audio-tools dataset configs (``--dataset-config``) pointing at each set's folder of this
+    build, the diffusion set through sao's custom metadata module (per-epoch prompts, recording timing)."""
+    from . import sat_metadata
+    local = build_url.removeprefix("file://")
+    base = build_url if "://" in local else str(pathlib.Path(local).resolve())
+    out = {}
+    for set_ in sets:
+        entry = {"id": f"sao-{set_}", "path": f"{base.rstrip('/')}/{set_}"}
+        if set_ == "diffusion":
+            entry["custom_metadata_module"] = str(pathlib.Path(sat_metadata.__file__).resolve())
+        out[set_] = {"dataset_type": "wds", "datasets": [entry], "random_crop": True, "resampled_shards": True,
+                     "remove_silence": False}
+    return out
 
 
 def build_shards(cat: Catalog, *, shards_root: str, audio_store: str | pathlib.Path, required_stages: list[str],

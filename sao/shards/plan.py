@@ -8,7 +8,8 @@ to the list of samples of both sets and their assignment to shards.
   recording gets is its source's (``Source.autoencoder_chunks``, ``Source.always_hifi``); its
   prompt inputs are its source's too (``Source.prompt_inputs``).
 * Diffusion set (paper 4.2): consecutive windows of 2,097,152 samples at 44.1 kHz (~47.5 s,
-  1024 latents); the last or only window is padded with silence.
+  1024 latents); the last or only window is stored as long as it really is (the loader pads it
+  and masks the padding).
 
 Shards are filled in plan order up to an estimated size, so every shard can be written
 independently (in parallel, resumably) and the same inputs always give the same shards.
@@ -23,12 +24,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..licensing import tasl
+from ..licensing.table import spdx_id
 from ..prompts import PromptInputs, build_prompt, prompt_rng
 from ..sources import source_for
 
 SAMPLE_RATE = 44_100
 AE_CHUNK = 5 * SAMPLE_RATE
 DIFFUSION_WINDOW = 2_097_152
+# the sample layout (sao/shards/writer.py); in the plan hash, so a build of an older layout is never
+# taken for this one
+SHARD_FORMAT = "sao-shards/2"
 FLAC_RATIO_ESTIMATE = 0.6          # planned bytes per sample = samples * 2 ch * 2 B * this
 
 
@@ -82,7 +87,7 @@ def _meta(rec: dict[str, Any], inputs: PromptInputs, prompt: str) -> dict[str, A
     attribution = (rec.get("extra") or {}).get("attribution") or tasl(
         title=rec.get("title") or "", author=rec.get("author") or "", source_url=rec.get("page_url") or "",
         license_canonical=rec["license_canonical"], license_url=rec.get("license_url") or "")
-    return {"recording_id": rec["recording_id"], "source": rec["source"], "license": rec["license_canonical"],
+    return {"recording_id": rec["recording_id"], "source": rec["source"], "license": spdx_id(rec["license_canonical"]),
             "license_url": rec.get("license_url") or "", "attribution": attribution,
             "prompt_inputs": inputs.to_dict(), "prompt": prompt, "admitted_by": rec.get("admitted_by") or {},
             "content_sha256": rec.get("content_sha256")}
@@ -140,7 +145,7 @@ def assign_shards(samples: list[Sample], cfg: PlanConfig) -> list[ShardSpec]:
 
 
 def plan_hash(samples: list[Sample], cfg: PlanConfig) -> str:
-    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps([SHARD_FORMAT, asdict(cfg)], sort_keys=True).encode())
     for s in samples:
         h.update(json.dumps([s.key, s.offset, s.length, s.meta.get("content_sha256"), s.meta["prompt"],
                              s.meta["license"]], sort_keys=True).encode())

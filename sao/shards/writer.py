@@ -2,6 +2,15 @@
 soxr, make it clip-safe, encode FLAC, and add ``<key>.flac`` + ``<key>.json`` to a tar whose
 bytes depend only on the plan (fixed member order, times and owners).
 
+Each sample's JSON follows the conventions of the loaders people train with (stable-audio-tools'
+WebDataset loader, Hugging Face ``datasets``' webdataset builder): every field is present in every
+sample with one JSON type (no nulls; nested, variable-length values such as the prompt inputs and
+the admitting decisions are JSON text, so a schema inferred from the first samples holds for all),
+and the FLAC holds only the real audio, unpadded: a loader that pads or crops to its own window
+computes the right padding mask and timing from it. ``window_samples`` is the window the plan
+cut the recording into, ``offset_samples`` / ``recording_n_samples`` place the clip in its
+recording (``seconds_start``, ``seconds_total`` are those, in seconds, as the paper conditions on).
+
 The tar is built under a temporary name and appears under its final name (local rename, or
 one upload for object stores) only when whole. A shard that already exists is not rebuilt:
 its index rows are read back from its JSON members. Runs in worker processes: everything
@@ -185,10 +194,42 @@ def _rows_from_existing(fs, path: str) -> tuple[str, int, list[dict[str, Any]], 
     return h.hexdigest(), len(data), rows, seconds
 
 
+INDEX_FIELDS = ("key", "set", "recording_id", "source", "license", "chunk_index", "offset_samples", "n_samples",
+                "n_valid_samples", "window_samples", "recording_n_samples", "seconds_start", "seconds_total", "hifi",
+                "hf_checked", "hf_share", "prompt", "admitted_by")
+
+
 def _row(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: meta[k] for k in ("key", "set", "recording_id", "source", "license", "chunk_index", "offset_samples",
-                                 "n_samples", "n_valid_samples", "seconds_start", "seconds_total", "hifi",
-                                 "hf_share", "prompt")} | {"admitted_by": json.dumps(meta["admitted_by"], sort_keys=True)}
+    return {k: meta[k] for k in INDEX_FIELDS}
+
+
+# a sample's attribution: always these keys, all text (Freesound's own line and a remix's sources are
+# empty where a recording has none), so every sample has the one struct type a schema infers
+ATTRIBUTION_FIELDS = ("title", "author", "source_url", "license", "license_name", "license_url", "freesound_line")
+
+
+def shard_attribution(attribution: dict[str, Any]) -> dict[str, str]:
+    out = {k: str(attribution.get(k) or "") for k in ATTRIBUTION_FIELDS}
+    out["remix_sources"] = json.dumps([str(x) for x in attribution.get("sources") or []])
+    return out
+
+
+def sample_meta(s: Sample, *, offset: int, valid: int, total: int, hifi: bool, hf_share: float | None, gain: float,
+                info) -> dict[str, Any]:
+    """A sample's JSON member: every field always present, each with one JSON type (see the module doc)."""
+    meta = dict(s.meta)
+    meta.pop("content_sha256", None)
+    meta.update(key=s.key, set=s.set, chunk_index=s.chunk_index, offset_samples=offset,
+                n_samples=valid, n_valid_samples=valid, window_samples=s.length, recording_n_samples=total,
+                sample_rate=SAMPLE_RATE, channels=2,
+                seconds_start=math.floor(offset / SAMPLE_RATE), seconds_total=math.ceil(total / SAMPLE_RATE),
+                text=meta["prompt"], hifi=bool(hifi), hf_checked=hf_share is not None,
+                hf_share=float(hf_share if hf_share is not None else 0.0), gain=float(gain),
+                source_sample_rate=int(info.sample_rate), source_channels=int(info.channels),
+                attribution=shard_attribution(meta["attribution"]),
+                prompt_inputs=json.dumps(meta["prompt_inputs"], sort_keys=True, ensure_ascii=False),
+                admitted_by=json.dumps(meta["admitted_by"], sort_keys=True))
+    return meta
 
 
 def write_shard(spec: ShardSpec, ctx: WriteContext) -> ShardResult:
@@ -230,33 +271,31 @@ def write_shard(spec: ShardSpec, ctx: WriteContext) -> ShardResult:
                         mid = max(0.0, info.duration / 2 - 15.0)
                         x_native, sr_native = load(s.path, start=mid, duration=30.0)
                         hf[rid] = high_frequency_energy_share(x_native, sr_native)
-                    hifi = None
+                    hifi = False
                     if s.hifi_extra:
                         hifi = True if not s.needs_hf_check else is_hifi(
                             2, ctx.hifi_min_rate, hf[rid], min_share=ctx.hf_min_share)
                         if not hifi:
                             continue                           # not full-band: no extra chunks
                     frames, offset, valid = read_clip_frames(s, info, total)
+                    if valid <= 0:
+                        raise AudioDecodeError(f"{s.path}: no samples decode at sample {offset}")
                 except AudioDecodeError as exc:
                     failures[rid] = f"audio-corrupt: {exc}"
                     continue
-                if ctx.flac_subtype == "PCM_16":        # the usual case: no padded float copy
-                    pcm, gain = stereo_pcm16(frames, s.length)
+                # the real samples only: loaders pad to their own window and mask what they padded
+                if ctx.flac_subtype == "PCM_16":        # the usual case: no float copy
+                    pcm, gain = stereo_pcm16(frames, valid)
                     flac = encode_flac(pcm, "PCM_16")
                 else:
-                    x, gain = clip_safe(read_frames_to_stereo(frames, SAMPLE_RATE, s.length))
+                    x, gain = clip_safe(read_frames_to_stereo(frames, SAMPLE_RATE, valid))
                     flac = encode_flac(x, ctx.flac_subtype)
-                meta = dict(s.meta)
-                meta.update(key=s.key, set=s.set, chunk_index=s.chunk_index, offset_samples=offset,
-                            n_samples=s.length, n_valid_samples=valid, sample_rate=SAMPLE_RATE, channels=2,
-                            seconds_start=math.floor(offset / SAMPLE_RATE), seconds_total=math.ceil(total / SAMPLE_RATE),
-                            text=meta["prompt"], hifi=hifi, hf_share=hf.get(rid), gain=gain,
-                            source_sample_rate=info.sample_rate, source_channels=info.channels)
-                meta.pop("content_sha256", None)
+                meta = sample_meta(s, offset=offset, valid=valid, total=total, hifi=hifi, hf_share=hf.get(rid),
+                                   gain=gain, info=info)
                 _add(tar, f"{s.key}.flac", flac)
                 _add(tar, f"{s.key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
                 rows.append(_row(meta))
-                audio_seconds += s.length / SAMPLE_RATE
+                audio_seconds += valid / SAMPLE_RATE
         h = hashlib.sha256()
         with open(tmp, "rb") as f:
             while block := f.read(1 << 20):

@@ -78,7 +78,7 @@ def shard_name(root: str | os.PathLike, url: str) -> str:
     return url[len(root) + 1:]
 
 
-def read_tar(url: str, storage_options: dict | None = None, payload: tuple[str, ...] = ("flac", "latent.npy")
+def read_tar(url: str, storage_options: dict | None = None, payload: tuple[str, ...] = ("flac", "posterior.npy")
              ) -> Iterator[tuple[str, str, bytes, dict]]:
     """(key, payload extension, payload bytes, metadata) per complete sample of one shard."""
     import fsspec
@@ -92,6 +92,17 @@ def read_tar(url: str, storage_options: dict | None = None, payload: tuple[str, 
             if body and "json" in item:
                 del pending[key]
                 yield key, body, item[body], json.loads(item["json"])
+
+
+def epoch_prompt(meta: dict, *, seed: int, key: str, epoch: int) -> str:
+    """The sample's prompt for this epoch, redrawn from its stored prompt inputs (JSON text in the
+    shards, see sao/shards/writer.py); the stored prompt where a sample carries no inputs."""
+    inputs = meta.get("prompt_inputs")
+    if isinstance(inputs, str):
+        inputs = json.loads(inputs) if inputs else None
+    if not inputs:
+        return meta.get("prompt", "")
+    return build_prompt(PromptInputs.from_dict(inputs), seed=seed, key=key, epoch=epoch)
 
 
 def crop_or_pad(audio: np.ndarray, length: int, rng: random.Random) -> tuple[np.ndarray, int, int]:
@@ -134,7 +145,7 @@ class ShardStream:
         c = self.cfg
         meta = item["json"]
         rng = random.Random(f"{c.seed}:{item['key']}:{epoch}")
-        if item["ext"] == "latent.npy":
+        if item["ext"] == "posterior.npy":
             lat = np.load(io.BytesIO(item["body"]), allow_pickle=False).astype(np.float32)
             valid = int(meta.get("latent_valid_frames", lat.shape[1]))
             clip, off, n = crop_or_pad(lat[:, :valid], c.sample_length, rng)
@@ -148,9 +159,7 @@ class ShardStream:
             clip, off, n = crop_or_pad(audio[:valid].T, c.sample_length, rng)
             start = int(meta.get("offset_samples", 0)) + off
             out = {"audio": torch.from_numpy(np.ascontiguousarray(clip))}
-        inputs = meta.get("prompt_inputs")
-        prompt = build_prompt(PromptInputs.from_dict(inputs), seed=c.seed, key=item["key"], epoch=epoch) \
-            if inputs else meta.get("prompt", "")
+        prompt = epoch_prompt(meta, seed=c.seed, key=item["key"], epoch=epoch)
         out.update({"prompt": prompt, "seconds_start": start // sr, "seconds_total": int(meta.get("seconds_total", 0)),
                     "key": item["key"], "recording_id": meta.get("recording_id"), "shard": item["url"],
                     "padding_mask": torch.arange(c.sample_length) < n})

@@ -1,15 +1,24 @@
 """Pre-encoded latent shards for DiT training (paper 4.2 trains on latents of the frozen autoencoder).
 
 ``encode_latents`` runs the trained autoencoder's encoder once over every audio shard of a set
-and writes a mirror shard of the same name: per sample the pre-bottleneck output (posterior
-mean and scale, float16, so the trainer still draws a fresh posterior sample per step) and the
-sample's metadata plus ``latent_valid_frames``. ``latents.json`` records the autoencoder's
+and writes a mirror shard of the same name. Each sample's audio (stored unpadded) is padded to
+its plan window, as the trainer pads it, and encoded; the sample then holds
+
+* ``<key>.npy``: one posterior sample [latent_dim, frames], float32, drawn from (seed, key): the
+  layout of stable-audio-tools' pre-encoded WebDataset loader (``"pre_encoded": true``), whose
+  JSON ``padding_mask`` (one 0/1 per latent frame) it reads too;
+* ``<key>.posterior.npy``: the pre-bottleneck output (posterior mean and scale, float16), which
+  ``sao train dit`` reads so that it draws a fresh posterior sample every step;
+* ``<key>.json``: the audio sample's metadata plus ``padding_mask``, ``latent_valid_frames``,
+  ``downsampling_ratio`` and the autoencoder's sha256.
+ ``latents.json`` records the autoencoder's
 sha256, the source build and, per latent shard, its sha256 and its source shard's sha256, so
 the DiT's attribution manifest names both. Shards already written are skipped (resumable);
 each is written under a temporary name and renamed.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -26,7 +35,7 @@ from ..fsutil import atomic_path, atomic_write_text, sha256_file
 from ..log import progress
 from .data import list_shards, read_tar, shard_name
 
-FORMAT = "sao-latent-shards/1"
+FORMAT = "sao-latent-shards/2"
 
 
 class LatentShardsError(ValueError):
@@ -47,6 +56,34 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode = len(data), 0, 0o644        # reproducible bytes
     tar.addfile(ti, io.BytesIO(data))
+
+
+def _npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_sample(ae, key: str, audio: np.ndarray, meta: dict, vae_sha: str, device) -> list[tuple[str, bytes]]:
+    """One audio sample [N, C] -> its latent sample's members (see the module doc)."""
+    ratio = ae.downsampling_ratio
+    valid = min(int(meta.get("n_valid_samples", audio.shape[0])), audio.shape[0])
+    window = max(int(meta.get("window_samples", audio.shape[0])), valid)
+    length = math.ceil(window / ratio) * ratio                 # the encoder needs whole latent frames
+    x = np.zeros((audio.shape[1], length), np.float32)
+    x[:, :valid] = audio[:valid].T
+    with torch.inference_mode():
+        h = ae.encoder(torch.from_numpy(x).to(device)[None])[0]
+        g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+        noise = torch.randn(h.shape[0] // 2, h.shape[1], generator=g).to(h.device)
+        z = ae.bottleneck.encode(h[None], noise=noise[None])[0]
+    frames = h.shape[1]
+    valid_frames = math.ceil(valid / ratio)
+    meta = dict(meta, latent_valid_frames=valid_frames, downsampling_ratio=ratio, autoencoder_sha256=vae_sha,
+                padding_mask=[1] * valid_frames + [0] * (frames - valid_frames))
+    return [(f"{key}.npy", _npy(z.float().cpu().numpy())),
+            (f"{key}.posterior.npy", _npy(h.to(torch.float16).cpu().numpy())),
+            (f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
 
 
 def encode_latents(shards_dir: str, vae_checkpoint: str | pathlib.Path, *, model_config: str = "tiny",
@@ -82,17 +119,9 @@ def encode_latents(shards_dir: str, vae_checkpoint: str | pathlib.Path, *, model
             with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
                 for key, _ext, body, meta in read_tar(url, payload=("flac",)):
                     audio, sr = sf.read(io.BytesIO(body), dtype="float32", always_2d=True)
-                    valid = int(meta.get("n_valid_samples", audio.shape[0]))
-                    x = torch.from_numpy(np.ascontiguousarray(audio.T)).to(device)[None]
-                    with torch.inference_mode():
-                        h = ae.encoder(x)[0].to(torch.float16).cpu().numpy()
-                    buf = io.BytesIO()
-                    np.save(buf, h, allow_pickle=False)
-                    meta = dict(meta, latent_valid_frames=math.ceil(valid / ae.downsampling_ratio),
-                                downsampling_ratio=ae.downsampling_ratio, autoencoder_sha256=vae_sha)
-                    _add(tar, f"{key}.latent.npy", buf.getvalue())
-                    _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
                     audio_s += audio.shape[0] / sr
+                    for name_, data in encode_sample(ae, key, audio, meta, vae_sha, device):
+                        _add(tar, name_, data)
         else:
             skipped += 1
         entries.append({"name": name, "sha256": sha256_file(dest), "source_sha256": shard_sha.get(name)})

@@ -21,6 +21,7 @@ import json
 import pathlib
 from typing import Any
 
+from ..licensing.table import canonical_of, spdx_id
 from ..catalog import Catalog
 from ..licensing.attribution import attribution_line
 from .. import signing
@@ -83,11 +84,11 @@ def build_manifest(cat: Catalog | None, shards_dir: str, sets: list[str], *, sta
     for rid in sorted(row_license):
         rec = recs.get(rid, {})
         source, _, sid = rid.partition(":")
+        canonical = rec.get("license_canonical") or canonical_of(row_license[rid])
         r = {"recording_id": rid, "source": source, "id": sid, "title": rec.get("title"), "author": rec.get("author"),
-             "license": rec.get("license_canonical") or row_license[rid], "license_url": rec.get("license_url"),
-             "url": rec.get("url")}
+             "license": spdx_id(canonical), "license_url": rec.get("license_url"), "url": rec.get("url")}
         r["attribution_line"] = attribution_line(title=r["title"], author=r["author"], url=r["url"],
-                                                 license_canonical=r["license"], license_url=r["license_url"],
+                                                 license_canonical=canonical, license_url=r["license_url"],
                                                  freesound_line=rec.get("freesound_line"))
         recordings.append(r)
     per = collections.Counter((r["source"], r["license"]) for r in recordings)
