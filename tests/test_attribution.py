@@ -3,6 +3,7 @@ exclusions, the published CSV format, TASL fields, take-down propagation and imp
 HTML report in headless Chromium."""
 import csv
 import datetime as dt
+import hashlib
 import json
 import os
 import pathlib
@@ -227,7 +228,7 @@ def test_report_counts_equal_a_duckdb_query_and_csv_round_trips(cat, tmp_path):
     # every CC-BY item has all four TASL fields, license with version and link
     with open(folder / "attribution-tasl.csv", newline="", encoding="utf-8") as f:
         tasl = list(csv.DictReader(f))
-    ccby = [r for r in tasl if r["license"].startswith("cc-by-")]
+    ccby = [r for r in tasl if r["license"].startswith("CC-BY-")]    # SPDX ids, one vocabulary
     assert ccby and s["cc_by_missing_tasl"] == 0
     for r in ccby:
         assert r["title"] and r["author"] and r["source_url"].startswith("http")
@@ -236,8 +237,10 @@ def test_report_counts_equal_a_duckdb_query_and_csv_round_trips(cat, tmp_path):
     assert len(fs_lines) == sum(1 for i in items if i.startswith("freesound:"))
     assert all(" by " in x and "-- License: " in x for x in fs_lines)
     md = (folder / "report.md").read_text()
-    assert "| source | license | recordings | hours |" in md and all((folder / "plots" / f"{k}.png").stat().st_size > 1000
+    assert "| source | license | SPDX | recordings | hours |" in md and all((folder / "plots" / f"{k}.png").stat().st_size > 1000
                                                                     for k in ("durations", "licenses", "tags", "format"))
+    assert {r["license"] for r in tasl} <= {"CC0-1.0", "CC-BY-3.0", "CC-BY-4.0", "LicenseRef-CC-Sampling-Plus-1.0"}
+    _published_forms_check(folder, tasl, s)
     # rebuilding replaces the folder whole
     assert build_report(cat, "r1", tmp_path / "releases")["folder"] == str(folder)
     assert not [p for p in (tmp_path / "releases").iterdir() if p.name.startswith(".")]
@@ -277,6 +280,23 @@ def test_takedown_disappears_from_the_next_release_and_impact_names_everything(c
     assert cli.main(["--config", str(_cfg(tmp_path)), "release", "create", "../evil"]) == 2
     assert cli.main(["--config", str(_cfg(tmp_path)), "release", "report"]) == 0
     assert (tmp_path / "releases" / "r2" / "index.html").is_file()        # the newest release
+    # every output location may be a file:// or any fsspec URL: never a local folder named "file:"
+    import fsspec
+    mem = fsspec.filesystem("memory")
+    mem.pipe("/pub/r2/works/part-9999.js", b"left by an earlier, bigger report")
+    assert cli.main(["--config", str(_cfg(tmp_path)), "release", "report", "--out", "memory://pub"]) == 0
+    local = {p.relative_to(tmp_path / "releases" / "r2").as_posix() for p in (tmp_path / "releases" / "r2").rglob("*")
+             if p.is_file()}
+    remote = {f.removeprefix("/pub/r2/") for f in mem.find("/pub/r2")}
+    assert remote == local and "croissant.json" in remote            # whole, no temporaries, old parts pruned
+    assert mem.cat("/pub/r2/attribution-tasl.csv") == (tmp_path / "releases" / "r2" / "attribution-tasl.csv").read_bytes()
+    assert cli.main(["--config", str(_cfg(tmp_path)), "release", "report", "--out", f"file://{tmp_path}/pub2"]) == 0
+    assert (tmp_path / "pub2" / "r2" / "croissant.json").is_file()
+    for url, found in ((f"file://{tmp_path}/ex", lambda: {p.name for p in (tmp_path / "ex").iterdir()}),
+                       ("memory://ex", lambda: {f.rsplit("/", 1)[1] for f in mem.find("/ex")})):
+        assert cli.main(["--config", str(_cfg(tmp_path)), "catalog", "export", "--out", url]) == 0
+        assert "recordings.parquet" in found() and not any(n.startswith(".") for n in found())
+    assert not list(tmp_path.rglob("file:*")) and not (pathlib.Path.cwd() / "file:").exists()
 
 
 def _cfg(tmp_path):
@@ -313,3 +333,24 @@ def test_html_report_renders_plots_and_filters_in_headless_chromium(cat, tmp_pat
     filtered = dom(page.as_uri() + "#q=" + author.replace(" ", "%20"), "c2")
     assert f'data-matches="{len(want)}"' in filtered
     assert sorted(rows(filtered)) == sorted(r["recording_id"] for r in want)
+
+
+def _published_forms_check(folder, tasl, s):
+    """The release's Croissant file passes mlcroissant's own validation and yields every TASL row
+    with its license; the dataset card's YAML header says licenses, task and size as the Hub reads them."""
+    import mlcroissant as mlc
+    import yaml
+    ds = mlc.Dataset(jsonld=folder / "croissant.json")           # raises ValidationError on any error
+    assert not ds.metadata.ctx.issues.errors and not ds.metadata.ctx.issues.warnings, ds.metadata.ctx.issues.report()
+    got = {r["recordings/recording_id"].decode(): r["recordings/license"].decode()
+           for r in ds.records(record_set="recordings")}
+    assert got == {r["recording_id"]: r["license"] for r in tasl}
+    meta = json.loads((folder / "croissant.json").read_text())
+    assert meta["distribution"][0]["sha256"] == hashlib.sha256((folder / "attribution-tasl.csv").read_bytes()).hexdigest()
+    assert all(meta[k] for k in ("rai:dataCollection", "rai:dataPreprocessingProtocol", "rai:dataLimitations"))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    head = yaml.safe_load(card.split("---")[1])
+    assert head["task_categories"] == ["text-to-audio"] and head["size_categories"] == ["n<1K"]
+    assert set(head["license"]) <= {"cc0-1.0", "cc-by-3.0", "cc-by-4.0", "other"} and head["license"]
+    for r in s["table"]:
+        assert f"| {r['source']} | {r['spdx']} |" in card

@@ -184,6 +184,6 @@ def test_hours_read_with_useful_precision_and_licenses_by_one_name(tmp_path):
     html = (folder / "index.html").read_text(encoding="utf-8")
     md = (folder / "report.md").read_text(encoding="utf-8")
     assert "2 recordings, 0.0011 hours." in html and "2 recordings, 0.0011 hours.**" in md
-    assert "| freesound | CC BY 4.0 | 1 | 0.00056 |" in md and ">0.00056</td>" in html
+    assert "| freesound | CC BY 4.0 | `CC-BY-4.0` | 1 | 0.00056 |" in md and ">0.00056</td>" in html
     table = set(re.findall(r"<tr><td>freesound</td><td>([^<]+)</td>", html))
     assert table == {"CC0 1.0", "CC BY 4.0"} == {w["license"] for w in read_part(folder / "works" / "part-0001.js")[1]}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import io
 import json
@@ -27,12 +28,13 @@ import time
 from typing import Any
 
 from ..catalog import Catalog
+from ..fsutil import is_remote, local_part, output_folder
 from ..licensing.attribution import license_name_with_version
 from ..licensing.gate import shown
 from ..licensing.model_use import BY_NAME as MODEL_USES_BY_NAME
-from ..licensing.table import BY_ID, license_name
+from ..licensing.table import BY_ID, license_name, spdx_id
 from ..sources import SOURCES
-from . import policy
+from . import policy, publish
 from .release import check_name, get_release, uncalibrated_admissions
 from .report_page import render as _render_page
 from .report_works import LINK_SCHEMES, PART_ROWS, link_url, script_json, write_works  # noqa: F401
@@ -55,8 +57,10 @@ def license_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def rank(c: str) -> int:
         return BY_ID[c].rank if c in BY_ID else len(BY_ID)
     rows = sorted(rows, key=lambda r: (r["source"], rank(r["license_canonical"]), r["license_canonical"]))
-    return [{"source": r["source"], "license": license_name(r["license_canonical"]), "recordings": r["n"],
-             "hours": round(r["seconds"] / 3600, 2), "seconds": r["seconds"]} for r in rows]
+    return [{"source": r["source"], "license": license_name(r["license_canonical"]),
+             "spdx": spdx_id(r["license_canonical"]), "license_canonical": r["license_canonical"],
+             "recordings": r["n"], "hours": round(r["seconds"] / 3600, 2), "hours_text": hours_text(r["seconds"]),
+             "seconds": r["seconds"]} for r in rows]
 
 
 def model_use_statement(use: Any) -> dict[str, Any]:
@@ -187,12 +191,13 @@ def _write_csvs(cat: Catalog, name: str, folder: pathlib.Path) -> dict[str, int]
              "FROM release_items WHERE release_name = ? AND source = ? ORDER BY recording_id",
              [*pub_params, name, source])
     named, name_params = _license_case(cat, name, license_name_with_version)
+    spdx, spdx_params = _license_case(cat, name, spdx_id)
     copy(folder / "attribution-tasl.csv",
          ["recording_id", "source", "id", "title", "author", "source_url", "license", "license_name", "license_url",
           "attribution_line"],
          "SELECT recording_id, source, source_id, coalesce(title, ''), coalesce(author, ''), coalesce(url, ''), "
-         f"license_canonical, {named}, coalesce(license_url, ''), coalesce(attribution_line, '') FROM release_items "
-         "WHERE release_name = ? ORDER BY source, recording_id", [*name_params, name])
+         f"{spdx}, {named}, coalesce(license_url, ''), coalesce(attribution_line, '') FROM release_items "
+         "WHERE release_name = ? ORDER BY source, recording_id", [*spdx_params, *name_params, name])
     # every source's own file is written, empty when the release holds none of its items
     for src, fn in own_attribution_files().items():
         with open(folder / fn, "w", encoding="utf-8") as f:
@@ -214,8 +219,9 @@ def _markdown(s: dict[str, Any], files: dict[str, int]) -> str:
                 + ", ".join(f"{k}: {v:,}" for k, v in s["uncalibrated_admissions"].items())
                 + "). This release checks the pipeline; it is not a curated dataset.", ""]
                if s["uncalibrated_admissions"] else []),
-             "| source | license | recordings | hours |", "|---|---|---:|---:|"]
-    lines += [f"| {r['source']} | {r['license']} | {r['recordings']:,} | {hours_text(r['seconds'])} |" for r in s["table"]]
+             "| source | license | SPDX | recordings | hours |", "|---|---|---|---:|---:|"]
+    lines += [f"| {r['source']} | {r['license']} | `{r['spdx']}` | {r['recordings']:,} | {r['hours_text']} |"
+              for r in s["table"]]
     lines += ["", "## Excluded recordings", "", "| reason | recordings |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in s["exclusions"].items()]
     lines += ["", "## Files", ""]
@@ -233,7 +239,8 @@ def _markdown(s: dict[str, Any], files: dict[str, int]) -> str:
 def _html(s: dict[str, Any], plots: dict[str, bytes], works: dict[str, Any]) -> str:
     e = html.escape
     rel = s["release"]
-    table = "".join(f"<tr><td>{e(r['source'])}</td><td>{e(r['license'])}</td><td class=n>{r['recordings']:,}</td>"
+    table = "".join(f"<tr><td>{e(r['source'])}</td><td>{e(r['license'])}</td><td><code>{e(r['spdx'])}</code></td>"
+                    f"<td class=n>{r['recordings']:,}</td>"
                     f"<td class=n title=\"{r['seconds']:,.0f} s\">{hours_text(r['seconds'])}</td></tr>" for r in s["table"])
     excl = "".join(f"<tr><td>{e(k)}</td><td class=n>{v:,}</td></tr>" for k, v in s["exclusions"].items())
     imgs = "".join(f'<img alt="{k}" src="data:image/png;base64,{base64.b64encode(v).decode()}">'
@@ -258,8 +265,16 @@ def _uncalibrated_banner(unc: dict[str, int]) -> str:
 def build_report(cat: Catalog, name: str, releases_root: str | pathlib.Path,
                  part_rows: int = PART_ROWS) -> dict[str, Any]:
     """Writes the report folder ``releases_root/name`` (replacing an older one whole); ``part_rows``
-    works per sidecar part of the works table."""
+    works per sidecar part of the works table. ``releases_root`` may be any fsspec URL: the report
+    is built in a local temporary folder and uploaded there, file by file."""
     check_name(name)
+    if is_remote(releases_root):
+        with output_folder(str(releases_root), prune=True) as local:
+            out = build_report(cat, name, local, part_rows)
+        url = f"{str(releases_root).rstrip('/')}/{name}"
+        return {**out, **{k: url + v[len(out["folder"]):] for k, v in out.items()
+                          if isinstance(v, str) and v.startswith(out["folder"])}}
+    releases_root = local_part(releases_root)
     t0 = time.perf_counter()
     root = pathlib.Path(releases_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -276,6 +291,11 @@ def build_report(cat: Catalog, name: str, releases_root: str | pathlib.Path,
         (work / "report.md").write_text(_markdown(s, files), encoding="utf-8")
         works = write_works(cat, name, work, part_rows)
         (work / "index.html").write_text(_html(s, plots, works), encoding="utf-8")
+        # the forms a dataset is published in: Croissant JSON-LD (pinned to the TASL CSV by its sha256)
+        # and a Hugging Face dataset card
+        tasl_sha = hashlib.sha256((work / "attribution-tasl.csv").read_bytes()).hexdigest()
+        (work / "croissant.json").write_text(json.dumps(publish.croissant(s, tasl_sha), indent=1), encoding="utf-8")
+        (work / "README.md").write_text(publish.dataset_card(s, files), encoding="utf-8")
         if final.exists():                     # replace a previous report of the same release
             old = root / f".{name}.old-{os.getpid()}"
             final.rename(old)
@@ -287,6 +307,7 @@ def build_report(cat: Catalog, name: str, releases_root: str | pathlib.Path,
         shutil.rmtree(work, ignore_errors=True)
         raise
     return {"release": name, "folder": str(final), "html": str(final / "index.html"),
-            "markdown": str(final / "report.md"), "recordings": s["total"]["recordings"], "files": files,
+            "markdown": str(final / "report.md"), "croissant": str(final / "croissant.json"),
+            "dataset_card": str(final / "README.md"), "recordings": s["total"]["recordings"], "files": files,
             "works_parts": len(works["parts"]),
             "seconds": round(time.perf_counter() - t0, 2)}

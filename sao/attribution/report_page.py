@@ -32,7 +32,7 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}td.n{text-align:righ
 <p>Content sha256 <code>{{sha}}</code>, created {{created}} UTC. <b>{{total}} recordings, {{hours}} hours.</b></p>
 <p id="model-use">{{model_use}}</p>
 {{uncalibrated}}<h2>Recordings and hours per source and license</h2>
-<table id="licenses"><tr><th>source</th><th>license</th><th>recordings</th><th>hours</th></tr>{{table}}</table>
+<table id="licenses"><tr><th>source</th><th>license</th><th>SPDX</th><th>recordings</th><th>hours</th></tr>{{table}}</table>
 <h2>Excluded recordings</h2>
 <table id="exclusions"><tr><th>reason</th><th>recordings</th></tr>{{excl}}</table>
 <h2>Plots</h2><div class="plots">{{plots}}</div>

@@ -16,7 +16,8 @@ from typing import Any, Iterator
 import torch
 
 from .. import signing
-from ..fsutil import atomic_path
+from ..attribution.publish import model_card
+from ..fsutil import atomic_path, atomic_write_text
 from ..models.checkpoint import load_torch_file, save_torch_file, writing_weights
 from .manifest import (AUTOENCODER_PREFIX, ManifestError, absolute_location, checkpoint_statement, envelope_path,
                        manifest_bytes, manifest_sha256, verify)
@@ -120,6 +121,8 @@ def save_checkpoint(out_dir: str | pathlib.Path, step: int, weights: dict[str, d
                     checkpoint_statement(p.name, man, man_path.name), signing_key))
             else:                                # an older run's statement must not sit beside unsigned weights
                 envelope_path(p).unlink(missing_ok=True)
+            # the model card a Hub upload shows: what trained these weights and under which licenses
+            atomic_write_text(p.with_suffix(".card.md"), model_card(man, p.name))
         paths[name] = str(p)
     save_torch_file(out / f"step-{step:07d}-state.pt", state)
     with atomic_path(out / "latest.json") as tmp:
