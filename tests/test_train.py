@@ -1,10 +1,12 @@
 """Training on the shards (work in progress: see the issue notes): the shard stream's order and
 resume, the DiT loop, the autoencoder loop, checkpoints with manifests and their verification."""
+import collections
 import json
 import shutil
 
 import pytest
 import torch
+import yaml
 
 from sao import cli
 from sao.shards import PlanConfig, build_shards
@@ -76,9 +78,16 @@ def test_dit_trains_checkpoints_resumes_and_manifest_verifies(shards, world, tmp
     ckpt = tmp_path / "dit" / "step-0000024-ema.safetensors"
     man = json.loads(ckpt.with_suffix(".manifest.json").read_text())
     assert man["counts"]["recordings"] == len(man["recordings"]) > 0
-    assert all(r["license"] in ("cc0-1.0", "cc-by-3.0", "cc-by-4.0", "cc-sampling+-1.0") for r in man["recordings"])
+    assert all(r["license"] in ("CC0-1.0", "CC-BY-3.0", "CC-BY-4.0", "LicenseRef-CC-Sampling-Plus-1.0") for r in man["recordings"])
     assert all(r["title"] and r["author"] and r["attribution_line"] for r in man["recordings"])
     assert {sh["name"].split("/")[0] for sh in man["shards"]} == {"diffusion"}
+    # the model card beside it: Hub YAML (licenses, task, dataset) and the license mix of the manifest
+    card = ckpt.with_suffix(".card.md").read_text(encoding="utf-8")
+    head = yaml.safe_load(card.split("---")[1])
+    assert head["pipeline_tag"] == "text-to-audio" and set(head["license"]) <= {"cc0-1.0", "cc-by-3.0", "cc-by-4.0", "other"}
+    mix = collections.Counter(r["license"] for r in man["recordings"])
+    assert all(f"| {lic} | {n} |" in card for lic, n in mix.items()) and man["weights"]["sha256"] in card
+    assert "step-0000024-ema.manifest.json" in card
     assert verify(ckpt)["recordings"] == man["counts"]["recordings"]
     assert cli.main(["manifest", "verify", str(ckpt)]) == 0
     # resuming continues from the saved step and data position
@@ -86,7 +95,7 @@ def test_dit_trains_checkpoints_resumes_and_manifest_verifies(shards, world, tmp
     assert train_dit(s2)["step"] == 28
     # an altered manifest or shard is caught
     bad = ckpt.with_suffix(".manifest.json")
-    bad.write_text(bad.read_text().replace('"cc0-1.0"', '"cc-by-3.0"', 1))
+    bad.write_text(bad.read_text().replace('"CC0-1.0"', '"CC-BY-3.0"', 1))
     with pytest.raises(ManifestError, match="altered"):
         verify(ckpt)
     assert cli.main(["manifest", "verify", str(ckpt)]) == 1
@@ -100,8 +109,21 @@ def test_dit_trains_checkpoints_resumes_and_manifest_verifies(shards, world, tmp
 
 def test_vae_loop_runs_and_writes_safetensors_with_manifest(shards, tmp_path):
     out = train_vae(TrainSettings(stage="vae", shards_dir=str(shards / "s"), out_dir=str(tmp_path / "vae"), steps=3,
-                                  batch_size=2, checkpoint_every=3, disc_channels=8, sample_length=8192))
+                                  batch_size=2, checkpoint_every=3, disc_channels=8, sample_length=8192,
+                                  logger="tensorboard"))
     assert out["step"] == 3
+    # the losses reached TensorBoard too: every losses.jsonl value, step by step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(tmp_path / "vae" / "tensorboard"))
+    ev.Reload()
+    rows = [json.loads(x) for x in (tmp_path / "vae" / "losses.jsonl").read_text().splitlines()]
+    keys = [k for k in rows[0] if k not in ("step", "batch")]
+    assert sorted(ev.Tags()["scalars"]) == sorted(f"train/{k}" for k in keys)
+    for k in keys:
+        got = [(e.step, e.value) for e in ev.Scalars(f"train/{k}")]
+        assert got == [(r["step"], pytest.approx(r[k], rel=1e-6)) for r in rows]
+    with pytest.raises(ValueError, match="logger 'mlflow'"):
+        train_vae(TrainSettings(stage="vae", shards_dir=str(shards / "s"), out_dir=str(tmp_path / "x"), logger="mlflow"))
     from safetensors.torch import load_file
     sd = load_file(str(tmp_path / "vae" / "step-0000003-ema.safetensors"))
     assert any(k.startswith("encoder.layers.0.") for k in sd) and all(torch.isfinite(v).all() for v in sd.values())

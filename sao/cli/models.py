@@ -90,7 +90,7 @@ def cmd_train(args, cfg) -> int:
     from ..train.trainer import TrainSettings, train_dit, train_vae
     s = TrainSettings(stage=args.sub, shards_dir=args.shards, out_dir=args.out, model_config=args.model_config,
                       steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
-                      lr=args.lr, checkpoint_every=args.checkpoint_every, precision=args.precision,
+                      lr=args.lr, checkpoint_every=args.checkpoint_every, precision=args.precision, logger=args.logger,
                       gradient_checkpointing=args.gradient_checkpointing, t5_path=args.t5_path,
                       vae_checkpoint=args.vae_checkpoint, freeze_encoder=args.freeze_encoder,
                       disc_channels=args.disc_channels, sample_length=args.sample_length,
@@ -192,6 +192,8 @@ def register(sub) -> None:
         t.add_argument("--checkpoint-every", type=int, default=50)
         t.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
         t.add_argument("--gradient-checkpointing", action="store_true")
+        t.add_argument("--logger", default="jsonl", choices=["jsonl", "tensorboard", "wandb"],
+                       help="also send the losses to TensorBoard (<out>/tensorboard) or Weights & Biases")
         t.add_argument("--t5-path")
         t.add_argument("--vae-checkpoint", help="dit: the trained autoencoder weights (safetensors)")
         t.add_argument("--freeze-encoder", action="store_true", help="vae stage 2: train the decoder on")

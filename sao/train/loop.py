@@ -55,6 +55,41 @@ class TrainSettings:
     global_batch_size: int = 0                  # if set: batch_size = global / (processes * grad_accum)
     latents: str | None = None                  # dit: a pre-encoded latent shards folder (sao train encode-latents)
     signing_key_file: str | None = None         # ed25519 key signing each checkpoint (None: $SAO_SIGNING_KEY or unsigned)
+    logger: str = "jsonl"                       # jsonl (always written) | tensorboard | wandb: where losses also go
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
+class _ExtraLogger:
+    """Sends each step's losses to TensorBoard (``<out>/tensorboard``) or Weights & Biases besides
+    losses.jsonl; a missing package is an error at start, not a silent loss of the run's curves."""
+
+    def __init__(self, kind: str, out: pathlib.Path, s: "TrainSettings"):
+        if kind not in LOGGERS:
+            raise ValueError(f"logger {kind!r}: not one of {', '.join(LOGGERS)}")
+        self.kind, self.writer = kind, None
+        try:
+            if kind == "tensorboard":
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+            elif kind == "wandb":
+                import wandb      # its mode (online/offline) and project come from WANDB_* variables
+                self.writer = wandb.init(dir=str(out), job_type=f"train-{s.stage}", resume="allow",
+                                         config={k: v for k, v in asdict(s).items() if k != "signing_key_file"})
+        except ImportError as e:
+            raise RuntimeError(f"logger {kind!r} needs its package ({e.name}): pip install "
+                               f"{'tensorboard' if kind == 'tensorboard' else 'wandb'}") from e
+
+    def log(self, step: int, vals: dict[str, float]) -> None:
+        if self.kind == "tensorboard":
+            for k, v in vals.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+        elif self.kind == "wandb":
+            self.writer.log({f"train/{k}": v for k, v in vals.items()}, step=step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            (self.writer.close if self.kind == "tensorboard" else self.writer.finish)()
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -122,6 +157,7 @@ class _Run:
                                  f"{s.grad_accum} accumulation steps")
         self.out = pathlib.Path(s.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.extra_log = _ExtraLogger(s.logger, self.out, s) if self.rank == 0 else None
         from ..signing import load_signing_key
         self.signing_key = load_signing_key(s.signing_key_file) if self.rank == 0 else None   # a bad key fails now
         latest, self.state = load_latest(self.out)
@@ -176,6 +212,8 @@ class _Run:
             torch.distributed.all_reduce(both)
             vals = dict(zip(vals, (both / self.world).tolist()))
         vals = {k: float(v) for k, v in vals.items()}
+        if self.extra_log is not None:
+            self.extra_log.log(self.step, vals)
         vals["step"] = self.step
         vals["batch"] = getattr(self, "batch_id", None)      # which samples: resumed runs must match
         self.losses.append(vals)
@@ -217,6 +255,8 @@ class _Run:
         """Plot, then leave the process group together: a rank that exits while a peer is still
         in a collective makes gloo abort that peer."""
         self.plot()
+        if self.extra_log is not None:
+            self.extra_log.close()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
