@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fsutil import is_remote, local_part
 from .licensing.model_use import DEFAULT_MODEL_USE, RETIRED_POLICY_KEYS
 
 
@@ -194,6 +195,11 @@ class Config:
     def path(self, value: str) -> pathlib.Path:
         p = pathlib.Path(os.path.expanduser(value))
         return p if p.is_absolute() else (self.root / p)
+
+    def location(self, value: str) -> str:
+        """An output location: a remote fsspec URL as given (``s3://bucket/x``), else an absolute local
+        path (a ``file://`` URL or a path, relative ones against the config)."""
+        return value if is_remote(value) else str(self.path(local_part(value)))
 
     @property
     def catalog_path(self) -> pathlib.Path:

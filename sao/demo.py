@@ -285,6 +285,8 @@ def run_demo(cfg: Config, echo: Callable[[str], None] = print) -> DemoContext:
             ctx.outputs["autoencoder set"] = f"{loc}/autoencoder"
             ctx.outputs["SAT dataset cfgs"] = f"{loc}/sat"
             ctx.outputs["attribution report"] = out["attribution_report"].details["html"]
+            ctx.outputs["dataset card"] = out["attribution_report"].details["dataset_card"]
+            ctx.outputs["croissant"] = out["attribution_report"].details["croissant"]
             for k, v in check_shards_match_release(ctx, out["shards"].details).items():
                 echo(f"      {k}: {v}")
             steps(FINALLY)

@@ -30,6 +30,50 @@ def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8", newline="")
 
 
+def is_remote(url: str | os.PathLike) -> bool:
+    """An fsspec URL of another filesystem than this machine's (``s3://``, ``gs://``, ``memory://``)."""
+    s = str(url)
+    return "://" in s and not s.startswith("file://")
+
+
+def local_part(url: str | os.PathLike) -> str:
+    """A local path or ``file://`` URL as a path (``file:///data/x`` -> ``/data/x``), never a folder named ``file:``."""
+    s = str(url)
+    return s[len("file://"):] if s.startswith("file://") else s
+
+
+@contextlib.contextmanager
+def output_folder(url: str | os.PathLike, storage_options: dict | None = None, *,
+                  prune: bool = False) -> Iterator[pathlib.Path]:
+    """A local folder to write an output into. For a path or ``file://`` URL it is that folder; for
+    any other fsspec URL, a temporary folder whose files are uploaded to URL when the block ends
+    without error, each under a temporary name and then moved, so a reader never sees a half file.
+    ``prune``: files an earlier upload left in the uploaded top-level folders are removed after."""
+    if not is_remote(url):
+        folder = pathlib.Path(local_part(url)).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    root = root.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix=".sao-out.") as tmp:
+        yield pathlib.Path(tmp)
+        uploaded = set()
+        for f in sorted(p for p in pathlib.Path(tmp).rglob("*") if p.is_file()):
+            dest = f"{root}/{f.relative_to(tmp).as_posix()}"
+            folder, fname = dest.rsplit("/", 1)
+            fs.makedirs(folder, exist_ok=True)
+            fs.put_file(str(f), f"{folder}/.{fname}.part")
+            fs.mv(f"{folder}/.{fname}.part", dest)
+            uploaded.add(fs._strip_protocol(dest))
+        if prune:
+            for top in (p for p in pathlib.Path(tmp).iterdir() if p.is_dir()):
+                for old in fs.find(f"{root}/{top.name}"):
+                    if fs._strip_protocol(old) not in uploaded:
+                        fs.rm_file(old)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

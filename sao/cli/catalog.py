@@ -63,14 +63,15 @@ def cmd_catalog_restart_pass(args, cfg) -> int:
 
 
 def cmd_catalog_export(args, cfg) -> int:
-    import pathlib
-
     from ..catalog import TABLES
-    out = pathlib.Path(args.out) if args.out else cfg.path(cfg.paths.exports)
+    from ..fsutil import output_folder
+    out = cfg.location(args.out or cfg.paths.exports)           # a folder, file:// or any fsspec URL
     tables = TABLES if args.table == "all" else (args.table,)
-    with open_catalog(cfg) as cat:
+    with open_catalog(cfg) as cat, output_folder(out) as folder:
         for t in tables:
-            print(cat.export_parquet(t, out / f"{t}.parquet"))
+            cat.export_parquet(t, folder / f"{t}.parquet")
+    for t in tables:
+        print(f"{out.rstrip('/')}/{t}.parquet")
     return 0
 
 
@@ -167,7 +168,7 @@ def register(sub) -> None:
     cat.add_parser("status", help="row counts per table").set_defaults(func=cmd_catalog_status)
     ex = cat.add_parser("export", help="export tables to Parquet")
     ex.add_argument("table", nargs="?", default="all", help="a table name, or 'all' (default)")
-    ex.add_argument("--out", help="output folder (default [paths].exports)")
+    ex.add_argument("--out", help="output folder or fsspec URL (default [paths].exports)")
     ex.set_defaults(func=cmd_catalog_export)
     rp = cat.add_parser("restart-pass", help="abandon the running Freesound full or reconcile pass "
                         "(a new --full or --reconcile otherwise continues it)")

@@ -62,7 +62,11 @@ def cmd_release_diff(args, cfg) -> int:
 
 
 def cmd_release_report(args, cfg) -> int:
+    import dataclasses
+
     from .pipeline import run_one
+    if args.out:                                  # this run's output location: a folder or any fsspec URL
+        cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, releases=args.out))
     out = run_one(cfg, "attribution_report", release_name=args.name).details
     print(f"attribution report of {out['release']}: {out['html']} ({out['recordings']} recordings, "
           f"{out['seconds']} s)")
@@ -152,6 +156,7 @@ def register(sub) -> None:
     rd.set_defaults(func=cmd_release_diff)
     rr = rl.add_parser("report", help="attribution files and report of a release (default: the newest)")
     rr.add_argument("name", nargs="?")
+    rr.add_argument("--out", help="where the report folder goes: a folder or fsspec URL (default [paths].releases)")
     rr.set_defaults(func=cmd_release_report)
 
     mf = sub.add_parser("manifest", help="attribution manifests of checkpoints").add_subparsers(dest="sub", required=True)

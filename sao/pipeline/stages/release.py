@@ -27,6 +27,11 @@ class Release(Stage):
     def store(self, ctx: StageContext, plan: Plan, results: list) -> Stats:
         from ...attribution.release import create_release
         from ...signing import key_file_for, load_signing_key
+        from ...fsutil import is_remote
+        if is_remote(ctx.cfg.paths.releases):     # the signature files are verified from a local folder
+            raise config_mod.ConfigError(
+                f"[paths].releases = {ctx.cfg.paths.releases!r}: release signatures need a local folder; keep "
+                "it local and publish reports elsewhere with `sao release report --out URL`")
         key = load_signing_key(key_file_for(ctx.cfg, ctx.options.key_file))
         with ctx.catalog() as cat:
             out = create_release(cat, ctx.options.release_name, required_stages=list(ctx.cfg.shards.required_stages),
@@ -106,5 +111,5 @@ class AttributionReport(Stage):
             name = _release_name(ctx, cat)
             if name is None:
                 raise ReleaseError("no release yet: run `sao release create NAME` first")
-            out = build_report(cat, name, ctx.cfg.path(ctx.cfg.paths.releases))
+            out = build_report(cat, name, ctx.cfg.location(ctx.cfg.paths.releases))
         return Stats(self.name, items_in=out.get("recordings", 0), passed=out.get("recordings", 0), details=out)
