@@ -357,7 +357,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
     if path is None:
         path = os.environ.get("SAO_CONFIG") or ("sao.toml" if pathlib.Path("sao.toml").exists() else None)
     if path is None:
-        return Config()
+        return _with_fetched_weights(Config())
     p = pathlib.Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
@@ -365,7 +365,12 @@ def load(path: str | os.PathLike | None = None) -> Config:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
-    return from_dict(data, root=p.resolve().parent)
+    return _with_fetched_weights(from_dict(data, root=p.resolve().parent))
+
+
+def _with_fetched_weights(cfg: Config) -> Config:
+    from .weights.fetch import with_fetched_weights     # (sao.weights: `sao weights fetch` and its lock file)
+    return with_fetched_weights(cfg)
 
 
 def to_toml(cfg: Config) -> str:

@@ -12,12 +12,12 @@ import sys
 from .. import __version__
 from .. import config as config_mod
 from ..log import install_excepthook, redact, register_secrets, setup_logging
-from . import auth, catalog, demo, models, pipeline, release, review
+from . import auth, catalog, demo, models, pipeline, release, review, weights
 from .common import load_config
 
 log = logging.getLogger("sao")
 
-GROUPS = (catalog, pipeline, review, release, models, demo, auth)   # pipeline before review: `review run` comes first
+GROUPS = (catalog, pipeline, review, release, models, demo, auth, weights)   # pipeline before review: `review run` comes first
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Pretrained checkpoints: the table of published digests (table) and the verified download (fetch)."""
