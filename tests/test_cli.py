@@ -30,7 +30,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert cli.main(["--config", str(cfg), "demo"]) == 0
     out = capsys.readouterr().out
     assert "demo finished" in out and "'Sampling+': 1" in out
-    assert "freesound  kept     cc-sampling+-1.0" in out and "fma        rejected license-not-allowed" in out
+    assert "freesound  kept     LicenseRef-CC-Sampling-Plus-1.0" in out and "fma        rejected license-not-allowed" in out
     assert (tmp_path / "data" / "catalog.duckdb").exists()
     assert (tmp_path / "data" / "exports" / "recordings.parquet").exists()
     assert (tmp_path / "data" / "replica" / "fma" / "fma_metadata" / "tracks.csv").exists()

@@ -14,6 +14,7 @@ from collections import Counter
 from ..catalog import Catalog, Decision
 from ..sources import source_for
 from .gate import LicensePolicy, license_gate, shown
+from .table import BY_ID
 
 log = logging.getLogger(__name__)
 STAGE = "license_gate"
@@ -133,7 +134,7 @@ def counts_table(stats: GateStats) -> str:
     """A plain-text table of kept licenses and rejection reasons per source."""
     lines = [f"{'source':10s} {'outcome':8s} {'license / reason':32s} {'n':>6s}"]
     for (source, lic), n in sorted(stats.kept.items()):
-        lines.append(f"{source:10s} {'kept':8s} {lic:32s} {n:6d}")
+        lines.append(f"{source:10s} {'kept':8s} {(BY_ID[lic].spdx if lic in BY_ID else lic):32s} {n:6d}")     # SPDX, as every output
     for (source, cat_), n in sorted(stats.rejected.items()):
         lines.append(f"{source:10s} {'rejected':8s} {cat_:32s} {n:6d}")
     kept, rej = sum(stats.kept.values()), sum(stats.rejected.values())
