@@ -1,5 +1,6 @@
 """What every flow shares: the task runner chosen by [orchestration], the cross-run result cache,
-the Freesound rate limit held across all workers, and the run summary written to the catalogue.
+the Freesound rate limit held across all workers, and the run summary written to the catalogue
+(and published as the flow run's Prefect artifacts), with sao's own log lines in the run's Prefect logs.
 
 Task runners: `thread` (Prefect's thread pool, the default), `dask` (prefect-dask: a
 `distributed.LocalCluster` of `workers` processes, or the scheduler at `dask_address`) and `ray`
@@ -14,6 +15,9 @@ import hashlib
 import logging
 import os
 import pathlib
+import re
+import threading
+import time
 from typing import Any, Iterator
 
 from prefect import Task
@@ -173,15 +177,165 @@ class Tally:
 def recorded_run(config_path: str | None, flow: str, runner: str, *, catalog: str | None = None
                  ) -> Iterator[tuple[dict[str, Any], Tally]]:
     """Yield (stages, tally); on exit write the run summary to the catalogue (the config's, or
-    ``catalog``), failed runs included, with the Prefect flow run and its cache hits."""
+    ``catalog``), failed runs included, with the Prefect flow run and its cache hits, and publish it
+    as the flow run's artifacts. sao's own log lines go to the flow run's Prefect logs meanwhile."""
     from prefect.runtime import flow_run
 
+    from sao.log import register_secrets
     from sao.runs import recording
     cfg = config_mod.load(config_path)
     tally = Tally()
-    with recording(catalog or cfg.catalog_path, flow=flow, config_hash=cfg.config_hash(), task_runner=runner,
-                   secrets=config_mod.secrets(cfg), flow_run_id=str(flow_run.id) if flow_run.id else None) as rec:
+    secrets = config_mod.secrets(cfg)
+    register_secrets(secrets)                # as the CLI does: every log line of the run hides them
+    stages: dict[str, Any] = {}
+    status, error = "failed", None
+    t0 = time.perf_counter()
+    with sao_logs_to_prefect():
         try:
-            yield rec.stages, tally
+            with recording(catalog or cfg.catalog_path, flow=flow, config_hash=cfg.config_hash(), task_runner=runner,
+                           secrets=secrets, flow_run_id=str(flow_run.id) if flow_run.id else None) as rec:
+                stages = rec.stages
+                try:
+                    yield rec.stages, tally
+                finally:
+                    rec.cache_hits = tally.cache_hits
+            status = "completed"
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
-            rec.cache_hits = tally.cache_hits
+            publish_artifacts(flow, stages, status=status, seconds=time.perf_counter() - t0, runner=runner,
+                              cache_hits=tally.cache_hits, error=error, secrets=secrets)
+
+
+# -- the run summary as Prefect artifacts ---------------------------------------------------------
+def artifact_key(flow: str, kind: str) -> str:
+    """Prefect artifact keys allow only lowercase letters, digits and dashes (full_rebuild -> full-rebuild)."""
+    return re.sub(r"[^a-z0-9]+", "-", f"sao-{flow}-{kind}".lower()).strip("-")
+
+
+def _stage_rows(stages: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per stage that returned Stats (sao.pipeline.stage.Stats.to_dict), in run order."""
+    rows = []
+    for v in stages.values():
+        if not (isinstance(v, dict) and "stage" in v and "items_in" in v):
+            continue
+        rows.append({"stage": v["stage"], "items_in": v.get("items_in", 0), "passed": v.get("passed", 0),
+                     "rejected": sum(int(n) for n in (v.get("rejected") or {}).values()),
+                     "errors": len(v.get("errors") or {}), "skipped": v.get("skipped") or "",
+                     "seconds": v.get("seconds", 0.0), "items_per_s": v.get("items_per_s", 0.0),
+                     "audio_s_per_s": v.get("audio_s_per_s", 0.0), "cache_hits": v.get("cache_hits", 0),
+                     "batches": v.get("batches", 0)})
+    return rows
+
+
+def summary_markdown(flow: str, stages: dict[str, Any], *, status: str, seconds: float, runner: str,
+                     cache_hits: int, error: str | None = None) -> str:
+    from sao.runs import summarize
+    s = summarize(flow, stages, seconds)
+    lines = [f"# sao {flow} run: {status}", "", "| | |", "|---|---|",
+             f"| catalogue run id | `{stages.get('run_id') or '-'}` |", f"| duration | {seconds:.1f} s |",
+             f"| items in | {s['items_in'] if s['items_in'] is not None else '-'} |",
+             f"| passed | {s['passed'] if s['passed'] is not None else '-'} |",
+             f"| cache hits | {cache_hits} |", f"| task runner | {runner} |"]
+    if s["rejected"]:
+        lines += ["", "## Rejected", ""] + [f"- {reason}: {n}" for reason, n in s["rejected"].items()]
+    skipped = [r for r in _stage_rows(stages) if r["skipped"]]
+    if skipped:
+        lines += ["", "## Skipped stages", ""] + [f"- {r['stage']}: {r['skipped']}" for r in skipped]
+    if error:
+        lines += ["", "## Error", "", "```", error[:2000], "```"]
+    lines += ["", "`sao status` prints this summary from the catalogue's `runs` table."]
+    return "\n".join(lines) + "\n"
+
+
+def publish_artifacts(flow: str, stages: dict[str, Any], *, status: str, seconds: float, runner: str,
+                      cache_hits: int, error: str | None = None, secrets: list[str] | tuple = ()) -> None:
+    """The run summary as two artifacts of the running flow run: a table of the stages' stats
+    (``sao-FLOW-stages``) and a markdown summary (``sao-FLOW-summary``). Redacted like the catalogue's
+    copy; the catalogue's `runs` row is the record, so an artifact that cannot be published is a
+    warning, never the run's failure (nor a mask over its own error)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.runtime import flow_run
+
+    from sao.log import redact
+    if not flow_run.id:                      # not inside a flow run: nothing to attach them to
+        return
+    try:
+        rows = [{k: redact(v, secrets) if isinstance(v, str) else v for k, v in r.items()} for r in _stage_rows(stages)]
+        if rows:
+            create_table_artifact(rows, key=artifact_key(flow, "stages"), description=f"sao {flow}: stats per stage")
+        md = summary_markdown(flow, stages, status=status, seconds=seconds, runner=runner, cache_hits=cache_hits,
+                              error=error)
+        create_markdown_artifact(redact(md, secrets), key=artifact_key(flow, "summary"),
+                                 description=f"sao {flow} run summary ({status})")
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("could not publish the %s run summary as Prefect artifacts: %s", flow, redact(exc, secrets))
+
+
+# -- sao's log lines in the flow run's Prefect logs -----------------------------------------------
+_SAO_LOGS_LOCK = threading.Lock()
+_SAO_LOGS: dict[str, Any] = {"depth": 0, "handler": None, "level": logging.NOTSET}
+
+
+class _ToFlowRun(logging.Filter):
+    """A record from a thread without Prefect's run context (a stage's own thread pool) is sent to the
+    flow run that attached the handler, instead of being dropped with a warning."""
+
+    def __init__(self, flow_run_id):
+        super().__init__()
+        self.flow_run_id = flow_run_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "flow_run_id", None) and self.flow_run_id:
+            from prefect.context import FlowRunContext, TaskRunContext
+            if FlowRunContext.get() is None and TaskRunContext.get() is None:
+                record.flow_run_id = self.flow_run_id
+        return True
+
+
+def _has_api_handler(logger: logging.Logger) -> bool:
+    from prefect.logging.handlers import APILogHandler
+    return any(isinstance(h, APILogHandler) for h in logger.handlers)
+
+
+@contextlib.contextmanager
+def sao_logs_to_prefect() -> Iterator[None]:
+    """While a flow runs, the "sao" logger (and its children) also logs to the flow run's Prefect logs.
+
+    Prefect only ships its own loggers' records to the API; PREFECT_LOGGING_EXTRA_LOGGERS=sao would
+    depend on each worker's environment and, with the root logger at WARNING, still drop sao's INFO
+    lines. So the API handler is attached here, for the run, at PREFECT_LOGGING_LEVEL, redacting as
+    sao.log does. Nested flows (a chain's subflows) share one handler: each record goes to the run
+    whose context it was logged in. Not in a flow run, or already configured (the extra-loggers
+    setting): nothing is changed."""
+    from prefect.logging.handlers import APILogHandler
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_LOGGING_LEVEL
+
+    from sao.log import RedactingFormatter
+    logger = logging.getLogger("sao")
+    with _SAO_LOGS_LOCK:
+        counted = bool(_SAO_LOGS["depth"])          # a subflow inside a flow that attached it
+        if counted:
+            _SAO_LOGS["depth"] += 1
+        elif flow_run.id and not _has_api_handler(logger):
+            handler = APILogHandler()
+            handler.setFormatter(RedactingFormatter())
+            handler.addFilter(_ToFlowRun(flow_run.id))
+            logger.addHandler(handler)
+            _SAO_LOGS.update(depth=1, handler=handler, level=logger.level)
+            level = logging.getLevelName(str(PREFECT_LOGGING_LEVEL.value()).upper())
+            if isinstance(level, int) and logger.getEffectiveLevel() > level:
+                logger.setLevel(level)
+            counted = True
+    try:
+        yield
+    finally:
+        if counted:
+            with _SAO_LOGS_LOCK:
+                _SAO_LOGS["depth"] -= 1
+                if _SAO_LOGS["depth"] == 0:
+                    logger.removeHandler(_SAO_LOGS["handler"])
+                    logger.setLevel(_SAO_LOGS["level"])
+                    _SAO_LOGS.update(handler=None, level=logging.NOTSET)
