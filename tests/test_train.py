@@ -52,6 +52,25 @@ def test_stream_is_deterministic_split_and_resumable(shards):
         mk(0, 2, 3)
 
 
+def test_fewer_shards_than_streams_deal_the_samples(shards):
+    """Fewer shards than streams (the demo's single shard under torchrun): the streams split the
+    samples, never overlap, cover them all, resume exactly, and 2 ranks still equal 1 rank."""
+    from itertools import islice
+    urls = list_shards(str(shards / "s"), "autoencoder")[:2]  # two shards of ~11 samples
+    n = 6                                                    # more streams than shards
+    mk = lambda rank=0, n_ranks=1, streams=n: ShardStream(  # noqa: E731
+        StreamConfig(urls, 4096, seed=2, rank=rank, world_size=n_ranks, streams=streams, shuffle_buffer=4))
+    assert mk().cfg.by_sample and not mk(streams=1).cfg.by_sample
+    everything = [s["key"] for s in mk(streams=1).epoch(0)]
+    per = [[s["key"] for s in mk().epoch(0, stream=k)] for k in range(n)]
+    assert all(per) and sum(map(len, per)) == len(everything) and set().union(*map(set, per)) == set(everything)
+    keys = lambda b: [m["key"] for m in b["meta"]]  # noqa: E731
+    full = list(islice(mk().batches(n), 4))
+    assert [keys(b) for _, b in islice(mk().batches(n, position=full[1][0]), 2)] == [keys(b) for _, b in full[2:4]]
+    two = zip(islice(mk(0, 2).batches(n // 2), 4), islice(mk(1, 2).batches(n // 2), 4))
+    assert [keys(b) for _, b in full] == [keys(b0) + keys(b1) for (_, b0), (_, b1) in two]
+
+
 def test_dit_trains_checkpoints_resumes_and_manifest_verifies(shards, world, tmp_path):  # noqa: F811
     from sao.models.t5_local import build_tiny_t5
     t5 = build_tiny_t5(tmp_path / "t5", ["water stream rain dog bird piano music"] * 100)

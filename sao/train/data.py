@@ -2,7 +2,8 @@
 
 Order. The shards of a set are dealt, per epoch, to a fixed number of *data streams*
 (shard i of the epoch's seeded shuffle goes to stream i mod streams), so streams never
-overlap. Each stream passes its samples through a seeded shuffle buffer and randomly crops or
+overlap; with fewer shards than streams, the samples are dealt instead (sample i of the
+epoch's shard order to stream i mod streams), each stream reading every shard. Each stream passes its samples through a seeded shuffle buffer and randomly crops or
 pads each clip from (seed, key, epoch). A global batch takes an equal slice from every stream
 in stream order; under torch.distributed each rank owns a contiguous block of the streams.
 So the global batch sequence depends only on (seed, streams, global batch size), not on the
@@ -47,9 +48,14 @@ class StreamConfig:
         self.streams = self.streams or self.world_size
         if self.streams % self.world_size:
             raise ValueError(f"{self.streams} data streams cannot be split evenly over {self.world_size} processes")
-        if len(self.urls) < self.streams:
-            raise ValueError(f"{len(self.urls)} shard(s) cannot feed {self.streams} data streams: build smaller "
-                             "shards (target_shard_bytes) or use fewer streams/processes")
+        if not self.urls:
+            raise ValueError("no shards to read")
+
+    @property
+    def by_sample(self) -> bool:
+        """Fewer shards than streams: every stream reads every shard and keeps every streams-th sample
+        (so a tiny build, like the demo's one shard, still feeds any number of processes)."""
+        return len(self.urls) < self.streams
 
     @property
     def local_streams(self) -> list[int]:
@@ -127,8 +133,13 @@ class ShardStream:
         random.Random(f"{c.seed}:shards:{epoch}").shuffle(order)
         rng = random.Random(f"{c.seed}:buffer:{epoch}:{stream}")
         buf: list[dict] = []
-        for url in order[stream::c.streams]:
+        mine = order if c.by_sample else order[stream::c.streams]
+        i = -1
+        for url in mine:
             for key, ext, body, meta in read_tar(url, c.storage_options):
+                i += 1
+                if c.by_sample and i % c.streams != stream:
+                    continue
                 buf.append({"key": key, "ext": ext, "body": body, "json": meta, "url": url})
                 if len(buf) >= c.shuffle_buffer:
                     yield buf.pop(rng.randrange(len(buf)))
@@ -176,7 +187,8 @@ class ShardStream:
                 pos[stream] = [epoch, seen]
                 yield self.decode(item, epoch)
             if seen == 0:
-                raise RuntimeError(f"data stream {stream} holds no samples: fewer shards than streams?")
+                raise RuntimeError(f"data stream {stream} holds no samples: the set has fewer samples than "
+                                   f"{self.cfg.streams} data streams")
             epoch, consumed = epoch + 1, 0
 
     def batches(self, batch_size: int, *, position: dict | None = None) -> Iterator[tuple[dict, dict]]:
