@@ -88,15 +88,18 @@ def cmd_tiny_t5(args, cfg) -> int:
 def cmd_train(args, cfg) -> int:
     from ..signing import key_file_for
     from ..train.trainer import TrainSettings, train_dit, train_vae
+    from ..train.config import DIT_SETTINGS, VAE_SETTINGS
+    # the training-section flags: only those given override the model config (the rest stay None)
+    named = {f: getattr(args, f) for f in (VAE_SETTINGS if args.sub == "vae" else DIT_SETTINGS)}
     s = TrainSettings(stage=args.sub, shards_dir=args.shards, out_dir=args.out, model_config=args.model_config,
                       steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
-                      lr=args.lr, checkpoint_every=args.checkpoint_every, precision=args.precision, logger=args.logger,
+                      checkpoint_every=args.checkpoint_every, precision=args.precision, logger=args.logger,
                       gradient_checkpointing=args.gradient_checkpointing, t5_path=args.t5_path,
                       vae_checkpoint=args.vae_checkpoint, freeze_encoder=args.freeze_encoder,
-                      disc_channels=args.disc_channels, sample_length=args.sample_length,
+                      sample_length=args.sample_length, training=dict(args.set) or None,
                       data_streams=args.data_streams, global_batch_size=args.global_batch_size,
                       latents=getattr(args, "latents", None), signing_key_file=key_file_for(cfg, args.key_file),
-                      catalog=str(cfg.catalog_path) if cfg.catalog_path.exists() else None)
+                      catalog=str(cfg.catalog_path) if cfg.catalog_path.exists() else None, **named)
     out = train_vae(s) if args.sub == "vae" else train_dit(s)
     print(json.dumps(out, indent=1))
     return 0
@@ -108,6 +111,36 @@ def cmd_encode_latents(args, cfg) -> int:
     print(json.dumps(encode_latents(args.shards, args.vae_checkpoint, model_config=args.model_config,
                                     out_dir=args.out, set_=args.set), indent=1))
     return 0
+
+
+_FLAG_TYPES = {"disc_channels": int}
+
+
+def _set_arg(text: str) -> tuple[str, object]:
+    import argparse
+    path, eq, value = text.partition("=")
+    if not eq or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PATH=VALUE")
+    try:
+        return path, json.loads(value)
+    except json.JSONDecodeError:
+        return path, value            # a bare string (a choice such as paper)
+
+
+def _training_flags(t, stage: str) -> None:
+    """The model config's training section from the command line, generated from its schema: one flag per
+    TrainSettings shortcut (the config paths it sets in its help) and --set for any path."""
+    from ..train.config import DIT_SCHEMA, DIT_SETTINGS, VAE_SCHEMA, VAE_SETTINGS, schema_paths
+    table, schema = (VAE_SETTINGS, VAE_SCHEMA) if stage == "vae" else (DIT_SETTINGS, DIT_SCHEMA)
+    g = t.add_argument_group("training section overrides (default: the model config's values)")
+    for field, paths in table.items():
+        g.add_argument(f"--{field.replace('_', '-')}", dest=field, type=_FLAG_TYPES.get(field, float),
+                       help="sets training." + ", training.".join(paths))
+    if stage == "dit":        # one flag set for both stages' commands (scripts pass it to both): no effect here
+        g.add_argument("--disc-channels", type=int, help="the autoencoder's discriminator filters (no effect on dit)")
+    g.add_argument("--set", action="append", default=[], type=_set_arg, metavar="PATH=VALUE",
+                   help="set training.PATH (VALUE as JSON, else a string); repeatable. PATH is one of: "
+                        + ", ".join(schema_paths(schema)))
 
 
 def register(sub) -> None:
@@ -188,7 +221,6 @@ def register(sub) -> None:
                             "the data order independent of the number of processes")
         t.add_argument("--grad-accum", type=int, default=1)
         t.add_argument("--seed", type=int, default=0)
-        t.add_argument("--lr", type=float)
         t.add_argument("--checkpoint-every", type=int, default=50)
         t.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
         t.add_argument("--gradient-checkpointing", action="store_true")
@@ -197,12 +229,12 @@ def register(sub) -> None:
         t.add_argument("--t5-path")
         t.add_argument("--vae-checkpoint", help="dit: the trained autoencoder weights (safetensors)")
         t.add_argument("--freeze-encoder", action="store_true", help="vae stage 2: train the decoder on")
-        t.add_argument("--disc-channels", type=int, default=32)
         t.add_argument("--sample-length", type=int, default=16384, help="vae: samples per training clip")
         t.add_argument("--key-file", help="ed25519 private key signing the checkpoints (default [signing].key_file, "
                        "else $SAO_SIGNING_KEY; none: unsigned)")
         if stage == "dit":
             t.add_argument("--latents", help="pre-encoded latent shards (sao train encode-latents)")
+        _training_flags(t, stage)
         t.set_defaults(func=cmd_train)
     el = trs.add_parser("encode-latents", help="pre-encode the diffusion shards with a trained autoencoder")
     el.add_argument("--shards", required=True)

@@ -34,28 +34,31 @@ class TrainSettings:
     grad_accum: int = 1
     sample_length: int = 16384                  # vae: samples per clip (paper: 65,536); dit: the config's sample_size
     seed: int = 0
-    lr: float | None = None                     # vae 1.5e-4 (discriminator 3e-4); dit 5e-5
-    weight_decay: float = 1e-3
-    warmup: float = 0.99
-    ema_decay: float = 0.999
+    # Hyperparameters come from the model config's training section (sao.train.config); each of these,
+    # when not None, overrides the config paths sao.train.config.VAE_SETTINGS / DIT_SETTINGS name
+    lr: float | None = None                     # the autoencoder's (not the discriminator's) / the DiT's lr
+    weight_decay: float | None = None
+    warmup: float | None = None                 # InverseLR's warmup (every scheduler of the stage)
+    ema_decay: float | None = None              # the EMA's beta (its cap)
     checkpoint_every: int = 50
-    kl_weight: float = 1e-4
-    adv_weight: float = 0.1
-    fm_weight: float = 5.0
+    kl_weight: float | None = None
+    adv_weight: float | None = None
+    fm_weight: float | None = None
     freeze_encoder: bool = False                # vae stage 2: train the decoder on
-    cfg_dropout: float = 0.1
+    cfg_dropout: float | None = None
     vae_checkpoint: str | None = None           # dit: the trained autoencoder's safetensors
     t5_path: str | None = None
     catalog: str | None = None                  # for the manifest's titles, authors and attribution lines
     precision: str = "fp32"                     # fp32 | bf16 | fp16 (autocast)
     gradient_checkpointing: bool = False
     shuffle_buffer: int = 64
-    disc_channels: int = 32                     # per EnCodec discriminator; tiny CPU runs use 8
+    disc_channels: int | None = None            # the discriminator's filters (tiny CPU runs use 8)
     data_streams: int = 0                       # global data streams (0: one per process); fixes the data order
     global_batch_size: int = 0                  # if set: batch_size = global / (processes * grad_accum)
     latents: str | None = None                  # dit: a pre-encoded latent shards folder (sao train encode-latents)
     signing_key_file: str | None = None         # ed25519 key signing each checkpoint (None: $SAO_SIGNING_KEY or unsigned)
     logger: str = "jsonl"                       # jsonl (always written) | tensorboard | wandb: where losses also go
+    training: dict | None = None                # {dotted path in the training section: value}, applied last
 
 LOGGERS = ("jsonl", "tensorboard", "wandb")
 
@@ -109,12 +112,6 @@ def _autocast(s: TrainSettings, device):
     if s.precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if s.precision == "bf16" else torch.float16)
-
-
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1 - decay)
 
 
 def _gather(obj: Any, world: int) -> list:
@@ -182,6 +179,7 @@ class _Run:
                                                rank=self.rank, world_size=self.world, streams=streams))
         self.data_pos: dict = dict((self.state or {}).get("data_position") or {})
         self.losses: list[dict] = []
+        self.training_config: dict | None = None        # set by the stage: its resolved training section
 
     def first_index(self, micro: int) -> int:
         """This rank's first sample in the step's global batch (micro-batch major, then rank), so
@@ -247,6 +245,8 @@ class _Run:
             manifest["autoencoder"] = self.autoencoder
         manifest["training"] = {k: v for k, v in asdict(self.s).items() if k not in ("catalog", "signing_key_file")}
         manifest["training"]["batch_size"] = self.batch_size
+        if self.training_config is not None:           # the checked training section the run used
+            manifest["training"]["config"] = self.training_config
         state.update(step=self.step, data_position={str(k): v for k, v in sorted(position.items())},
                      data_streams=self.stream.cfg.streams, shards_read=sorted(read))
         return save_checkpoint(self.out, self.step, weights, state, manifest, signing_key=self.signing_key)
@@ -268,11 +268,14 @@ class _Run:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         rows = [json.loads(x) for x in (self.out / "losses.jsonl").read_text().splitlines()]
-        keys = [k for k in rows[-1] if k not in ("step", "batch")]
-        fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), squeeze=False)
+        # every term any step logged (the autoencoder's and the discriminator's steps alternate and log
+        # different terms), one labelled panel each
+        keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("step", "batch")))
+        fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), squeeze=False, sharex=True)
         for ax, k in zip(axes[:, 0], keys):
-            ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r])
+            ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r], label=k)
             ax.set_ylabel(k)
+            ax.legend(loc="upper right", fontsize="small")
         axes[-1, 0].set_xlabel("step")
         fig.suptitle(f"{self.s.stage} training")
         fig.tight_layout()
@@ -295,9 +298,10 @@ def _snapshot(objects: dict[str, Any]) -> dict[str, Any]:
     return {name: obj.state_dict() for name, obj in objects.items()}
 
 
-def _wrap(model: nn.Module, world: int, device) -> nn.Module:
+def _wrap(model: nn.Module, world: int, device, find_unused: bool = False) -> nn.Module:
     if world > 1:
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                   find_unused_parameters=find_unused)
     return model
 
 
@@ -306,10 +310,16 @@ def _scaler(s: TrainSettings, device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=s.precision == "fp16")
 
 
-def _optimizer_step(scaler, opt, sched, params, max_norm: float) -> None:
+def _optimizer_step(scaler, opt, sched, params, max_norm: float) -> float:
+    """One optimizer step (gradients clipped to MAX_NORM only if it is > 0: SAT clips nothing by default),
+    then the scheduler's; returns the learning rate the step used."""
+    lr = opt.param_groups[0]["lr"]
     scaler.unscale_(opt)
-    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
-    sched.step()
+    if sched is not None:
+        sched.step()
+    return lr
