@@ -369,7 +369,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
 
 
 def _with_fetched_weights(cfg: Config) -> Config:
-    from .weights.fetch import with_fetched_weights     # (sao.weights: `sao weights fetch` and its lock file)
+    from .weights.lock import with_fetched_weights     # (sao.weights: `sao weights fetch` and its lock file)
     return with_fetched_weights(cfg)
 
 
