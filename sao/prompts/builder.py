@@ -15,6 +15,7 @@ same prompt, on any machine (the RNG is seeded from a sha256, not Python's salte
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -125,3 +126,14 @@ def build_prompt(inp: PromptInputs, *, seed: int, key: str, epoch: int = 0, cfg:
     if style is None:
         raise ValueError(f"prompt style {inp.kind!r}: not one of {', '.join(PROMPT_STYLES)}")
     return style(inp, prompt_rng(seed, key, epoch), cfg)
+
+
+def epoch_prompt(meta: dict, *, seed: int, key: str, epoch: int) -> str:
+    """The sample's prompt for this epoch, redrawn from its stored prompt inputs (JSON text in the
+    shards, see sao/shards/writer.py); sao's trainer and the SAT metadata module both draw through it; the stored prompt where a sample carries no inputs."""
+    inputs = meta.get("prompt_inputs")
+    if isinstance(inputs, str):
+        inputs = json.loads(inputs) if inputs else None
+    if not inputs:
+        return meta.get("prompt", "")
+    return build_prompt(PromptInputs.from_dict(inputs), seed=seed, key=key, epoch=epoch)

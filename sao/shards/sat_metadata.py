@@ -20,11 +20,10 @@ prompt seed (default 0, sao's own default).
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 
-from sao.prompts import PromptInputs, build_prompt
+from sao.prompts import epoch_prompt
 
 _SEEN: collections.Counter = collections.Counter()      # per worker process: how often each key came by
 _SEED = int(os.environ.get("SAO_PROMPT_SEED", "0"))
@@ -33,11 +32,10 @@ _SEED = int(os.environ.get("SAO_PROMPT_SEED", "0"))
 def get_custom_metadata(info: dict, audio) -> dict:
     key = str(info.get("key") or info.get("__key__") or "")
     out: dict = {}
-    inputs = info.get("prompt_inputs")
-    if isinstance(inputs, str) and inputs:
+    if info.get("prompt_inputs"):
         epoch = _SEEN[key]
         _SEEN[key] += 1
-        out["prompt"] = build_prompt(PromptInputs.from_dict(json.loads(inputs)), seed=_SEED, key=key, epoch=epoch)
+        out["prompt"] = epoch_prompt(info, seed=_SEED, key=key, epoch=epoch)
     sr = int(info.get("sample_rate") or 44100)
     if "offset_samples" in info and "recording_n_samples" in info:
         # SAT's seconds_start counts from the clip's start (its random crop offset); add the clip's offset

@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..prompts import PromptInputs, build_prompt
+from ..prompts import epoch_prompt
 
 
 @dataclass
@@ -98,17 +98,6 @@ def read_tar(url: str, storage_options: dict | None = None, payload: tuple[str, 
             if body and "json" in item:
                 del pending[key]
                 yield key, body, item[body], json.loads(item["json"])
-
-
-def epoch_prompt(meta: dict, *, seed: int, key: str, epoch: int) -> str:
-    """The sample's prompt for this epoch, redrawn from its stored prompt inputs (JSON text in the
-    shards, see sao/shards/writer.py); the stored prompt where a sample carries no inputs."""
-    inputs = meta.get("prompt_inputs")
-    if isinstance(inputs, str):
-        inputs = json.loads(inputs) if inputs else None
-    if not inputs:
-        return meta.get("prompt", "")
-    return build_prompt(PromptInputs.from_dict(inputs), seed=seed, key=key, epoch=epoch)
 
 
 def crop_or_pad(audio: np.ndarray, length: int, rng: random.Random) -> tuple[np.ndarray, int, int]:
