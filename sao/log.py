@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import traceback
+from http.server import ThreadingHTTPServer
 from typing import Iterable
 
 from tqdm.auto import tqdm
@@ -115,3 +116,16 @@ def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", dis
         not outer and getattr(_OUTER, "depth", 0) > 0)
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr,
                 dynamic_ncols=True, leave=False)
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """sao's loopback servers: a client that hangs up (a timeout, a killed crawler) is routine, not a
+    traceback on stderr (it would land in whatever else the process is printing at that moment)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            logging.getLogger("sao.http").debug("client %s went away", client_address[0])
+            return
+        super().handle_error(request, client_address)

@@ -21,11 +21,12 @@ import re
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import soundfile as sf
 
 from ..analysis.fingerprint import FingerprintIndex
+from ..log import QuietHTTPServer
 
 log = logging.getLogger(__name__)
 AUDIO_EXT = (".wav", ".flac", ".ogg", ".oga", ".mp3")
@@ -52,7 +53,7 @@ class DetectionService:
                 if p.suffix.lower() in AUDIO_EXT:
                     x, sr = sf.read(str(p), dtype="float32", always_2d=True)
                     self.index.add(p.stem, x.T, sr)
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd = QuietHTTPServer((host, port), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.service = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None

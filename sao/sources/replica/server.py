@@ -39,11 +39,11 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import quote
 
 from ...fsutil import atomic_path
+from ...log import QuietHTTPServer
 from ..freesound_quota import SUSPENDED, throttle_detail
 from .build import api_created, replica_user_id
 from .handler import DEFAULT_FIELDS, DETAIL_FIELDS, FAULT_KINDS, PUBLIC_FIELDS, REQUEST_FAULTS, _Handler
@@ -75,17 +75,6 @@ class ReplicaSettings:
     oauth_clients: dict[str, str] = field(default_factory=lambda: {"sao-replica-client": "sao-replica-secret"})
     oauth_access_token_lifetime_s: int = 86400
     oauth_redirect_uri: str = ""
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """A client that hangs up (a timeout, a killed crawler) is routine here, not a traceback."""
-
-    def handle_error(self, request, client_address) -> None:
-        import sys
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            log.debug("client %s went away", client_address[0])
-            return
-        super().handle_error(request, client_address)
 
 
 class _Throttle:
@@ -166,7 +155,7 @@ class ReplicaServer:
         self.throttled = 0
         self.request_counts: collections.Counter = collections.Counter()
         self._preview_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
-        self.httpd = _QuietServer((host, port), _Handler)
+        self.httpd = QuietHTTPServer((host, port), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.replica = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
