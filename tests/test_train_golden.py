@@ -1,5 +1,5 @@
-"""Golden tests: sao's autoencoder objective, discriminator, schedules and EMA against numbers computed
-once, offline, with stable-audio-tools' (SAT) own code.
+"""Golden tests: sao's autoencoder objective, discriminator, schedules, EMA and full autoencoder and DiT
+training steps against numbers computed once, offline, with stable-audio-tools' (SAT) own code.
 
 How the numbers were obtained: SAT at commit 50049e3 (github Stability-AI/stable-audio-tools, HEAD of
 2025), files copied unmodified into a scratch folder outside this repository:
@@ -195,6 +195,15 @@ def _check_grad(grad, ref):
         assert abs(float((grad * p).sum()) - want) <= TOL * ref["norm"] * p.norm(), (float((grad * p).sum()), want)
 
 
+def _check_delta(delta, ref, seed):
+    """A weight change against SAT's: its norm and its projections on seeded random probes."""
+    gp = torch.Generator().manual_seed(seed)
+    assert float(delta.norm()) == pytest.approx(ref["norm"], rel=TOL)
+    for want in ref["proj"]:
+        p = torch.randn(delta.numel(), generator=gp)
+        assert abs(float(delta @ p) - want) <= TOL * ref["norm"] * float(p.norm())
+
+
 def _recon_inputs(case):
     """(target, reconstruction) [2, 2, 4096]: near (5% noise), unrelated, or mono material (L = R in both)."""
     g = torch.Generator().manual_seed({"near": 1, "unrelated": 2, "mono": 3}[case])
@@ -384,7 +393,9 @@ def _tiny_vae_raw():
     ("loss_configs.spectral.config.stereo_weighting", "ms", "stereo_weighting: 'ms' is not one of 'sat', 'paper'"),
     ("optimizer_configs.autoencoder.optimizer.config.betaz", [0.9, 0.9], "config.betaz: not an argument of torch.optim.AdamW"),
     ("optimizer_configs.autoencoder.optimizer.type", "Adamm", "'Adamm' is not a torch.optim optimizer"),
-    ("force_input_mono", True, "training.force_input_mono: unknown key"),
+    ("force_input_mono", True, "training.force_input_mono: true asks for a mono encoder input"),
+    ("loss_configs.spectral.decay", 0.99, "training.loss_configs.spectral.decay: 0.99 asks for a per-call decay"),
+    ("latent_masking", 0.5, "training.latent_masking: unknown key"),
 ])
 def test_training_section_errors_name_the_key(path, value, message):
     from sao.train.config import VAE_SCHEMA, TrainingConfigError, resolve
@@ -399,6 +410,17 @@ def test_training_section_errors_name_the_key(path, value, message):
     # the same path given as an override: the path is checked before the value
     with pytest.raises(TrainingConfigError, match=r"training\.nope: unknown key"):
         resolve(_tiny_vae_raw(), VAE_SCHEMA, {"nope": 1}, what="autoencoder")
+
+
+def test_sat_options_sao_does_not_implement_pass_only_at_their_off_value():
+    from sao.train.config import DIT_SCHEMA, VAE_SCHEMA, TrainingConfigError, resolve
+    off = dict(_tiny_vae_raw(), force_input_mono=False, latent_mask_ratio=0.0, teacher_model=None)
+    assert resolve(off, VAE_SCHEMA, what="autoencoder") == resolve(_tiny_vae_raw(), VAE_SCHEMA, what="autoencoder")
+    dit = {"optimizer_configs": {"diffusion": {"optimizer": {"type": "AdamW", "config": {"lr": 1e-4}}}}}
+    assert resolve(dict(dit, mask_padding=False, p_one_shot=0.0), DIT_SCHEMA, what="diffusion")
+    for key, value in (("mask_padding", True), ("p_one_shot", 0.1), ("inpainting", {"mask_kwargs": {}})):
+        with pytest.raises(TrainingConfigError, match=f"training.{key}: .* sao does not implement"):
+            resolve(dict(dit, **{key: value}), DIT_SCHEMA, what="diffusion")
 
 
 def test_overrides_change_only_what_they_name_and_sat_configs_load():
@@ -453,6 +475,16 @@ def test_cli_training_flags_set_only_what_is_given(monkeypatch, tmp_path):
     assert tc["loss_configs"]["spectral"]["config"]["a_weighting"] == "analytic"
     with pytest.raises(SystemExit):
         cli.main(base + ["--set", "no-equals-sign"])
+
+
+def test_a_resume_state_from_another_set_up_is_an_error_naming_it():
+    from sao.train.loop import _restore
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    with pytest.raises(ValueError, match="state.pt: has no 'opt_d'"):
+        _restore({"opt": opt.state_dict()}, {"opt": opt, "opt_d": opt}, "state.pt")
+    other = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match=r"state.pt \[opt\]: does not fit this run's opt"):
+        _restore({"opt": other.state_dict()}, {"opt": opt}, "state.pt")
 
 
 def test_gradients_are_clipped_only_when_configured():
@@ -530,13 +562,99 @@ def test_a_full_autoencoder_discriminator_autoencoder_run_equals_sats_training_s
         got = vt.step(step, iter([(x, noise)]))
         assert {k: v for k, v in got.items() if not k.startswith("lr_")} == pytest.approx(want, rel=TOL), step
 
-    def check(delta, ref, seed):
-        gp = torch.Generator().manual_seed(seed)
-        assert float(delta.norm()) == pytest.approx(ref["norm"], rel=TOL)
-        for want in ref["proj"]:
-            p = torch.randn(delta.numel(), generator=gp)
-            assert abs(float(delta @ p) - want) <= TOL * ref["norm"] * float(p.norm())
     sd, ema = ae.state_dict(), vt.ema_model.state_dict()
-    check(torch.cat([(sd[k] - init[k]).flatten() for k in sorted(sd)]), STEP["ae"], 11)
-    check(torch.cat([(ema[k] - init[k]).flatten() for k in sorted(sd)]), STEP["ema"], 11)
-    check(torch.cat([(p.detach() - q).flatten() for p, q in zip(vt.disc.parameters(), disc_init)]), STEP["disc"], 12)
+    _check_delta(torch.cat([(sd[k] - init[k]).flatten() for k in sorted(sd)]), STEP["ae"], 11)
+    _check_delta(torch.cat([(ema[k] - init[k]).flatten() for k in sorted(sd)]), STEP["ema"], 11)
+    _check_delta(torch.cat([(p.detach() - q).flatten() for p, q in zip(vt.disc.parameters(), disc_init)]), STEP["disc"], 12)
+
+
+# One full run of SAT's DiT training_step: the reference (scratch, SAT 50049e3) is DiffusionCondTrainingWrapper's
+# set-up, training_step and Lightning's automatic-optimization order (closure: training_step, then
+# on_before_zero_grad, where SAT updates the EMA, then zero_grad, backward, optimizer.step; the scheduler per
+# step) for the SAO release's training section (v objective, uniform timesteps, pre-encoded latents, no padding
+# mask, use_ema), with SAT's modules: models/dit.py, transformer.py, blocks.py (imported unmodified);
+# DiTWrapper, ConditionedDiffusionModelWrapper, MultiConditioner, NumberConditioner, NumberEmbedder and its
+# TimePositionalEmbedding, MSELoss/MultiLoss, InverseLR and create_{optimizer,scheduler}_from_config (classes
+# taken verbatim from their files); ema-pytorch 0.2.3's EMA with SAT's arguments. The model is sao's tiny
+# config built by SAT's classes; its parameters filled as _fill_dit does (so no output layer starts at zero).
+# What SAT draws itself was given: the Sobol timesteps (t below), randn_like's noise, and torch.bernoulli's
+# condition-dropout mask (cfg_dropout_prob 0.1; sample 0 dropped at step 1). The prompt's T5 output is a fixed
+# table (T5 is frozen and not trained; SAT's T5Conditioner returns emb * mask, mask). Config changes on both
+# sides: AdamW lr 1e-2 and eps 1 (see STEP), InverseLR warmup 0.5 (so each update's lr differs). Recorded:
+# the loss and lr per step, the change of the DiT + conditioner weights (sorted keys, probes seeded 21) and
+# of the EMA DiT (sorted keys, seed 22) after three steps.
+DIT_STEP = {'log': [{'loss': 3.151554822921753, 'lr': 0.005},
+                    {'loss': 3.2692365646362305, 'lr': 0.007499996250002814},
+                    {'loss': 3.371267080307007, 'lr': 0.008749991250013125}],
+            'weights': {'norm': 0.0660710334777832,
+                        'proj': [0.01473844051361084, 0.010565055534243584, 0.09564140439033508, 0.004152212291955948]},
+            'ema': {'norm': 0.04307625815272331,
+                    'proj': [0.04814964905381203, 0.08874384313821793, -0.02238900400698185, 0.01981605961918831]}}
+
+
+class _FixedPrompt(torch.nn.Module):
+    """A frozen text encoder's output per prompt, as SAT's T5Conditioner returns it (emb * mask, mask)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.__dict__["table"] = table
+
+    def forward(self, texts, device):
+        emb = torch.stack([self.table[t][0] for t in texts])
+        mask = torch.stack([self.table[t][1] for t in texts])
+        return emb * mask.unsqueeze(-1).float(), mask
+
+
+def _fill_dit(module):
+    g = torch.Generator().manual_seed(77)
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name in sorted(params):
+            r = torch.randn(params[name].shape, generator=g)
+            if name.endswith("gamma"):
+                r = 1 + 0.1 * r
+            elif not (name.endswith("embedding.0.weights") or name.endswith("timestep_features.weight")):
+                r = 0.1 * r
+            params[name].copy_(r)
+
+
+def _dit_step_inputs():
+    g = torch.Generator().manual_seed(2024)
+    table = {}
+    for i in range(3):
+        emb, mask = torch.randn(16, 32, generator=g), torch.zeros(16, dtype=torch.bool)
+        mask[:5 + 4 * i] = True
+        table[f"prompt {i}"] = (emb, mask)
+    steps = []
+    for k in range(3):
+        gk = torch.Generator().manual_seed(300 + k)
+        lat, t, noise = torch.randn(2, 64, 16, generator=gk), torch.rand(2, generator=gk), torch.randn(2, 64, 16, generator=gk)
+        drop = torch.tensor([k == 1, False])
+        meta = [{"prompt": f"prompt {(k + j) % 3}", "seconds_start": 3.0 * k + j, "seconds_total": 10.0 + 7 * j + k}
+                for j in range(2)]
+        steps.append((lat, t, noise, drop, meta))
+    return table, steps
+
+
+def test_three_full_dit_steps_equal_sats_training_step():
+    from sao.models.factory import create_model, load_config
+    from sao.train.config import resolve_dit
+    from sao.train.trainer import DiffusionBatch, DiTTraining, TrainSettings
+    table, steps = _dit_step_inputs()
+    cfg = load_config("tiny")
+    ov = {"optimizer_configs.diffusion.optimizer.config.lr": 1e-2, "optimizer_configs.diffusion.optimizer.config.eps": 1.0,
+          "optimizer_configs.diffusion.scheduler.config.warmup": 0.5}
+    s = TrainSettings(stage="dit", shards_dir="x", out_dir="y", training=ov)
+    model = create_model(cfg)
+    model.conditioner.conditioners["prompt"] = _FixedPrompt(table)
+    trained = torch.nn.ModuleDict({"conditioner": model.conditioner, "model": model.model})
+    _fill_dit(trained)
+    init = {k: v.clone() for k, v in trained.state_dict().items()}
+    dt = DiTTraining(resolve_dit(cfg, s), model, s, torch.device("cpu"))
+    for (lat, t, noise, drop, meta), want in zip(steps, DIT_STEP["log"]):
+        got = dt.step(iter([DiffusionBatch(lat, meta, t, noise, keep=(~drop).float())]))
+        assert got == pytest.approx(want, rel=TOL)
+
+    sd, ema = trained.state_dict(), dt.ema_model.state_dict()
+    _check_delta(torch.cat([(sd[k] - init[k]).flatten() for k in sorted(sd)]), DIT_STEP["weights"], 21)
+    _check_delta(torch.cat([(ema[k] - init[f"model.{k}"]).flatten() for k in sorted(ema)]), DIT_STEP["ema"], 22)

@@ -68,6 +68,14 @@ class Ignored:
 
 
 @dataclass(frozen=True)
+class Unsupported:
+    """A SAT option these loops do not implement: accepted at SAT's "off" value; any other value is an
+    error naming the key (training would silently differ from what the config asks for)."""
+    off: Any
+    what: str
+
+
+@dataclass(frozen=True)
 class Kwargs:
     """A torch class's keyword arguments (an optimizer's ``config``): checked against its signature."""
     of: str                         # the sibling "type" key names the class in torch.optim
@@ -119,13 +127,20 @@ VAE_SCHEMA = {
                        "spectral_convergence": Leaf("str", "sat", ("sat", "bounded")),
                        # sao: "analytic" weights magnitudes by the IEC curve instead of SAT's 101-tap FIR on the waveform
                        "a_weighting": Leaf("str", "fir", ("fir", "analytic"))},
-            "weights": {"mrstft": Leaf("float", 1.0)}},
+            "weights": {"mrstft": Leaf("float", 1.0)},
+            "decay": Unsupported(1.0, "a per-call decay of the loss weight")},
         "time": Optional_({"type": Leaf("str", "l1", ("l1", "l2")),
-                           "weights": {"l1": Leaf("float", 0.0), "l2": Leaf("float", 0.0)}}),
+                           "weights": {"l1": Leaf("float", 0.0), "l2": Leaf("float", 0.0)},
+                           "decay": Unsupported(1.0, "a per-call decay of the loss weight")}),
         # absent: SAT still adds the VAE's KL, at weight 1e-6 (create_loss_modules_from_bottleneck)
         "bottleneck": {"type": Leaf("str", "kl", ("kl",)), "weights": {"kl": Leaf("float", 1e-6)}},
     },
     "demo": Ignored("SAT's demo callback: sao train writes no demo audio"),
+    "eval_loss_configs": Ignored("SAT's validation metrics: sao train vae runs no validation loop"),
+    "force_input_mono": Unsupported(False, "a mono encoder input (a mono-in, stereo-out autoencoder)"),
+    "latent_mask_ratio": Unsupported(0.0, "zeroing a random share of the latents before decoding"),
+    "teacher_model": Unsupported(None, "distillation from a teacher autoencoder"),
+    "teacher_model_ckpt": Unsupported(None, "distillation from a teacher autoencoder"),
 }
 
 DIT_SCHEMA = {
@@ -137,6 +152,12 @@ DIT_SCHEMA = {
     "timestep_sampler": Leaf("str", "uniform", ("uniform",)),
     "optimizer_configs": {"diffusion": _optimizer_node()},
     "log_loss_info": Ignored("SAT's per-noise-level loss logging"),
+    "pre_encoded": Ignored("sao trains on pre-encoded latents when --latents names them"),
+    "mask_padding": Unsupported(False, "masking the loss by the padding mask"),
+    "mask_padding_dropout": Unsupported(0.0, "dropping the padding mask at random"),
+    "timestep_sampler_options": Unsupported({}, "options of the non-uniform timestep samplers"),
+    "p_one_shot": Unsupported(0.0, "training a share of the batch at t = 1"),
+    "inpainting": Unsupported(None, "inpainting masks"),
     "demo": Ignored("SAT's demo callback: sao train writes no demo audio"),
 }
 
@@ -195,6 +216,11 @@ def _check(schema: dict, raw: Any, path: str, unused: list[str]) -> dict:
         if isinstance(node, Ignored):
             if k in raw:
                 unused.append(f"training.{p} ({node.why})")
+            continue
+        if isinstance(node, Unsupported):
+            if k in raw and raw[k] != node.off:
+                raise TrainingConfigError(f"training.{p}: {json.dumps(raw[k])} asks for {node.what}, a stable-audio-tools "
+                                          f"option sao does not implement (only {json.dumps(node.off)} is accepted)")
             continue
         if isinstance(node, Optional_):
             out[k] = None if raw.get(k) is None else _check(node.node, raw[k], p + ".", unused)

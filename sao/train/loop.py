@@ -287,11 +287,18 @@ def _restore(state: dict | None, objects: dict[str, Any], source: str | None = N
     """Load models, optimizers and schedulers from a resumable state (nothing on a fresh run); a model
     that does not fit is an error naming SOURCE (the state file) and the keys."""
     if state:
+        where = source or "resumable state"
         for name, obj in objects.items():
+            if name not in state:
+                raise ValueError(f"{where}: has no {name!r} (written by another training set-up or an earlier "
+                                 "sao train?); start this run in a new --out folder")
             if isinstance(obj, nn.Module):
-                load_weights(obj, state[name], source=f"{source or 'resumable state'} [{name}]", what=f"the {name}")
+                load_weights(obj, state[name], source=f"{where} [{name}]", what=f"the {name}")
             else:
-                obj.load_state_dict(state[name])
+                try:
+                    obj.load_state_dict(state[name])
+                except (ValueError, KeyError, RuntimeError) as exc:
+                    raise ValueError(f"{where} [{name}]: does not fit this run's {name}: {exc}") from None
 
 
 def _snapshot(objects: dict[str, Any]) -> dict[str, Any]:

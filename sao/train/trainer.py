@@ -26,7 +26,7 @@ import collections
 import contextlib
 import copy
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ from .losses import EncodecDiscriminator, ReconstructionLoss, vae_sample
 from .schedules import EMA
 
 # the shared machinery lives in .loop; these names are imported from here too (cli, flows, bench, tests)
-__all__ = ["TrainSettings", "VAETraining", "_Run", "diffusion_targets", "diffusion_validation_loss", "init_distributed",
+__all__ = ["DiTTraining", "DiffusionBatch", "TrainSettings", "VAETraining", "_Run", "diffusion_targets", "diffusion_validation_loss", "init_distributed",
            "sample_normal", "sample_uniform", "train_dit", "train_vae"]
 
 
@@ -287,6 +287,71 @@ def diffusion_validation_loss(model: nn.Module, batch: dict, *, seed: int = 0, p
     return total / points
 
 
+
+class DiffusionBatch(NamedTuple):
+    """One micro-batch of the DiT's step with every random draw made: the (posterior-sampled) latents,
+    their metadata, the diffusion times, the noise and the condition keep mask (1 keeps, 0 drops)."""
+    latents: torch.Tensor
+    meta: list[dict]
+    t: torch.Tensor
+    noise: torch.Tensor
+    keep: torch.Tensor
+
+
+class DiTTraining:
+    """Everything one DiT run updates (the DiT and its trainable conditioners, the optimizer, scheduler and
+    EMA) and SAT's ``DiffusionCondTrainingWrapper.training_step`` on one batch: the v objective on the
+    cosine schedule, MSE against the v target, condition dropout on the cross-attention tokens, the EMA
+    updated before the optimizer's step (SAT: ``on_before_zero_grad``, which Lightning runs inside the
+    optimizer's closure), the scheduler stepped per update. ``step`` takes ``grad_accum`` DiffusionBatches."""
+
+    def __init__(self, tc: dict, model: nn.Module, s: TrainSettings, device, world: int = 1):
+        self.tc, self.model, self.s, self.device, self.world = tc, model, s, device, world
+        # SAT optimizes self.diffusion.parameters(): the DiT, the conditioners' trainable weights (the number
+        # embedders; T5 is not a registered module) and the pretransform, which gets no gradients
+        trainable = nn.ModuleDict({"dit": model.model, "conditioner": model.conditioner})
+        self.params = [p for p in trainable.parameters() if p.requires_grad]
+        self.opt, self.sch = build_optimizer(tc["optimizer_configs"]["diffusion"], self.params)
+        self.ema_model, self.ema = None, None
+        if tc["use_ema"]:                  # SAT's EMA shadows the DiT (self.diffusion.model), not the conditioners
+            self.ema_model = copy.deepcopy(model.model).requires_grad_(False)
+            self.ema = EMA(model.model, self.ema_model, **tc["ema"])
+        self.scaler = _scaler(s, device)
+        self.resumable = {k: v for k, v in dict(model=model, ema=self.ema_model, ema_state=self.ema, opt=self.opt,
+                                                sch=self.sch, scaler=self.scaler).items() if v is not None}
+        self.step_module = _DiffusionStep(model)
+        self.step_model = None
+
+    def wrap(self) -> None:
+        """DDP-wrap the trained modules (after a resume has loaded them)."""
+        self.step_model = _wrap(self.step_module, self.world, self.device)
+
+    def weights(self) -> dict:
+        raw = self.model.state_dict()
+        ema_full = dict(raw)
+        ema_full.update({f"model.{k}": v for k, v in (self.ema_model or self.model.model).state_dict().items()})
+        return {"raw": raw, "ema": ema_full}
+
+    def step(self, micro_batches, sync=None) -> dict[str, float]:
+        """One batch; returns what it logs (the loss, the learning rate of this update)."""
+        if self.step_model is None:
+            self.wrap()
+        sync = sync or (lambda module, micro: contextlib.nullcontext())
+        logged = 0.0
+        for micro, mb in enumerate(micro_batches):
+            noised, target = diffusion_targets(mb.latents, mb.t, mb.noise)
+            with sync(self.step_model, micro):
+                with _autocast(self.s, self.device):
+                    v = self.step_model(noised, mb.t, mb.meta, mb.keep)
+                    loss = F.mse_loss(v.float(), target)
+                self.scaler.scale(loss / self.s.grad_accum).backward()
+            logged += float(loss.detach()) / self.s.grad_accum
+        if self.ema is not None:
+            self.ema.update()
+        lr = _optimizer_step(self.scaler, self.opt, self.sch, self.params, self.tc["clip_grad_norm"])
+        return {"loss": logged, "lr": lr}
+
+
 def train_dit(s: TrainSettings) -> dict[str, Any]:
     cfg = load_config(s.model_config)
     ratio = cfg["model"]["pretransform"]["config"]["downsampling_ratio"]
@@ -306,25 +371,17 @@ def train_dit(s: TrainSettings) -> dict[str, Any]:
                              f"but --vae-checkpoint is {got[:16]}")
     tc = resolve_dit(cfg, s)
     run.training_config = tc
-    trainable = nn.ModuleDict({"dit": model.model, "conditioner": model.conditioner})
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    opt, sch = build_optimizer(tc["optimizer_configs"]["diffusion"], params)
-    ema_model, ema = None, None
-    if tc["use_ema"]:                      # SAT's EMA shadows the DiT (DiffusionCondTrainingWrapper)
-        ema_model = copy.deepcopy(model.model).requires_grad_(False)
-        ema = EMA(model.model, ema_model, **tc["ema"])
-    scaler = _scaler(s, run.device)
-    resumable = {k: v for k, v in dict(model=model, ema=ema_model, ema_state=ema, opt=opt, sch=sch,
-                                       scaler=scaler).items() if v is not None}
-    _restore(run.state, resumable, run.state_file)
+    dt = DiTTraining(tc, model, s, run.device, run.world)
+    _restore(run.state, dt.resumable, run.state_file)
     # the autoencoder in the weights (resumed ones included), bound to its checkpoint; on every rank, so that
     # a checkpoint that does not verify stops them all
     run.autoencoder = autoencoder_reference(s.vae_checkpoint, autoencoder_part(model.state_dict()))
-    step_model = _wrap(_DiffusionStep(model), run.world, run.device)
+    dt.wrap()
     t0, done = time.perf_counter(), 0
     batches = run.batches()
-    while run.step < s.steps:
-        logged = 0.0
+
+    def micro_batches():
+        nonlocal done
         for micro in range(s.grad_accum):
             batch = next(batches)
             with torch.no_grad():
@@ -332,27 +389,18 @@ def train_dit(s: TrainSettings) -> dict[str, Any]:
                 b, first = h.shape[0], run.first_index(micro)
                 post = sample_normal(s.seed, run.step, first, b, (h.shape[1] // 2, h.shape[2]), "posterior", run.device)
                 lat = ae.bottleneck.encode(h, noise=post)
-            t = sample_uniform(s.seed, run.step, first, b, "t", run.device)
-            noise = sample_normal(s.seed, run.step, first, b, tuple(lat.shape[1:]), "noise", run.device)
-            keep = (sample_uniform(s.seed, run.step, first, b, "cfg", run.device) >= tc["cfg_dropout_prob"]).float()
-            noised, target = diffusion_targets(lat, t, noise)
-            with run.sync(step_model, micro):
-                with _autocast(s, run.device):
-                    v = step_model(noised, t, batch["meta"], keep)
-                    loss = F.mse_loss(v.float(), target)
-                scaler.scale(loss / s.grad_accum).backward()
-            logged += float(loss.detach()) / s.grad_accum
             done += b
-        if ema is not None:
-            ema.update()            # before the optimizer's step: SAT's on_before_zero_grad hook runs there
-        lr = _optimizer_step(scaler, opt, sch, params, tc["clip_grad_norm"])
+            yield DiffusionBatch(
+                lat, batch["meta"], t=sample_uniform(s.seed, run.step, first, b, "t", run.device),
+                noise=sample_normal(s.seed, run.step, first, b, tuple(lat.shape[1:]), "noise", run.device),
+                keep=(sample_uniform(s.seed, run.step, first, b, "cfg", run.device) >= tc["cfg_dropout_prob"]).float())
+
+    while run.step < s.steps:
+        logged = dt.step(micro_batches(), run.sync)
         run.step += 1
-        run.log(loss=logged, lr=lr)
+        run.log(**logged)
         if run.step % s.checkpoint_every == 0 or run.step == s.steps:
-            raw = model.state_dict()
-            ema_full = dict(raw)
-            ema_full.update({f"model.{k}": v for k, v in (ema_model or model.model).state_dict().items()})
-            run.save({"raw": raw, "ema": ema_full}, _snapshot(resumable))
+            run.save(dt.weights(), _snapshot(dt.resumable))
     run.finish()
     secs = time.perf_counter() - t0
     return {"stage": "dit", "step": run.step, "samples_per_s": round(done * run.world / secs, 2) if secs else 0.0,
