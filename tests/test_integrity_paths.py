@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from sao.log import QuietHTTPServer
 from sao.sources.freesound import FreesoundClient, FreesoundError, RetryPolicy
 from sao.sources.replica import ReplicaServer, ReplicaSettings
 
@@ -56,7 +57,7 @@ class Recorder:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), H)
         self.httpd.daemon_threads = True
 
     @property

@@ -13,6 +13,7 @@ import threading
 import pytest
 import requests
 
+from sao.log import QuietHTTPServer
 from sao import cli
 from sao import config as config_mod
 from sao.sources import freesound_oauth as fo
@@ -439,7 +440,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 def two_hosts():
     servers = []
     for role in ("other", "api"):
-        s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+        s = QuietHTTPServer(("127.0.0.1", 0), _Recorder)
         s.role, s.seen, s.daemon_threads = role, [], True
         threading.Thread(target=s.serve_forever, daemon=True).start()
         servers.append(s)

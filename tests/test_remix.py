@@ -317,7 +317,9 @@ def odd_site():
     """A site that trickles, cuts its page short or redirects to another host."""
     import threading
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
+
+    from sao.log import QuietHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *a):
@@ -355,7 +357,7 @@ def odd_site():
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    servers = [QuietHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
     site, other = servers
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()

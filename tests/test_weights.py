@@ -3,11 +3,12 @@ to the Hugging Face endpoint; the lock file; `weights list`; the checksum table 
 import hashlib
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 import pytest
 
+from sao.log import QuietHTTPServer
 from sao import cli
 from sao.fsutil import UnsafePathError
 from sao.weights import fetch, table
@@ -82,7 +83,7 @@ class FileServer:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
