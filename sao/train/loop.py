@@ -271,14 +271,14 @@ class _Run:
         # every term any step logged (the autoencoder's and the discriminator's steps alternate and log
         # different terms), one labelled panel each
         keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("step", "batch")))
-        fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), squeeze=False, sharex=True)
+        fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), squeeze=False, sharex=True,
+                                 layout="constrained")       # leaves room for the title above the first panel
         for ax, k in zip(axes[:, 0], keys):
             ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r], label=k)
             ax.set_ylabel(k)
             ax.legend(loc="upper right", fontsize="small")
         axes[-1, 0].set_xlabel("step")
         fig.suptitle(f"{self.s.stage} training")
-        fig.tight_layout()
         fig.savefig(self.out / "loss.png", dpi=100)
         plt.close(fig)
 
