@@ -85,25 +85,29 @@ def code_version(stage_name: str) -> str:
 
 @task(name="plan", **_RETRY)
 def plan_task(config_path: str | None, stage: str, options: dict, shared_limit: bool) -> Plan:
-    return registry.get(stage).plan(context(config_path, options, shared_limit))
+    with runtime.sao_logs_to_prefect():
+        return registry.get(stage).plan(context(config_path, options, shared_limit))
 
 
 @task(name="compute", **_BATCH)
 def compute_task(config_path: str | None, stage: str, code: str, options: dict, shared_limit: bool,
                  meta: dict, batch: list) -> Any:
-    return registry.get(stage).compute(context(config_path, options, shared_limit), meta, batch)
+    with runtime.sao_logs_to_prefect():      # a process-pool, Dask or Ray worker attaches its own handler
+        return registry.get(stage).compute(context(config_path, options, shared_limit), meta, batch)
 
 
 @task(name="store-batch", **_RETRY)
 def store_batch_task(config_path: str | None, stage: str, options: dict, shared_limit: bool, plan: Plan,
                      result: Any) -> None:
-    registry.get(stage).store_batch(context(config_path, options, shared_limit), plan, result)
+    with runtime.sao_logs_to_prefect():
+        registry.get(stage).store_batch(context(config_path, options, shared_limit), plan, result)
 
 
 @task(name="store", **_RETRY)
 def store_task(config_path: str | None, stage: str, options: dict, shared_limit: bool, plan: Plan,
                results: list) -> dict[str, Any]:
-    return registry.get(stage).store(context(config_path, options, shared_limit), plan, results).to_dict()
+    with runtime.sao_logs_to_prefect():
+        return registry.get(stage).store(context(config_path, options, shared_limit), plan, results).to_dict()
 
 
 def run_stage(config_path: str | None, stage: Stage, options: RunOptions, tally: runtime.Tally, *,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import pathlib
@@ -36,6 +37,8 @@ import soundfile as sf
 from ..audio import AudioDecodeError, load, probe
 from .hifi import HF_MIN_SHARE, high_frequency_energy_share, is_hifi
 from .plan import SAMPLE_RATE, Sample, ShardSpec
+
+log = logging.getLogger(__name__)
 
 TAR_MTIME = 946_684_800          # fixed member time (2000-01-01): identical bytes on every rebuild
 
@@ -311,5 +314,7 @@ def write_shard(spec: ShardSpec, ctx: WriteContext) -> ShardResult:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
-    return ShardResult(spec.name, "written", h.hexdigest(), size, rows, failures, audio_seconds,
-                       time.perf_counter() - t0)
+    secs = time.perf_counter() - t0
+    log.info("shard %s: %d sample(s), %.1f s of audio, %.2f MB in %.1f s%s", spec.name, len(rows), audio_seconds,
+             size / 1e6, secs, f"; {len(failures)} recording(s) did not decode" if failures else "")
+    return ShardResult(spec.name, "written", h.hexdigest(), size, rows, failures, audio_seconds, secs)
