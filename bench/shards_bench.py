@@ -69,8 +69,9 @@ def make_catalogue(path: pathlib.Path, repeats: int, every: int = 1, only: tuple
 
 
 def baseline(cat: Catalog, store: pathlib.Path) -> tuple[float, float]:
-    """Decode, resample, pad and FLAC-encode the same planned clips in a plain loop: soundfile,
-    soxr and numpy directly, nothing else. Returns (audio seconds, wall seconds)."""
+    """Decode, resample and FLAC-encode the same planned clips in a plain loop: soundfile, soxr and
+    numpy directly, nothing else; like the shards, only each clip's real samples (no padding), and
+    the audio seconds counted are those. Returns (audio seconds, wall seconds)."""
     samples = plan_samples(eligible_recordings(cat, ["license_gate"], store), PLAN)
     t = time.perf_counter()
     audio = 0.0
@@ -83,12 +84,14 @@ def baseline(cat: Catalog, store: pathlib.Path) -> tuple[float, float]:
             x = f.read(int(s.length * sr / 44100), dtype="float32", always_2d=True)
         if sr != 44100:
             x = soxr.resample(x, sr, 44100, quality="HQ")
-        out = np.zeros((s.length, 2), np.float32)
         n = min(len(x), s.length)
-        out[:n] = x[:n, :2] if x.shape[1] > 1 else x[:n]
+        if n == 0:
+            continue
+        # the real samples only, stereo, as the shards store them (loaders pad to their own window)
+        out = np.ascontiguousarray(x[:n, :2] if x.shape[1] > 1 else np.repeat(x[:n], 2, axis=1))
         buf = io.BytesIO()
         sf.write(buf, out, 44100, format="FLAC", subtype="PCM_16")
-        audio += s.length / 44100
+        audio += n / 44100
     return audio, time.perf_counter() - t
 
 
