@@ -5,7 +5,7 @@ Side by side, in one run:
     tar, JSON, shard index) with 1 and with 2 worker processes;
   * baseline: the bare minimum work, a plain single-process loop that decodes, resamples
     and FLAC-encodes exactly the same clips and nothing else.
-Prints audio-seconds written per wall second. Target: 1 worker >= 1.0x and 2 workers >= 1.8x the baseline.
+Prints audio-seconds written per wall second, each the best of two interleaved rounds. Target: 1 worker >= 1.0x and 2 workers >= 1.8x the baseline.
 
 The catalogue is decoded first (sao.audio.stage.run_decode, not timed): shards admit only what
 the decode stage passed.
@@ -95,25 +95,34 @@ def baseline(cat: Catalog, store: pathlib.Path) -> tuple[float, float]:
     return audio, time.perf_counter() - t
 
 
-def main(repeats: int = 3, every: int = 1) -> None:
+def main(repeats: int = 3, every: int = 1, rounds: int = 2) -> None:
     with tempfile.TemporaryDirectory(prefix="sao-shards-bench-") as d:
         d = pathlib.Path(d)
         store, source_seconds = make_catalogue(d / "c.duckdb", repeats, every)
         part = "sample corpus" if every == 1 else f"every {every}th file of the sample corpus"
         print(f"catalogue: {part} x{repeats} = {source_seconds / 60:.1f} minutes of source audio")
+        # the three runs interleaved, ``rounds`` times, each figure the best of its rounds: on a shared
+        # machine one pass of each, in a fixed order, moves the ratios by several percent
+        best: dict = {}
         with Catalog(d / "c.duckdb") as cat:
-            base_audio, base_s = baseline(cat, store)
-            runs = {}
-            for workers in (1, 2):
-                t = time.perf_counter()
-                out = build_shards(cat, shards_root=str(d / f"shards{workers}"), audio_store=store,
-                                   required_stages=["license_gate"], plan_cfg=PLAN, config_hash="bench",
-                                   workers=workers)
-                runs[workers] = (out["audio_seconds"], time.perf_counter() - t, out)
-                assert out["status"] == "complete" and out["audio_seconds"] > 0, out
+            for r in range(rounds):
+                audio, secs = baseline(cat, store)
+                if "base" not in best or secs < best["base"][1]:
+                    best["base"] = (audio, secs, None)
+                for workers in (1, 2):
+                    t = time.perf_counter()
+                    out = build_shards(cat, shards_root=str(d / f"shards{workers}-{r}"), audio_store=store,
+                                       required_stages=["license_gate"], plan_cfg=PLAN, config_hash="bench",
+                                       workers=workers)
+                    secs = time.perf_counter() - t
+                    assert out["status"] == "complete" and out["audio_seconds"] > 0, out
+                    if workers not in best or secs < best[workers][1]:
+                        best[workers] = (out["audio_seconds"], secs, out)
+    base_audio, base_s, _ = best.pop("base")
+    runs = best
     base = base_audio / base_s
     print(f"\nshard build, {runs[2][0]:,.0f} audio-seconds written ({runs[2][2]['shards']} shards, "
-          f"{runs[2][2]['bytes'] / 1e6:.0f} MB)")
+          f"{runs[2][2]['bytes'] / 1e6:.0f} MB); best of {rounds} interleaved round(s)")
     print(f"  {'baseline: plain decode/resample/FLAC loop':44s} {base:8.1f} audio-s/s   1.00x")
     for w, (audio, secs, _) in runs.items():
         print(f"  {f'sao shard build, {w} worker(s), end to end':44s} {audio / secs:8.1f} audio-s/s   "
@@ -129,4 +138,4 @@ if __name__ == "__main__":
     ap.add_argument("repeats", nargs="?", type=int, help="copies of the sample corpus (default 3; 1 with --small)")
     ap.add_argument("--small", action="store_true", help="every 5th corpus file once: ~1.5 minutes of audio")
     a = ap.parse_args()
-    main(a.repeats or (1 if a.small else 3), every=5 if a.small else 1)
+    main(a.repeats or (1 if a.small else 3), every=5 if a.small else 1, rounds=1 if a.small else 2)

@@ -152,6 +152,26 @@ def test_corrupt_audio_is_recorded_and_skipped(cat_copy, world, tmp_path):
     assert "freesound:100002" not in ids and len(ids) > 10
 
 
+def test_non_finite_samples_are_found_while_writing_and_skipped(cat_copy, world, tmp_path):
+    import numpy as np
+    import soundfile as sf
+    store = tmp_path / "audio"
+    shutil.copytree(world / "audio", store)
+    victim = cat_copy.get_recording("freesound:100002")
+    x = np.full((44100 * 3, 2), 0.1, np.float32)
+    x[50000, 1] = np.nan
+    buf = io.BytesIO()
+    sf.write(buf, x, 44100, format="WAV", subtype="FLOAT")
+    (store / victim["audio_path"]).write_bytes(buf.getvalue())
+    out = build_shards(cat_copy, shards_root=str(tmp_path / "s"), audio_store=store, required_stages=["license_gate"],
+                       plan_cfg=PlanConfig(seed=3, **SMALL), config_hash="t", name="c")
+    assert "freesound:100002" in out["rebuilt_without"] and out["status"] == "complete"
+    reason = cat_copy.latest_decision_map("decode")["freesound:100002"]["reason"]
+    assert reason.startswith("audio-corrupt: ") and victim["audio_path"] in reason and "NaN or infinite" in reason
+    ids = {s["json"]["recording_id"] for s in read_set(tmp_path / "s" / "c", "diffusion")}
+    assert "freesound:100002" not in ids and len(ids) > 10
+
+
 def test_kill_mid_shard_leaves_no_partial_tar_and_resumes(world, tmp_path):
     shutil.copy(world / "c.duckdb", tmp_path / "c.duckdb")
     cfg = tmp_path / "sao.toml"

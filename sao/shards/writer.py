@@ -99,8 +99,12 @@ def read_frames_to_stereo(frames: np.ndarray, sr: int, length: int | None) -> np
 
 
 def safe_gain(x: np.ndarray) -> float:
-    """The gain that brings ``x``'s peak to 0.999 of full scale when resampling overshot it, else 1."""
+    """The gain that brings ``x``'s peak to 0.999 of full scale when resampling overshot it, else 1.
+    A NaN or infinite sample (a broken decoder, or one fed to the resampler) makes the peak non-finite:
+    AudioDecodeError. This is the shards' one finite-sample check: the peak is read anyway."""
     peak = float(max(x.max(initial=0.0), -x.min(initial=0.0))) if x.size else 0.0
+    if not math.isfinite(peak):
+        raise AudioDecodeError("contains NaN or infinite samples")
     return 0.999 / peak if peak > 0.999 else 1.0
 
 
@@ -126,7 +130,7 @@ def stereo_pcm16(frames: np.ndarray, length: int) -> tuple[np.ndarray, float]:
     gain = safe_gain(src)
     y = np.multiply(src, gain, dtype=np.float32) if gain != 1.0 else src
     y = np.multiply(y, PCM16_SCALE, dtype=np.float32)
-    out = np.zeros((length, 2), dtype=np.int16)
+    out = np.empty((length, 2), dtype=np.int16) if n == length else np.zeros((length, 2), dtype=np.int16)
     if src.shape[1] == 1:
         np.rint(y[:, 0], out=out[:n, 0], casting="unsafe")
         out[:n, 1] = out[:n, 0]
@@ -143,7 +147,8 @@ def encode_flac(x: np.ndarray, subtype: str) -> bytes:
 
 
 def read_window(path: str, sr: int, start: int, frames: int) -> np.ndarray:
-    """Read ``frames`` native frames from ``start``; decode errors and non-finite samples are AudioDecodeError."""
+    """Read ``frames`` native frames from ``start``; decode errors are AudioDecodeError. Non-finite
+    samples are found where the clip's peak is taken (safe_gain), after resampling."""
     try:
         with sf.SoundFile(path) as f:
             if start:
@@ -151,8 +156,6 @@ def read_window(path: str, sr: int, start: int, frames: int) -> np.ndarray:
             data = f.read(frames, dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile's own error types
         raise AudioDecodeError(f"{path}: cannot decode: {exc}") from exc
-    if not np.isfinite(data).all():
-        raise AudioDecodeError(f"{path}: contains NaN or infinite samples")
     return data
 
 
@@ -256,7 +259,8 @@ def write_shard(spec: ShardSpec, ctx: WriteContext) -> ShardResult:
     fd, tmp = tempfile.mkstemp(prefix=f"{spec.set}-{spec.index:06d}.", suffix=".tar.part", dir=tmp_dir)
     os.close(fd)
     try:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        # one read and write per member (tarfile copies in 16 KiB pieces by default)
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT, copybufsize=8 << 20) as tar:
             for s in spec.samples:
                 rid = s.recording_id
                 if rid in failures:
@@ -283,16 +287,15 @@ def write_shard(spec: ShardSpec, ctx: WriteContext) -> ShardResult:
                     frames, offset, valid = read_clip_frames(s, info, total)
                     if valid <= 0:
                         raise AudioDecodeError(f"{s.path}: no samples decode at sample {offset}")
+                    # the real samples only: loaders pad to their own window and mask what they padded
+                    if ctx.flac_subtype == "PCM_16":    # the usual case: no float copy
+                        pcm, gain = stereo_pcm16(frames, valid)
+                    else:
+                        pcm, gain = clip_safe(read_frames_to_stereo(frames, SAMPLE_RATE, valid))
                 except AudioDecodeError as exc:
-                    failures[rid] = f"audio-corrupt: {exc}"
+                    failures[rid] = f"audio-corrupt: {exc}" if s.path in str(exc) else f"audio-corrupt: {s.path}: {exc}"
                     continue
-                # the real samples only: loaders pad to their own window and mask what they padded
-                if ctx.flac_subtype == "PCM_16":        # the usual case: no float copy
-                    pcm, gain = stereo_pcm16(frames, valid)
-                    flac = encode_flac(pcm, "PCM_16")
-                else:
-                    x, gain = clip_safe(read_frames_to_stereo(frames, SAMPLE_RATE, valid))
-                    flac = encode_flac(x, ctx.flac_subtype)
+                flac = encode_flac(pcm, ctx.flac_subtype)
                 meta = sample_meta(s, offset=offset, valid=valid, total=total, hifi=hifi, hf_share=hf.get(rid),
                                    gain=gain, info=info)
                 _add(tar, f"{s.key}.flac", flac)
