@@ -126,11 +126,15 @@ def test_stable_audio_tools_reads_the_autoencoder_set(demo_build):
                for _, j in samples)
 
 
-def test_pre_encoded_latents_in_sat_layout(demo_build, tmp_path):
+def test_pre_encoded_latents_in_sat_layout(demo_build, tmp_path, monkeypatch):
     """`sao train encode-latents` output read by SAT's pre-encoded WebDataset path (``npy`` + JSON padding_mask)."""
     from sao.models.factory import create_autoencoder, load_config
     from sao.models.checkpoint import save_weights
+    from sao.train import latents
     from sao.train.latents import encode_latents
+    # one shard is enough for the layout (every window is encoded at its full 47.5 s: the whole set takes minutes)
+    every = latents.list_shards
+    monkeypatch.setattr(latents, "list_shards", lambda d, set_: every(d, set_)[:1])
     cfg = load_config("tiny")
     torch.manual_seed(0)
     ae = create_autoencoder(cfg["model"]["pretransform"]["config"], cfg["sample_rate"])
