@@ -325,10 +325,10 @@ def sao_logs_to_prefect() -> Iterator[None]:
             handler.addFilter(_ToFlowRun(flow_run.id))
             logger.addHandler(handler)
             _SAO_LOGS.update(depth=1, handler=handler, level=logger.level)
+            counted = True                          # from here on the finally below removes it again
             level = logging.getLevelName(str(PREFECT_LOGGING_LEVEL.value()).upper())
             if isinstance(level, int) and logger.getEffectiveLevel() > level:
                 logger.setLevel(level)
-            counted = True
     try:
         yield
     finally:

@@ -417,7 +417,8 @@ def test_sat_options_sao_does_not_implement_pass_only_at_their_off_value():
     off = dict(_tiny_vae_raw(), force_input_mono=False, latent_mask_ratio=0.0, teacher_model=None)
     assert resolve(off, VAE_SCHEMA, what="autoencoder") == resolve(_tiny_vae_raw(), VAE_SCHEMA, what="autoencoder")
     dit = {"optimizer_configs": {"diffusion": {"optimizer": {"type": "AdamW", "config": {"lr": 1e-4}}}}}
-    assert resolve(dict(dit, mask_padding=False, p_one_shot=0.0), DIT_SCHEMA, what="diffusion")
+    assert resolve(dict(dit, mask_padding=False, p_one_shot=0.0, inpainting=None, mask_padding_dropout=None),
+                   DIT_SCHEMA, what="diffusion")
     for key, value in (("mask_padding", True), ("p_one_shot", 0.1), ("inpainting", {"mask_kwargs": {}})):
         with pytest.raises(TrainingConfigError, match=f"training.{key}: .* sao does not implement"):
             resolve(dict(dit, **{key: value}), DIT_SCHEMA, what="diffusion")

@@ -218,8 +218,10 @@ def _check(schema: dict, raw: Any, path: str, unused: list[str]) -> dict:
                 unused.append(f"training.{p} ({node.why})")
             continue
         if isinstance(node, Unsupported):
-            if k in raw and raw[k] != node.off:
-                raise TrainingConfigError(f"training.{p}: {json.dumps(raw[k])} asks for {node.what}, a stable-audio-tools "
+            # null reads as off where SAT's off value is falsy (SAT tests these values for truth)
+            if k in raw and raw[k] != node.off and not (raw[k] is None and not node.off):
+                shown = json.dumps(raw[k], default=repr)
+                raise TrainingConfigError(f"training.{p}: {shown} asks for {node.what}, a stable-audio-tools "
                                           f"option sao does not implement (only {json.dumps(node.off)} is accepted)")
             continue
         if isinstance(node, Optional_):
